@@ -1,0 +1,161 @@
+//! The Prometheus metrics of DESIGN.md §4, created once and shared (Arc) by
+//! every part that records something. Families are keyed by small label
+//! structs so the text output keeps the documented label names.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCodeLabel {
+    pub route: Arc<str>,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum WakeResult {
+    Ok,
+    Error,
+    Timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResultLabel {
+    pub route: Arc<str>,
+    pub result: WakeResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStateLabel {
+    pub route: Arc<str>,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PveLabel {
+    pub cluster: Arc<str>,
+    /// The API path with ids replaced by placeholders, e.g.
+    /// `/nodes/{node}/lxc/{vmid}/status/start`, so cardinality stays bounded.
+    pub endpoint: &'static str,
+    /// HTTP status, or 0 when no response arrived (timeout, refused, TLS).
+    pub code: u16,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s: covers proxied requests and guest boots alike.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: Family<RouteCodeLabel, Counter>,
+    pub request_duration_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub wakes_total: Family<RouteResultLabel, Counter>,
+    pub wake_duration_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub sleeps_total: Family<RouteLabel, Counter>,
+    pub guest_state: Family<RouteStateLabel, Gauge>,
+    pub held_requests: Family<RouteLabel, Gauge>,
+    pub inflight: Family<RouteLabel, Gauge>,
+    pub pve_requests_total: Family<PveLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("drowsy");
+        let requests_total = Family::<RouteCodeLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status code",
+            requests_total.clone(),
+        );
+        let request_duration_seconds =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by route",
+            request_duration_seconds.clone(),
+        );
+        let wakes_total = Family::<RouteResultLabel, Counter>::default();
+        registry.register(
+            "wakes",
+            "Guest wakes, by route and result",
+            wakes_total.clone(),
+        );
+        let wake_duration_seconds =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "wake_duration_seconds",
+            "Time from the start of a wake until the backend answered",
+            wake_duration_seconds.clone(),
+        );
+        let sleeps_total = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "sleeps",
+            "Guests put to sleep, by route",
+            sleeps_total.clone(),
+        );
+        let guest_state = Family::<RouteStateLabel, Gauge>::default();
+        registry.register(
+            "guest_state",
+            "1 for the current state of each route's guest, 0 for the others",
+            guest_state.clone(),
+        );
+        let held_requests = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "held_requests",
+            "Requests waiting for a guest to wake",
+            held_requests.clone(),
+        );
+        let inflight = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "inflight",
+            "Requests and connections in flight, by route",
+            inflight.clone(),
+        );
+        let pve_requests_total = Family::<PveLabel, Counter>::default();
+        registry.register(
+            "pve_requests",
+            "Proxmox VE API calls, by cluster, endpoint and status code",
+            pve_requests_total.clone(),
+        );
+        Metrics {
+            registry,
+            requests_total,
+            request_duration_seconds,
+            wakes_total,
+            wake_duration_seconds,
+            sleeps_total,
+            guest_state,
+            held_requests,
+            inflight,
+            pve_requests_total,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,3 @@
+//! Admin endpoints: health, metrics, status API.
+
+pub mod metrics;

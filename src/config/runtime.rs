@@ -1,0 +1,243 @@
+//! Typed runtime settings: the only form of the configuration the rest of
+//! drowsy sees. Everything here is already validated; nothing on the request
+//! path parses strings again.
+
+use ipnet::IpNet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A secret value (token secret, password). Its `Debug` and `Display` never
+/// show the value, so it cannot leak into logs or error messages by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for the one place that must send it (an auth header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this configuration was read from (for messages and reload).
+    pub source: PathBuf,
+    pub listen: ListenSettings,
+    pub tls: Vec<CertificateFiles>,
+    pub proxmox: Vec<ProxmoxSettings>,
+    pub routes: Vec<RouteSettings>,
+    /// Reload when the config file changes (in addition to SIGHUP).
+    pub watch: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenSettings {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// Peers whose X-Forwarded-For is trusted and appended to.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Connections accepted at once over all entrypoints; more wait in the
+    /// kernel backlog.
+    pub max_connections: usize,
+    /// Time a client has to send the complete request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+    /// How long in-flight requests and upgraded connections may take to
+    /// finish after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxmoxSettings {
+    /// Cluster name, used in metrics, logs and `guest: {cluster: ..}`.
+    pub name: Arc<str>,
+    /// Base URL, e.g. `https://pve.lan:8006` (no `/api2/json`).
+    pub url: reqwest::Url,
+    pub auth: PveAuth,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub poll_interval: Duration,
+    /// Deadline for every single API request.
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum PveAuth {
+    /// `token_id` is `USER@REALM!TOKENID`.
+    Token { token_id: String, secret: Secret },
+    /// `username` is `USER@REALM`.
+    Ticket { username: String, password: Secret },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// How a route names its guest (DESIGN.md §3, §6 reverse lookup).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GuestKey {
+    Vmid(u32),
+    /// LXC hostname / VM name; compared case-insensitively.
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for GuestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestKey::Vmid(id) => write!(f, "vmid {id}"),
+            GuestKey::Name(n) => write!(f, "name {n:?}"),
+            GuestKey::Ip(ip) => write!(f, "ip {ip}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GuestRef {
+    pub key: GuestKey,
+    /// Which cluster; `None` when only one is configured or any may match.
+    pub cluster: Option<Arc<str>>,
+}
+
+/// A host pattern: exact (`wiki.home.arpa`) or wildcard (`*.home.arpa`,
+/// matching exactly one or more labels in front of the suffix). Stored
+/// lowercase without a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix including its leading dot: `.home.arpa`.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A plain backend URL; `guest` is filled in later when its host turns
+    /// out to be a known guest.
+    Backend { url: BackendUrl },
+    /// A Proxmox guest reached at its current IP.
+    Guest {
+        guest: GuestRef,
+        port: u16,
+        scheme: Scheme,
+    },
+    /// A guest that only serves as a dependency of other routes.
+    DependencyOnly { guest: GuestRef },
+}
+
+/// A backend URL split into what the forwarder needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub scheme: Scheme,
+    /// Host as written (name or IP literal, no brackets).
+    pub host: String,
+    pub port: u16,
+    /// Path prefix to prepend ("" when the URL has no path).
+    pub path_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteSettings {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    pub target: Target,
+    /// `Some` for a TCP stream route: the address to accept on.
+    pub tcp_listen: Option<SocketAddr>,
+    pub backend: BackendSettings,
+    /// `Some` when the route's guest may be put to sleep.
+    pub sleep: Option<SleepSettings>,
+    pub depends_on: Vec<Arc<str>>,
+    pub no_wake: NoWake,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendSettings {
+    pub connect_timeout: Duration,
+    /// From the request being sent until the response head arrives.
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    /// Largest request body accepted; larger gets 413.
+    pub max_request_body: Option<u64>,
+    /// Trust this CA (PEM) for an https backend instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMethod {
+    Shutdown,
+    Stop,
+    Suspend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadingPage {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct SleepSettings {
+    /// `None` means `never`: the guest is woken on demand but never put to sleep.
+    pub idle_timeout: Option<Duration>,
+    pub wake_timeout: Duration,
+    pub stop_method: StopMethod,
+    pub stop_timeout: Duration,
+    pub loading_page: LoadingPage,
+    /// Requests held during a wake at most; more get 503.
+    pub max_held_requests: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct NoWake {
+    /// Exact paths (no query) that never wake the guest nor count as use.
+    pub paths: Vec<String>,
+    /// Substrings matched case-insensitively against User-Agent (stored lowercase).
+    pub user_agents: Vec<String>,
+}

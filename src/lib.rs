@@ -1,0 +1,10 @@
+//! drowsy: a reverse proxy for Proxmox VE homelabs that puts idle guests to
+//! sleep and wakes them on the next request.
+//!
+//! The modules follow the data path: [`proxy`] (listener → router →
+//! forwarder) with [`idle`] (the gate between router and forwarder), and
+//! beside them [`proxmox`] (API client and cluster cache), [`config`],
+//! [`admin`], and [`sim`] (the simulated cluster).
+
+pub mod admin;
+pub mod config;
