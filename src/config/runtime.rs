@@ -41,7 +41,7 @@ pub struct Config {
     /// The file this configuration was read from (for messages and reload).
     pub source: PathBuf,
     pub listen: ListenSettings,
-    pub tls: Vec<CertificateFiles>,
+    pub tls: Vec<TlsCertificate>,
     pub proxmox: Vec<ProxmoxSettings>,
     pub routes: Vec<RouteSettings>,
     /// Reload when the config file changes (in addition to SIGHUP).
@@ -67,10 +67,22 @@ pub struct ListenSettings {
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateFiles {
+/// A certificate chain and key, read and checked when the config is loaded
+/// (so `check` catches a bad file and a reload picks up renewed ones).
+#[derive(Clone)]
+pub struct TlsCertificate {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -166,8 +178,9 @@ pub enum Target {
         port: u16,
         scheme: Scheme,
     },
-    /// A guest that only serves as a dependency of other routes.
-    DependencyOnly { guest: GuestRef },
+    /// A guest that only serves as a dependency of other routes; `port`,
+    /// when given, is probed to know it is ready.
+    DependencyOnly { guest: GuestRef, port: Option<u16> },
 }
 
 /// A backend URL split into what the forwarder needs.
@@ -198,8 +211,9 @@ pub struct RouteSettings {
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,
-    /// From the request being sent until the response head arrives.
-    pub response_timeout: Duration,
+    /// From the request being sent until the response head arrives
+    /// (`None` = no limit).
+    pub response_timeout: Option<Duration>,
     pub pool_idle_timeout: Duration,
     /// Largest request body accepted; larger gets 413.
     pub max_request_body: Option<u64>,
@@ -240,4 +254,14 @@ pub struct NoWake {
     pub paths: Vec<String>,
     /// Substrings matched case-insensitively against User-Agent (stored lowercase).
     pub user_agents: Vec<String>,
+}
+
+impl Target {
+    /// The guest this route names directly (backend routes learn theirs at run time).
+    pub fn guest(&self) -> Option<&GuestRef> {
+        match self {
+            Target::Guest { guest, .. } | Target::DependencyOnly { guest, .. } => Some(guest),
+            Target::Backend { .. } => None,
+        }
+    }
 }

@@ -1,0 +1,250 @@
+//! The YAML schema as written by users (DESIGN.md §3). These structs only
+//! mirror the file; `validate` turns them into the typed runtime settings.
+//! Every struct denies unknown keys so a typo is an error, not a silent
+//! default.
+
+use super::values::{ByteSize, DurationSetting, EnvString};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub proxmox: Vec<RawProxmox>,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub routes: Routes,
+    #[serde(default)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub http: Option<EnvString>,
+    pub https: Option<EnvString>,
+    pub admin: Option<EnvString>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<EnvString>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<DurationSetting>,
+    pub tls_handshake_timeout: Option<DurationSetting>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    pub shutdown_timeout: Option<DurationSetting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: EnvString,
+    pub key: EnvString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxmox {
+    pub name: Option<EnvString>,
+    pub url: EnvString,
+    pub token_id: Option<EnvString>,
+    pub token_secret: Option<EnvString>,
+    pub token_secret_file: Option<EnvString>,
+    pub username: Option<EnvString>,
+    pub password: Option<EnvString>,
+    pub password_file: Option<EnvString>,
+    pub ca_file: Option<EnvString>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    pub poll_interval: Option<DurationSetting>,
+    pub request_timeout: Option<DurationSetting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawScheme {
+    Http,
+    Https,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawStopMethod {
+    Shutdown,
+    Stop,
+    Suspend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLoadingPage {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The per-route settings that `defaults:` may also set. One macro keeps the
+/// two key lists identical (serde cannot combine `flatten` with
+/// `deny_unknown_fields`).
+macro_rules! with_route_options {
+    ($(#[$meta:meta])* pub struct $name:ident { $($field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(pub $field: $ty,)*
+            pub idle_timeout: Option<DurationSetting>,
+            pub wake_timeout: Option<DurationSetting>,
+            pub stop_method: Option<RawStopMethod>,
+            pub stop_timeout: Option<DurationSetting>,
+            pub loading_page: Option<RawLoadingPage>,
+            pub max_held_requests: Option<usize>,
+            pub connect_timeout: Option<DurationSetting>,
+            pub response_timeout: Option<DurationSetting>,
+            pub pool_idle_timeout: Option<DurationSetting>,
+            pub max_request_body: Option<ByteSize>,
+            pub ca_file: Option<EnvString>,
+            pub insecure_skip_verify: Option<bool>,
+        }
+    };
+}
+
+with_route_options! {
+    /// `defaults:`: settings applied to every route that does not set its own.
+    pub struct RawDefaults {}
+}
+
+with_route_options! {
+    pub struct RawRoute {
+        host: Option<EnvString>,
+        hosts: Option<Vec<EnvString>>,
+        guest: Option<RawGuest>,
+        port: Option<u16>,
+        scheme: Option<RawScheme>,
+        backend: Option<EnvString>,
+        listen: Option<EnvString>,
+        depends_on: Option<Vec<String>>,
+        no_wake: Option<RawNoWake>,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNoWake {
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+}
+
+/// `guest: 105`, `guest: wiki`, `guest: 10.0.0.7`, or
+/// `guest: { vmid: 105, cluster: home }` (also `name:` / `ip:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawGuest {
+    pub value: GuestValue,
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestValue {
+    Vmid(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuestMap {
+    vmid: Option<u64>,
+    name: Option<EnvString>,
+    ip: Option<EnvString>,
+    cluster: Option<EnvString>,
+}
+
+impl<'de> Deserialize<'de> for RawGuest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawGuest;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a vmid, a guest name, an IP, or a map with vmid/name/ip and cluster")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RawGuest, E> {
+                Ok(RawGuest {
+                    value: GuestValue::Vmid(n),
+                    cluster: None,
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawGuest, E> {
+                let text = super::expand::expand_env(s).map_err(E::custom)?;
+                Ok(RawGuest {
+                    value: GuestValue::Text(text),
+                    cluster: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawGuest, A::Error> {
+                let m = RawGuestMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let value = match (m.vmid, m.name, m.ip) {
+                    (Some(id), None, None) => GuestValue::Vmid(id),
+                    (None, Some(n), None) => GuestValue::Text(n.0),
+                    (None, None, Some(ip)) => GuestValue::Text(ip.0),
+                    _ => {
+                        return Err(de::Error::custom(
+                            "a guest map needs exactly one of `vmid`, `name` or `ip`",
+                        ))
+                    }
+                };
+                Ok(RawGuest {
+                    value,
+                    cluster: m.cluster.map(|c| c.0),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `routes:` keeps the order of the file and rejects a name used twice
+/// (YAML itself would silently keep the last one).
+#[derive(Debug, Default)]
+pub struct Routes(pub Vec<(String, RawRoute)>);
+
+impl<'de> Deserialize<'de> for Routes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Routes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of route names to routes")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Routes, E> {
+                Ok(Routes::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
+                let mut routes: Vec<(String, RawRoute)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if routes.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!(
+                            "route `{name}` is defined twice"
+                        )));
+                    }
+                    let route = map.next_value::<RawRoute>()?;
+                    routes.push((name, route));
+                }
+                Ok(Routes(routes))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
