@@ -7,4 +7,9 @@
 //! [`admin`], and [`sim`] (the simulated cluster).
 
 pub mod admin;
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod tls_trust;

@@ -1,3 +1,4 @@
 //! Admin endpoints: health, metrics, status API.
 
 pub mod metrics;
+pub mod server;

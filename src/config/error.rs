@@ -53,8 +53,8 @@ impl std::error::Error for ConfigErrors {}
 
 /// Turns a serde_yaml error into a located error, rewriting "unknown field"
 /// and "unknown variant" messages into a short one with a "did you mean" hint.
-pub fn from_yaml(file: PathBuf, err: &serde_yaml::Error) -> ConfigError {
-    let pos = err.location().map(|l| Position {
+pub fn from_yaml(file: PathBuf, text: &str, err: &serde_yaml::Error) -> ConfigError {
+    let mut pos = err.location().map(|l| Position {
         line: l.line(),
         col: l.column(),
     });
@@ -63,6 +63,12 @@ pub fn from_yaml(file: PathBuf, err: &serde_yaml::Error) -> ConfigError {
         Some(at) if pos.is_some() => full[..at].to_string(),
         _ => full,
     };
+    // serde_yaml reports errors raised inside a value's own Deserialize at
+    // the enclosing mapping; for a missing variable the `${NAME}` itself is
+    // the better place to point at.
+    if let (Some(name), Some(p)) = (unset_variable(&message), pos) {
+        pos = find_after(text, &format!("${{{name}}}"), p).or(pos);
+    }
     let (message, hint) = suggest(&message);
     ConfigError {
         file,
@@ -70,6 +76,31 @@ pub fn from_yaml(file: PathBuf, err: &serde_yaml::Error) -> ConfigError {
         message,
         hint,
     }
+}
+
+fn unset_variable(message: &str) -> Option<&str> {
+    let rest = message.split("environment variable `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// The first occurrence of `needle` at or after `from`, as a position.
+fn find_after(text: &str, needle: &str, from: Position) -> Option<Position> {
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i + 1 >= from.line {
+            if let Some(at) = text[offset..].find(needle) {
+                let abs = offset + at;
+                let line_start = text[..abs].rfind('\n').map_or(0, |n| n + 1);
+                return Some(Position {
+                    line: text[..abs].matches('\n').count() + 1,
+                    col: text[line_start..abs].chars().count() + 1,
+                });
+            }
+            return None;
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// `...unknown field `hots`, expected one of `host`, `hosts`` →
@@ -140,6 +171,20 @@ mod tests {
         assert_eq!(
             hint.as_deref(),
             Some("expected one of: shutdown, stop, suspend")
+        );
+    }
+
+    #[test]
+    fn unset_variables_are_located_at_their_reference() {
+        let text = "a:\n  b: 1\n  c: x-${NOPE}\n";
+        let from = Position { line: 2, col: 3 };
+        assert_eq!(
+            find_after(text, "${NOPE}", from),
+            Some(Position { line: 3, col: 8 })
+        );
+        assert_eq!(
+            unset_variable("x: environment variable `NOPE` is not set"),
+            Some("NOPE")
         );
     }
 

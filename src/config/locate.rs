@@ -64,7 +64,11 @@ impl Locator {
             // little; the key that names the parent is where a human looks.
             (0..path.len())
                 .rev()
-                .find_map(|n| self.keys.get(&path[..n]).or_else(|| self.values.get(&path[..n])))
+                .find_map(|n| {
+                    self.keys
+                        .get(&path[..n])
+                        .or_else(|| self.values.get(&path[..n]))
+                })
                 .copied()
         })
     }

@@ -38,7 +38,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         schema::RawConfig::default()
     } else {
         serde_yaml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![error::from_yaml(path.to_path_buf(), &e)]))?
+            .map_err(|e| ConfigErrors(vec![error::from_yaml(path.to_path_buf(), text, &e)]))?
     };
     let locator = locate::Locator::new(text);
     validate::validate(raw, path, &locator)

@@ -719,7 +719,7 @@ fn route_target(
                     );
                 }
             }
-            if hosts.is_empty() {
+            if hosts.is_empty() && r.host.is_none() && r.hosts.is_none() {
                 ctx.err_key(
                     &key("backend"),
                     "a backend route needs `host` or `hosts`",
@@ -734,14 +734,15 @@ fn route_target(
                 Some(RawScheme::Https) => Scheme::Https,
                 _ => Scheme::Http,
             };
-            if r.listen.is_some() && !hosts.is_empty() {
+            let has_hosts = !hosts.is_empty() || r.host.is_some() || r.hosts.is_some();
+            if r.listen.is_some() && has_hosts {
                 ctx.err_key(
                     &key("listen"),
                     "a TCP route (`listen`) cannot also have hosts",
                     Some("make two routes: one HTTP, one TCP".into()),
                 );
             }
-            match (r.port, hosts.is_empty() && r.listen.is_none()) {
+            match (r.port, !has_hosts && r.listen.is_none()) {
                 (port, true) => Some(Target::DependencyOnly { guest, port }),
                 (Some(port), false) => Some(Target::Guest {
                     guest,

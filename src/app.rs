@@ -1,0 +1,53 @@
+//! Assembles a running drowsy from a validated config: the proxy's
+//! entrypoints and the admin listener, and takes them down again.
+
+use crate::admin::metrics::Metrics;
+use crate::admin::server::{self, AdminState};
+use crate::config::Config;
+use crate::proxy::{self, Proxy, StartError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Running {
+    pub proxy: Proxy,
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    admin_stop: CancellationToken,
+}
+
+impl Running {
+    pub async fn start(config: &Config) -> Result<Running, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::start(config, metrics.clone()).await?;
+        let admin_stop = CancellationToken::new();
+        let mut admin_addr = None;
+        if let Some(addr) = config.listen.admin {
+            let listener = proxy::bind(addr, "listen.admin").await?;
+            admin_addr = listener.local_addr().ok();
+            let state = Arc::new(AdminState {
+                metrics: metrics.clone(),
+            });
+            tokio::spawn(server::serve(listener, state, admin_stop.clone()));
+        }
+        Ok(Running {
+            proxy,
+            admin_addr,
+            metrics,
+            admin_stop,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.proxy.http_addr
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.proxy.https_addr
+    }
+
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        self.admin_stop.cancel();
+    }
+}

@@ -1,0 +1,198 @@
+//! The command line (DESIGN.md §2).
+
+use crate::app::Running;
+use crate::config::{self, Config, PveAuth, Target};
+use crate::logging::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drowsy",
+    version,
+    about = "A reverse proxy for Proxmox VE homelabs that puts idle guests to sleep and wakes them on the next request"
+)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. debug, or info,drowsy=debug); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, short = 'c', env = "DROWSY_CONFIG", default_value = "drowsy.yml")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (the default command).
+    Run(ConfigArg),
+    /// Validate the configuration, print a summary, and exit.
+    Check(ConfigArg),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.config));
+    match command {
+        Command::Check(arg) => check(&arg.config),
+        Command::Run(arg) => {
+            if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+                eprintln!("drowsy: {e}");
+                return ExitCode::FAILURE;
+            }
+            run(&arg.config)
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            print!("{}", summary(&cfg));
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A short description of what a config does; never prints secrets.
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+    out.push_str(&format!(
+        "listen: http {}  https {}  admin {}\n",
+        addr(cfg.listen.http),
+        addr(cfg.listen.https),
+        addr(cfg.listen.admin)
+    ));
+    for c in &cfg.tls {
+        out.push_str(&format!(
+            "tls: {} ({})\n",
+            c.cert.display(),
+            c.key.display()
+        ));
+    }
+    for p in &cfg.proxmox {
+        let auth = match &p.auth {
+            PveAuth::Token { token_id, .. } => format!("token {token_id}"),
+            PveAuth::Ticket { username, .. } => format!("ticket as {username}"),
+        };
+        out.push_str(&format!(
+            "proxmox {}: {} ({auth}, poll every {})\n",
+            p.name,
+            p.url,
+            humantime::format_duration(p.poll_interval)
+        ));
+    }
+    for r in &cfg.routes {
+        let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_string()).collect();
+        let target = match &r.target {
+            Target::Backend { url } => format!(
+                "{}://{}:{}{}",
+                url.scheme.as_str(),
+                url.host,
+                url.port,
+                url.path_prefix
+            ),
+            Target::Guest { guest, port, .. } if r.tcp_listen.is_some() => {
+                format!("guest {} port {port}", guest.key)
+            }
+            Target::Guest {
+                guest,
+                port,
+                scheme,
+            } => format!("guest {} port {port} ({})", guest.key, scheme.as_str()),
+            Target::DependencyOnly { guest, .. } => format!("guest {} (dependency)", guest.key),
+        };
+        let entry = match (&r.tcp_listen, hosts.is_empty()) {
+            (Some(l), _) => format!("tcp {l}"),
+            (None, true) => "-".to_string(),
+            (None, false) => hosts.join(", "),
+        };
+        let sleep = match (&r.sleep, &r.target) {
+            (Some(_), Target::Backend { .. }) => {
+                ", sleeps like a guest route if its host is a guest".to_string()
+            }
+            (Some(s), _) => match s.idle_timeout {
+                Some(t) => format!(", sleeps after {}", humantime::format_duration(t)),
+                None => ", never sleeps".to_string(),
+            },
+            (None, _) => String::new(),
+        };
+        out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
+    }
+    out
+}
+
+fn run(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drowsy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> ExitCode {
+    let running = match Running::start(&cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        http = ?running.http_addr(),
+        https = ?running.https_addr(),
+        admin = ?running.admin_addr,
+        routes = cfg.routes.len(),
+        "drowsy is serving"
+    );
+    wait_for_stop_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,216 @@
+//! Body types of the data path. Both stream: nothing is ever buffered whole.
+//! Concrete enums rather than boxed bodies, so a request costs no extra
+//! allocation for its body.
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// A request body went past `max_request_body`.
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body larger than max_request_body")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+#[derive(Debug)]
+pub enum ReqBodyError {
+    Client(hyper::Error),
+    TooLarge,
+}
+
+impl fmt::Display for ReqBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReqBodyError::Client(e) => write!(f, "reading the client's request body: {e}"),
+            ReqBodyError::TooLarge => TooLarge.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReqBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReqBodyError::Client(e) => Some(e),
+            ReqBodyError::TooLarge => Some(&TooLarge),
+        }
+    }
+}
+
+pin_project! {
+    /// The client's request body on its way to the backend, cut off with an
+    /// error once it exceeds the route's limit (for bodies whose length was
+    /// not announced up front).
+    pub struct ReqBody {
+        #[pin]
+        inner: Incoming,
+        remaining: Option<u64>,
+    }
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        ReqBody {
+            inner,
+            remaining: limit,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = ReqBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return Poll::Ready(Some(Err(ReqBodyError::TooLarge)));
+                    }
+                    *left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ReqBodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One access-log line, written when the response body is finished or
+/// dropped, so it carries the real byte count and duration of streams.
+pub struct AccessLog {
+    pub route: Option<Arc<str>>,
+    pub method: Method,
+    pub path: http::uri::PathAndQuery,
+    pub peer: IpAddr,
+    pub status: StatusCode,
+    pub start: Instant,
+    pub bytes: u64,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "drowsy::access",
+            route = self.route.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            client = %self.peer,
+        );
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Stream { #[pin] body: Incoming },
+        Full { data: Option<Bytes> },
+    }
+}
+
+pin_project! {
+    /// What the client receives: the backend's streamed body, or a small
+    /// page drowsy wrote itself.
+    pub struct RespBody {
+        #[pin]
+        inner: Inner,
+        log: Option<AccessLog>,
+    }
+}
+
+impl RespBody {
+    pub fn stream(body: Incoming) -> Self {
+        RespBody {
+            inner: Inner::Stream { body },
+            log: None,
+        }
+    }
+
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        RespBody {
+            inner: Inner::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+            log: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        RespBody::full(Bytes::new())
+    }
+
+    pub fn set_log(&mut self, log: AccessLog) {
+        self.log = Some(log);
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = match this.inner.project() {
+            InnerProj::Stream { body } => body.poll_frame(cx),
+            InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, this.log.as_mut()) {
+            if let Some(data) = frame.data_ref() {
+                log.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Stream { body } => body.is_end_stream(),
+            Inner::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Stream { body } => body.size_hint(),
+            Inner::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Host → route lookup. The table is immutable once built; a reload builds a
+//! new one and swaps it in with one atomic store, so requests never see a
+//! half-updated table and never take a lock.
+
+use crate::config::HostPattern;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Routes by host: exact names first, then the longest matching wildcard
+/// suffix (so `*.lab.home.arpa` beats `*.home.arpa`).
+#[derive(Debug)]
+pub struct HostTable<R> {
+    exact: HashMap<Box<str>, Arc<R>>,
+    /// Suffixes with their leading dot, longest first.
+    wildcards: Vec<(Box<str>, Arc<R>)>,
+}
+
+impl<R> Default for HostTable<R> {
+    fn default() -> Self {
+        HostTable {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+        }
+    }
+}
+
+impl<R> HostTable<R> {
+    pub fn insert(&mut self, pattern: &HostPattern, route: Arc<R>) {
+        match pattern {
+            HostPattern::Exact(h) => {
+                self.exact.insert(h.as_str().into(), route);
+            }
+            HostPattern::Wildcard(suffix) => {
+                self.wildcards.push((suffix.as_str().into(), route));
+                self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            }
+        }
+    }
+
+    /// `host` must already be normalised (see [`normalize_host`]).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<R>> {
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .map(|(_, r)| r)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcards.is_empty()
+    }
+}
+
+/// The host part of a Host header or `:authority`, lowercased, without port
+/// or trailing dot (RFC 9110 §7.2: host is case-insensitive; the port is
+/// not part of the name). Borrows when nothing needs to change, which is the
+/// common case.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    let host = if raw.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        let end = raw.find(']')?;
+        &raw[..=end]
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_host_pattern;
+
+    fn table() -> HostTable<&'static str> {
+        let mut t = HostTable::default();
+        for (p, r) in [
+            ("wiki.home.arpa", "wiki"),
+            ("*.home.arpa", "any"),
+            ("*.lab.home.arpa", "lab"),
+        ] {
+            t.insert(&parse_host_pattern(p).unwrap(), Arc::new(r));
+        }
+        t
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longest_suffix_wins() {
+        let t = table();
+        assert_eq!(t.lookup("wiki.home.arpa").map(|r| **r), Some("wiki"));
+        assert_eq!(t.lookup("media.home.arpa").map(|r| **r), Some("any"));
+        assert_eq!(t.lookup("x.lab.home.arpa").map(|r| **r), Some("lab"));
+        assert_eq!(t.lookup("a.b.home.arpa").map(|r| **r), Some("any"));
+    }
+
+    #[test]
+    fn wildcard_needs_a_label_in_front() {
+        let t = table();
+        assert_eq!(t.lookup("home.arpa").map(|r| **r), None);
+        assert_eq!(t.lookup("evilhome.arpa").map(|r| **r), None);
+        assert_eq!(t.lookup(".home.arpa").map(|r| **r), None);
+    }
+
+    #[test]
+    fn hosts_are_normalised_like_rfc_9110() {
+        assert_eq!(
+            normalize_host("Wiki.Home.Arpa:8080").as_deref(),
+            Some("wiki.home.arpa")
+        );
+        assert_eq!(
+            normalize_host("wiki.home.arpa.").as_deref(),
+            Some("wiki.home.arpa")
+        );
+        assert_eq!(normalize_host("[::1]:443").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("10.0.0.5").as_deref(), Some("10.0.0.5"));
+        assert!(matches!(normalize_host("wiki"), Some(Cow::Borrowed(_))));
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host(":80"), None);
+        assert_eq!(normalize_host("a:b"), None);
+    }
+}

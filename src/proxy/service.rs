@@ -1,0 +1,147 @@
+//! One request's way through drowsy: find the route by host, then hand the
+//! request to the forwarder. Everything here runs per request, so it only
+//! reads immutable tables and touches atomics.
+
+use super::body::{AccessLog, RespBody};
+use super::conn::ConnInfo;
+use super::forward::{self, ForwardCtx};
+use super::pages;
+use super::route::{Route, RouteKind, RouteTable};
+use super::router::normalize_host;
+use crate::admin::metrics::Metrics;
+use arc_swap::ArcSwap;
+use http::{header, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State shared by every connection of the proxy.
+pub struct Shared {
+    pub table: ArcSwap<RouteTable>,
+    pub metrics: Arc<Metrics>,
+    /// Upgraded connections, tracked so shutdown can wait for them.
+    pub upgrades: TaskTracker,
+    /// Cancelled when the shutdown deadline passes.
+    pub kill: CancellationToken,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let table = shared.table.load();
+    let (route, mut resp) = match find_route(&table, &req) {
+        Ok(route) => {
+            let resp = dispatch(&shared, &route, &conn, req).await;
+            route.record(resp.status().as_u16(), start);
+            (Some(route.name.clone()), resp)
+        }
+        Err(resp) => (None, resp),
+    };
+    let status = resp.status();
+    resp.body_mut().set_log(AccessLog {
+        route,
+        method,
+        path,
+        peer: conn.peer.ip(),
+        status,
+        start,
+        bytes: 0,
+    });
+    Ok(resp)
+}
+
+/// The route for a request, or the response that refuses it.
+fn find_route(
+    table: &RouteTable,
+    req: &Request<Incoming>,
+) -> Result<Arc<Route>, Response<RespBody>> {
+    if req.method() == Method::CONNECT {
+        // drowsy is a reverse proxy only; tunnelling would make it an open proxy.
+        return Err(pages::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
+    }
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
+            Some(Ok(h)) => h,
+            Some(Err(_)) => {
+                return Err(pages::plain_close(
+                    StatusCode::BAD_REQUEST,
+                    "invalid Host header",
+                ))
+            }
+            // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1
+            // request without Host.
+            None if req.version() == Version::HTTP_11 => {
+                return Err(pages::plain_close(
+                    StatusCode::BAD_REQUEST,
+                    "missing Host header",
+                ))
+            }
+            None => "",
+        },
+    };
+    let Some(host) = normalize_host(raw) else {
+        return Err(pages::plain(
+            StatusCode::NOT_FOUND,
+            "no route for this request (no host given)",
+        ));
+    };
+    match table.hosts.lookup(&host) {
+        Some(route) => Ok(route.clone()),
+        None => Err(pages::plain(
+            StatusCode::NOT_FOUND,
+            format!("no route for host {}", truncate(&host, 253)),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    match &route.kind {
+        RouteKind::Static(upstream) => {
+            let ctx = ForwardCtx {
+                route: &route.name,
+                client: &route.client,
+                upstream,
+                max_request_body: route.settings.backend.max_request_body,
+                response_timeout: route.settings.backend.response_timeout,
+                upgrades: &shared.upgrades,
+                kill: &shared.kill,
+            };
+            forward::forward(ctx, conn, req, ()).await
+        }
+        RouteKind::Guest => pages::unavailable(
+            format!(
+                "route {}: its guest is not known yet (the Proxmox cluster has not been read)",
+                route.name
+            ),
+            5,
+        ),
+    }
+}
