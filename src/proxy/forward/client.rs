@@ -52,9 +52,7 @@ impl ClientCache {
 }
 
 fn build(s: &BackendSettings) -> Result<BackendClient, String> {
-    let mut tls = crate::tls_trust::client_config(s.ca_file.as_deref(), s.insecure_skip_verify)?;
-    // Backends are spoken to in HTTP/1.1 whatever the client used.
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = crate::tls_trust::client_config(s.ca_file.as_deref(), s.insecure_skip_verify)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -63,6 +61,8 @@ fn build(s: &BackendSettings) -> Result<BackendClient, String> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
+        // Backends are spoken to in HTTP/1.1 whatever the client used
+        // (this also sets the ALPN offer).
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())

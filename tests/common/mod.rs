@@ -1,0 +1,308 @@
+//! Test harness: a real echo backend on a loopback port, drowsy started
+//! in-process from YAML, and small HTTP client helpers.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use drowsy::app::Running;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What the echo backend saw and the knobs tests pull.
+#[derive(Default)]
+pub struct BackendState {
+    pub seen: Mutex<Vec<String>>,
+    /// Notified (one stored permit) whenever a request arrives.
+    pub arrived: Notify,
+    /// Notified when an `/upload` request's first body bytes arrive.
+    pub upload_started: Notify,
+    /// `/download?gate=1` waits for this after sending half its bytes.
+    pub release_download: Notify,
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let state = Arc::new(BackendState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| echo(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Backend { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn echo(
+    state: Arc<BackendState>,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push(req.uri().path().to_string());
+    }
+    state.arrived.notify_one();
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/ws" => websocket(&mut req),
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            let mut first = true;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Some(d) = frame.data_ref() {
+                    n += d.len() as u64;
+                    if first && n > 0 {
+                        first = false;
+                        state.upload_started.notify_one();
+                    }
+                }
+            }
+            json(serde_json::json!({ "body_len": n }))
+        }
+        "/download" => download(state, &req),
+        "/slow" => {
+            let ms = query_u64(&req, "ms").unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            json(serde_json::json!({ "slept_ms": ms }))
+        }
+        _ => {
+            let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (k, v) in req.headers() {
+                headers
+                    .entry(k.as_str().to_string())
+                    .or_default()
+                    .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+            }
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let version = format!("{:?}", req.version());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            json(serde_json::json!({
+                "method": method, "uri": uri, "version": version,
+                "headers": headers, "body_len": body,
+            }))
+        }
+    };
+    Ok(resp)
+}
+
+fn json(v: serde_json::Value) -> Response<TestBody> {
+    let mut r = Response::new(full(v.to_string()));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    r
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn download(state: Arc<BackendState>, req: &Request<Incoming>) -> Response<TestBody> {
+    let total = query_u64(req, "n").unwrap_or(0);
+    let gate = query_u64(req, "gate") == Some(1);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut sent = 0u64;
+        let mut gated = !gate;
+        while sent < total {
+            if !gated && sent >= total / 2 {
+                state.release_download.notified().await;
+                gated = true;
+            }
+            let n = chunk.len().min((total - sent) as usize);
+            if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                return;
+            }
+            sent += n as u64;
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let mut r = Response::new(BoxBody::new(StreamBody::new(stream)));
+    r.headers_mut().insert("content-length", total.into());
+    r
+}
+
+pub fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + Sync + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn websocket(req: &mut Request<Incoming>) -> Response<TestBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(full("expected a websocket upgrade"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        while let Some(Ok(msg)) = rx.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().expect("static"));
+    h.insert("upgrade", "websocket".parse().expect("static"));
+    h.insert("sec-websocket-accept", accept.parse().expect("ascii"));
+    r
+}
+
+/// drowsy running in this process from a YAML config written to a temp dir.
+pub struct Drowsy {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drowsy {
+    pub async fn start(yaml: &str) -> Drowsy {
+        init_crypto();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("drowsy.yml");
+        std::fs::write(&path, yaml).expect("write config");
+        let cfg = drowsy::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+        let running = Running::start(&cfg)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        Drowsy { running, dir }
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.running.http_addr().expect("http entrypoint")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A GET through drowsy with the given Host.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    send(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(full(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    mut req: Request<TestBody>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let uri = format!(
+        "http://{addr}{}",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    *req.uri_mut() = uri.parse().expect("uri");
+    let resp = tokio::time::timeout(DEADLINE, client().request(req))
+        .await
+        .expect("deadline")
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(DEADLINE, resp.into_body().collect())
+        .await
+        .expect("deadline")
+        .expect("body")
+        .to_bytes();
+    (status, headers, body)
+}
+
+pub fn json_of(body: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// The first value of a header as the backend echoed it.
+pub fn echoed<'a>(v: &'a serde_json::Value, header: &str) -> Option<&'a str> {
+    v["headers"][header][0].as_str()
+}
