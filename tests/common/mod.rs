@@ -47,6 +47,15 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
+        Backend::start_with(None).await
+    }
+
+    /// The same echo backend, speaking HTTPS with `tls`.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Backend {
+        Backend::start_with(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -59,12 +68,25 @@ impl Backend {
                     return;
                 };
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| echo(st.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => {
+                                http.serve_connection(TokioIo::new(s), svc)
+                                    .with_upgrades()
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
