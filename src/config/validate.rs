@@ -2,6 +2,10 @@
 //! one place. Every problem is collected (not just the first) and reported
 //! at the line and column where it was written.
 
+// Paths are Vecs because they are extended and concatenated as they go down
+// the tree; the short literal ones would trip this lint for no gain.
+#![allow(clippy::useless_vec)]
+
 use super::error::{closest, ConfigError, ConfigErrors};
 use super::locate::{Locator, Seg};
 use super::runtime::*;

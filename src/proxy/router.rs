@@ -33,7 +33,7 @@ impl<R> HostTable<R> {
             }
             HostPattern::Wildcard(suffix) => {
                 self.wildcards.push((suffix.as_str().into(), route));
-                self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
             }
         }
     }

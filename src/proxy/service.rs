@@ -47,7 +47,7 @@ pub async fn handle(
             route.record(resp.status().as_u16(), start);
             (Some(route.name.clone()), resp)
         }
-        Err(resp) => (None, resp),
+        Err(resp) => (None, *resp),
     };
     let status = resp.status();
     resp.body_mut().set_log(AccessLog {
@@ -66,47 +66,47 @@ pub async fn handle(
 fn find_route(
     table: &RouteTable,
     req: &Request<Incoming>,
-) -> Result<Arc<Route>, Response<RespBody>> {
+) -> Result<Arc<Route>, Box<Response<RespBody>>> {
     if req.method() == Method::CONNECT {
         // drowsy is a reverse proxy only; tunnelling would make it an open proxy.
-        return Err(pages::plain(
+        return Err(Box::new(pages::plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not supported",
-        ));
+        )));
     }
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
             Some(Ok(h)) => h,
             Some(Err(_)) => {
-                return Err(pages::plain_close(
+                return Err(Box::new(pages::plain_close(
                     StatusCode::BAD_REQUEST,
                     "invalid Host header",
-                ))
+                )))
             }
             // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1
             // request without Host.
             None if req.version() == Version::HTTP_11 => {
-                return Err(pages::plain_close(
+                return Err(Box::new(pages::plain_close(
                     StatusCode::BAD_REQUEST,
                     "missing Host header",
-                ))
+                )))
             }
             None => "",
         },
     };
     let Some(host) = normalize_host(raw) else {
-        return Err(pages::plain(
+        return Err(Box::new(pages::plain(
             StatusCode::NOT_FOUND,
             "no route for this request (no host given)",
-        ));
+        )));
     };
     match table.hosts.lookup(&host) {
         Some(route) => Ok(route.clone()),
-        None => Err(pages::plain(
+        None => Err(Box::new(pages::plain(
             StatusCode::NOT_FOUND,
             format!("no route for host {}", truncate(&host, 253)),
-        )),
+        ))),
     }
 }
 
