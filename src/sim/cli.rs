@@ -23,7 +23,7 @@ use super::{PASSWORD, TOKEN_ID, TOKEN_SECRET, USERNAME};
 ///     node: pve1
 ///     ip: 127.0.1.105          # default 127.0.{vmid/256+1}.{vmid%256}
 ///     dhcp: false              # config says ip=dhcp; the address appears once it runs
-///     port: 8080
+///     port: 8080               # default: a free port, fixed while the sim runs
 ///     running: false
 ///     boot_delay: 2s
 ///     shutdown_delay: 1s
@@ -117,19 +117,24 @@ fn default_file() -> GuestsFile {
     let secs = Duration::from_secs;
     let guests = vec![
         GuestSpec::lxc(105, "wiki")
+            .port(8080)
             .boot_delay(secs(2))
             .shutdown_delay(secs(1))
             .tags(&["web"]),
         GuestSpec::lxc(106, "whoami")
+            .port(8080)
             .running(true)
             .boot_delay(secs(1))
             .dhcp(),
         GuestSpec::qemu(107, "media")
+            .port(8080)
             .boot_delay(secs(5))
             .agent_delay(secs(8))
             .shutdown_delay(secs(3))
             .ha(),
-        GuestSpec::lxc(108, "broken").fail_start("startup for container '108' failed"),
+        GuestSpec::lxc(108, "broken")
+            .port(8080)
+            .fail_start("startup for container '108' failed"),
     ];
     GuestsFile {
         nodes: vec!["pve1".to_string()],

@@ -339,8 +339,15 @@ impl Drop for Sim {
     }
 }
 
-fn insert_guest(shared: &Shared, spec: GuestSpec) -> Result<(), SimError> {
+fn insert_guest(shared: &Shared, mut spec: GuestSpec) -> Result<(), SimError> {
     let vmid = spec.vmid;
+    if spec.port == 0 {
+        spec.port = free_port(spec.effective_ip()).map_err(|source| SimError::GuestBind {
+            vmid,
+            addr: SocketAddr::from((spec.effective_ip(), 0)),
+            source,
+        })?;
+    }
     let running = spec.running;
     shared.ensure_node(&spec.node);
     let old = lock(&shared.guests).insert(vmid, Guest::new(spec));
@@ -366,4 +373,10 @@ fn refresh_snapshot(shared: &Shared) {
         taken: Instant::now(),
         vms,
     });
+}
+
+/// A port nobody listens on at `ip` right now; the kernel picks bind(0)
+/// ports at random, so it stays free for the guest in practice.
+fn free_port(ip: Ipv4Addr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }

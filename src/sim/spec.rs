@@ -36,8 +36,10 @@ impl GuestKind {
     }
 }
 
-/// Default port simulated guests listen on (80 would need privileges).
-pub const DEFAULT_GUEST_PORT: u16 = 8080;
+/// The default `port`: 0 means a free port picked when the guest is added
+/// and kept for the guest's lifetime, so tests running in parallel with the
+/// same vmids do not collide. Set a fixed one with [`GuestSpec::port`].
+pub const DEFAULT_GUEST_PORT: u16 = 0;
 
 /// One simulated guest. Build it with [`GuestSpec::lxc`] / [`GuestSpec::qemu`]
 /// and the chainable setters.
@@ -54,6 +56,8 @@ pub struct GuestSpec {
     /// The config says `ip=dhcp`: the address is known only once the guest
     /// has run.
     pub dhcp: bool,
+    /// 0 = a free port chosen when the guest is added (see
+    /// [`DEFAULT_GUEST_PORT`]).
     pub port: u16,
     /// Running when the simulator starts (listening at once, no boot delay).
     pub running: bool,
