@@ -494,8 +494,8 @@ async fn shutdown_closes_listener_and_open_connections() {
 #[tokio::test]
 async fn ha_start_task_ends_before_the_guest_boots() {
     let sim = sim_with(
-        vec![GuestSpec::qemu(107, "media").ha().boot_delay(ms(300))],
-        |o| o.task_delay = ms(100),
+        vec![GuestSpec::qemu(107, "media").ha().boot_delay(ms(100))],
+        |o| o.task_delay = ms(300),
     )
     .await;
     let api = Api::new(&sim);
@@ -690,6 +690,12 @@ async fn calls_are_counted_per_endpoint() {
     );
     sim.reset_counters();
     assert!(sim.call_counts().is_empty());
+
+    sim.set_api_latency(ms(100));
+    let sent = Instant::now();
+    assert_eq!(api.get("/version").await.status, StatusCode::OK);
+    assert!(sent.elapsed() >= ms(100));
+    assert_eq!(sim.call_counts().get("GET /version"), Some(&1));
     sim.shutdown().await;
 }
 
