@@ -742,3 +742,23 @@ async fn dhcp_guest_gets_its_address_when_running() {
     assert!(sim.wait_guest_listening(110, DEADLINE).await);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn cli_runs_from_a_guests_file_and_rejects_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("guests.yml");
+    let yaml = "guests:\n  - vmid: 130\n    kind: lxc\n    name: cli\n    running: true\n";
+    std::fs::write(&good, yaml).expect("write");
+    let listen = "127.0.0.1:0".parse().expect("addr");
+    let run = drowsy::sim::run_cli(listen, Some(good), true);
+    assert!(
+        tokio::time::timeout(ms(300), run).await.is_err(),
+        "runs until interrupted"
+    );
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "guests:\n  - vmid: 1\n    kind: vm\n    name: x\n").expect("write");
+    let err = drowsy::sim::run_cli(listen, Some(bad.clone()), true)
+        .await
+        .expect_err("invalid kind");
+    assert!(err.to_string().starts_with(&bad.display().to_string()));
+}
