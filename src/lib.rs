@@ -12,4 +12,5 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod proxy;
+pub mod sim;
 pub mod tls_trust;
