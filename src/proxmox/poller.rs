@@ -48,7 +48,7 @@ impl Poller {
             needed_changed: Notify::new(),
             nodes: RwLock::new(Vec::new()),
             polls: watch::channel(0).0,
-            last_error: RwLock::new(None),
+            last_error: watch::channel(None).0,
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(shared.clone(), options, cancel.clone()));
@@ -68,7 +68,7 @@ struct Shared {
     nodes: RwLock<Vec<String>>,
     /// Count of successful polls.
     polls: watch::Sender<u64>,
-    last_error: RwLock<Option<String>>,
+    last_error: watch::Sender<Option<String>>,
 }
 
 /// Controls one cluster's poller; dropping it stops the task.
@@ -138,7 +138,12 @@ impl PollerHandle {
 
     /// The error of the last poll, `None` when it succeeded.
     pub fn last_error(&self) -> Option<String> {
-        read(&self.shared.last_error).clone()
+        self.shared.last_error.borrow().clone()
+    }
+
+    /// Follows [`Self::last_error`]: changes when an outage starts or ends.
+    pub fn errors(&self) -> watch::Receiver<Option<String>> {
+        self.shared.last_error.subscribe()
     }
 
     /// Stops the task and waits for it to end.
@@ -256,14 +261,14 @@ fn outage(shared: &Shared, state: &mut LoopState, e: PveError) {
     } else {
         tracing::debug!(cluster = %shared.client.cluster(), error = %msg, "Proxmox API poll still failing");
     }
-    *write(&shared.last_error) = Some(msg);
+    shared.last_error.send_replace(Some(msg));
 }
 
 fn recovered(shared: &Shared, state: &mut LoopState) {
     if let Some(since) = state.outage_since.take() {
         tracing::info!(cluster = %shared.client.cluster(), after = ?since.elapsed(), "Proxmox API poll recovered");
     }
-    *write(&shared.last_error) = None;
+    shared.last_error.send_if_modified(|e| e.take().is_some());
 }
 
 /// `/cluster/status` at the first poll and whenever a guest sits on a node
