@@ -37,9 +37,7 @@ async fn env(guests: Vec<GuestSpec>) -> Env {
 
 async fn env_with(mut opts: SimOptions) -> Env {
     opts.listen = "127.0.0.1:0".parse().unwrap();
-    if opts.nodes.is_empty() {
-        opts.nodes = vec!["pve1".into(), "pve2".into()];
-    }
+    opts.nodes = vec!["pve1".into(), "pve2".into()];
     opts.resources_refresh = Duration::ZERO;
     opts.task_delay = Duration::from_millis(20);
     let sim = Sim::start(opts).await.unwrap();

@@ -1,0 +1,266 @@
+//! The service a simulated guest runs: a small HTTP/1.1 server that echoes
+//! requests as JSON, with a WebSocket echo and streaming endpoints.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the guest says about itself in every answer.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub vmid: u32,
+}
+
+/// A running guest service. Cancelling `token` closes the listener and
+/// every connection, upgraded ones included, like the guest powering off.
+pub(crate) struct Server {
+    pub token: CancellationToken,
+    pub accept: JoinHandle<()>,
+}
+
+/// Binds `addr`, retrying briefly: the previous incarnation of the guest may
+/// still be releasing the port when a stop is followed at once by a start.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut attempt = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Binds synchronously, for guests that are already running when added.
+pub(crate) fn bind_now(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    TcpListener::from_std(std_listener)
+}
+
+/// Starts serving on an already bound listener.
+pub(crate) fn serve(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    parent: &CancellationToken,
+) -> Server {
+    let token = parent.child_token();
+    let accept = tokio::spawn(accept_loop(listener, identity, token.clone()));
+    Server { token, accept }
+}
+
+async fn accept_loop(listener: TcpListener, identity: Arc<Identity>, token: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(vmid = identity.vmid, error = %e, "guest accept failed");
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(stream, identity.clone(), token.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, identity: Arc<Identity>, token: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let service_token = token.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let identity = identity.clone();
+        let token = service_token.clone();
+        async move { Ok::<_, Infallible>(route(req, identity, token)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = conn => {}
+    }
+}
+
+fn route(
+    req: Request<Incoming>,
+    identity: Arc<Identity>,
+    token: CancellationToken,
+) -> Response<Body> {
+    match req.uri().path() {
+        "/ws" if is_websocket(&req) => websocket(req, token),
+        "/slow" => slow(
+            query_u64(&req, "chunks", 5),
+            query_u64(&req, "interval_ms", 100),
+        ),
+        "/bytes" => bytes(query_u64(&req, "n", 1024)),
+        _ => echo(&req, &identity),
+    }
+}
+
+fn echo(req: &Request<Incoming>, identity: &Identity) -> Response<Body> {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let body = serde_json::json!({
+        "guest": identity.name,
+        "vmid": identity.vmid,
+        "method": req.method().as_str(),
+        "path": path,
+        "headers": headers,
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    let has = |name, needle: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(needle))
+    };
+    has(UPGRADE, "websocket") && req.headers().contains_key("sec-websocket-key")
+}
+
+fn websocket(mut req: Request<Incoming>, token: CancellationToken) -> Response<Body> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "guest websocket upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = echo_frames(ws) => {}
+        }
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
+async fn echo_frames<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// `chunks` lines, `interval_ms` apart (the first at once): a slow backend.
+fn slow(chunks: u64, interval_ms: u64) -> Response<Body> {
+    let interval = Duration::from_millis(interval_ms);
+    let stream = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let frame = Frame::data(Bytes::from(format!("chunk {i}\n")));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `n` bytes streamed in 16 KiB chunks: a large download.
+fn bytes(n: u64) -> Response<Body> {
+    const CHUNK: u64 = 16 * 1024;
+    let block = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let stream = futures_util::stream::unfold(n, move |left| {
+        let block = block.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(CHUNK);
+            let frame = Frame::data(block.slice(..take as usize));
+            Some((Ok::<_, Infallible>(frame), left - take))
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str, default: u64) -> u64 {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    BodyExt::boxed(Full::new(data.into()))
+}

@@ -1,0 +1,369 @@
+//! A simulated Proxmox VE cluster: an API look-alike over HTTPS plus guests
+//! that are real servers on loopback addresses.
+//!
+//! It behaves like PVE where drowsy depends on it (see DESIGN.md §7) and is
+//! written without any of drowsy's own Proxmox client code, so a misreading
+//! of the API shows up as a failing test instead of being mirrored.
+//!
+//! Deliberate PVE behaviours worth knowing when testing against it:
+//! - `/cluster/resources` answers from a snapshot refreshed every
+//!   `resources_refresh` (10 s like pvestatd); `status/current` is live.
+//! - A suspended guest still has a process: `status/current` says
+//!   `running` (QEMU adds `qmpstatus: paused`); in `/cluster/resources` a
+//!   paused VM shows `paused`, a frozen CT `running`.
+//! - A normal start task ends when the guest process is up (`task_delay`),
+//!   before the guest's service listens (`boot_delay` later). An HA start is
+//!   a `hastart` task that ends at once, before the guest even boots.
+//! - A shutdown that outlives its `timeout` ends `WARNINGS: 1` with
+//!   `forceStop=1` (the guest is killed) and fails otherwise.
+//! - Every answer with status >= 400 closes the connection; 401 answers have
+//!   an empty body and the reason only in the status line.
+
+mod actions;
+mod api;
+mod auth;
+mod cli;
+mod endpoints;
+mod guest_http;
+mod power;
+mod spec;
+mod state;
+mod tls;
+mod upid;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::DEFAULT_PRIVILEGES;
+pub use cli::{run_cli, GuestsFile};
+pub use spec::{default_guest_ip, GuestKind, GuestSpec, DEFAULT_GUEST_PORT};
+
+use state::{lock, Guest, Knobs, Power, Shared};
+
+/// The API token every simulator accepts.
+pub const TOKEN_ID: &str = "drowsy@pve!proxy";
+pub const TOKEN_SECRET: &str = "5f1c9a2e-7b3d-4e8f-9a6b-0c2d4e6f8a1b";
+/// The user every simulator accepts for ticket login.
+pub const USERNAME: &str = "drowsy@pve";
+pub const PASSWORD: &str = "sleepy-guests";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("simulator I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot generate certificates: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("guest {vmid} cannot listen on {addr}: {source}")]
+    GuestBind {
+        vmid: u32,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    GuestsFile { path: String, message: String },
+}
+
+/// How to run a simulator.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// API address; the default picks a free loopback port.
+    pub listen: SocketAddr,
+    /// Serve the API over plain HTTP instead of HTTPS.
+    pub plain_http: bool,
+    pub nodes: Vec<String>,
+    pub guests: Vec<GuestSpec>,
+    /// Age at which the `/cluster/resources` snapshot is refreshed;
+    /// `Duration::ZERO` makes it live.
+    pub resources_refresh: Duration,
+    pub ticket_lifetime: Duration,
+    /// Added to every API answer.
+    pub api_latency: Duration,
+    /// How long a power task runs (for a start: until the process is up).
+    pub task_delay: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            plain_http: false,
+            nodes: vec!["pve1".to_string()],
+            guests: Vec::new(),
+            resources_refresh: Duration::from_secs(10),
+            ticket_lifetime: Duration::from_secs(2 * 3600),
+            api_latency: Duration::ZERO,
+            task_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// An injected API failure.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// Only requests whose path (with query) contains this; `None` = all.
+    pub path_contains: Option<String>,
+    pub kind: FaultKind,
+    /// How many requests it hits; `None` = until [`Sim::clear_faults`].
+    pub count: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultKind {
+    /// A 500 answer with this message, like a failing handler.
+    Status500(String),
+    /// No answer at all until the simulator shuts down.
+    Hang,
+}
+
+/// When a guest's last start (or resume) was requested and when its
+/// service began to listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootRecord {
+    pub start_requested: Instant,
+    pub listening: Instant,
+}
+
+impl BootRecord {
+    /// The guest's own boot time, to subtract from a measured wake.
+    pub fn boot_time(&self) -> Duration {
+        self.listening
+            .saturating_duration_since(self.start_requested)
+    }
+}
+
+/// A running simulator. Dropping it stops everything too; [`Sim::shutdown`]
+/// also waits for the API listener to close.
+pub struct Sim {
+    shared: Arc<Shared>,
+    url: String,
+    ca_pem: String,
+    api: Option<JoinHandle<()>>,
+}
+
+impl Sim {
+    pub async fn start(opts: SimOptions) -> Result<Sim, SimError> {
+        let mut auth = auth::AuthState::new(opts.ticket_lifetime);
+        auth.add_token(TOKEN_ID, TOKEN_SECRET);
+        auth.add_user(USERNAME, PASSWORD);
+        let shared = Arc::new(Shared {
+            nodes: Mutex::new(opts.nodes.clone()),
+            knobs: Mutex::new(Knobs {
+                api_latency: opts.api_latency,
+                resources_refresh: opts.resources_refresh,
+                task_delay: opts.task_delay,
+            }),
+            guests: Mutex::new(BTreeMap::new()),
+            auth: Mutex::new(auth),
+            tasks: Mutex::new(upid::Tasks::default()),
+            counters: Mutex::new(BTreeMap::new()),
+            faults: Mutex::new(Vec::new()),
+            snapshot: Mutex::new(None),
+            cancel: CancellationToken::new(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        for spec in opts.guests {
+            insert_guest(&shared, spec)?;
+        }
+        refresh_snapshot(&shared);
+        let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+        let addr = listener.local_addr()?;
+        let (tls, ca_pem, scheme) = if opts.plain_http {
+            (None, String::new(), "http")
+        } else {
+            let t = tls::generate()?;
+            (
+                Some(tokio_rustls::TlsAcceptor::from(t.config)),
+                t.ca_pem,
+                "https",
+            )
+        };
+        let api = tokio::spawn(api::serve(listener, tls, shared.clone()));
+        Ok(Sim {
+            shared,
+            url: format!("{scheme}://{addr}"),
+            ca_pem,
+            api: Some(api),
+        })
+    }
+
+    /// Base URL without `/api2/json`, e.g. `https://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The CA that signed the API certificate (empty with plain HTTP).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn write_ca(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, &self.ca_pem)
+    }
+
+    /// Adds (or replaces) a guest; a `running` one listens at once. Its
+    /// node joins the cluster if new. Binding failures are logged.
+    pub fn add_guest(&self, spec: GuestSpec) {
+        if let Err(e) = insert_guest(&self.shared, spec) {
+            tracing::warn!(error = %e, "simulated guest not started");
+        }
+    }
+
+    /// Where the guest's service listens; `None` for an unknown guest or a
+    /// DHCP guest that never ran.
+    pub fn guest_addr(&self, vmid: u32) -> Option<SocketAddr> {
+        self.shared.with_guest(vmid, |g| g.addr()).flatten()
+    }
+
+    /// Live power state: `running` (process up, maybe not listening yet),
+    /// `stopped` or `suspended`.
+    pub fn guest_status(&self, vmid: u32) -> Option<&'static str> {
+        self.shared.with_guest(vmid, |g| g.power.as_str())
+    }
+
+    /// Starts (or resumes) a guest the way a person in the web UI would;
+    /// not counted as an API call.
+    pub fn start_guest_outside(&self, vmid: u32) {
+        match self.shared.with_guest(vmid, |g| g.power) {
+            Some(Power::Stopped) => power::boot(&self.shared, vmid, None),
+            Some(Power::Suspended) => power::resume(&self.shared, vmid, None),
+            _ => {}
+        }
+    }
+
+    /// Hard-stops a guest from outside drowsy.
+    pub fn stop_guest_outside(&self, vmid: u32) {
+        if self.shared.with_guest(vmid, |g| g.power != Power::Stopped) == Some(true) {
+            power::hard_stop(&self.shared, vmid, None);
+        }
+    }
+
+    /// Replaces the privileges of a token id or user (default: all of
+    /// [`DEFAULT_PRIVILEGES`]).
+    pub fn set_privileges(&self, token_or_user: &str, privs: &[&str]) {
+        lock(&self.shared.auth).set_privileges(token_or_user, privs);
+    }
+
+    pub fn add_token(&self, token_id: &str, secret: &str) {
+        lock(&self.shared.auth).add_token(token_id, secret);
+    }
+
+    pub fn set_api_latency(&self, d: Duration) {
+        lock(&self.shared.knobs).api_latency = d;
+    }
+
+    /// Applies to tickets already issued too.
+    pub fn set_ticket_lifetime(&self, d: Duration) {
+        lock(&self.shared.auth).ticket_lifetime = d;
+    }
+
+    pub fn set_resources_refresh(&self, d: Duration) {
+        lock(&self.shared.knobs).resources_refresh = d;
+    }
+
+    pub fn set_task_delay(&self, d: Duration) {
+        lock(&self.shared.knobs).task_delay = d;
+    }
+
+    pub fn inject_fault(&self, f: Fault) {
+        self.shared.add_fault(f);
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// API calls received for one endpoint, named by method and path
+    /// template, e.g. `GET /cluster/resources` or
+    /// `POST /nodes/{node}/lxc/{vmid}/status/start`. Calls to unknown paths
+    /// are counted under their literal path.
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        lock(&self.shared.counters)
+            .get(endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.shared.counters_snapshot()
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        lock(&self.shared.counters).values().sum()
+    }
+
+    pub fn reset_counters(&self) {
+        lock(&self.shared.counters).clear();
+    }
+
+    pub fn last_boot(&self, vmid: u32) -> Option<BootRecord> {
+        self.shared.with_guest(vmid, |g| g.last_boot).flatten()
+    }
+
+    /// Waits until the guest's service listens; false on timeout or for an
+    /// unknown guest.
+    pub async fn wait_guest_listening(&self, vmid: u32, timeout: Duration) -> bool {
+        let Some(mut rx) = self.shared.with_guest(vmid, |g| g.listening.subscribe()) else {
+            return false;
+        };
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|listening| *listening)).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Stops the API and every guest.
+    pub async fn shutdown(mut self) {
+        self.shared.cancel.cancel();
+        if let Some(api) = self.api.take() {
+            let _ = api.await;
+        }
+        let servers: Vec<_> = lock(&self.shared.guests)
+            .values_mut()
+            .filter_map(Guest::close_service)
+            .collect();
+        for s in servers {
+            let _ = s.accept.await;
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+fn insert_guest(shared: &Shared, spec: GuestSpec) -> Result<(), SimError> {
+    let vmid = spec.vmid;
+    let running = spec.running;
+    shared.ensure_node(&spec.node);
+    let old = lock(&shared.guests).insert(vmid, Guest::new(spec));
+    if let Some(mut old) = old {
+        old.power_off();
+    }
+    if !running {
+        return Ok(());
+    }
+    power::boot_now(shared, vmid).map_err(|source| SimError::GuestBind {
+        vmid,
+        addr: shared
+            .with_guest(vmid, |g| g.addr())
+            .flatten()
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+        source,
+    })
+}
+
+fn refresh_snapshot(shared: &Shared) {
+    let vms = endpoints::take_snapshot(shared);
+    *lock(&shared.snapshot) = Some(state::Snapshot {
+        taken: Instant::now(),
+        vms,
+    });
+}
