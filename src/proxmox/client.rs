@@ -384,21 +384,25 @@ fn reason_phrase(resp: &reqwest::Response) -> String {
 }
 
 /// A rustls error somewhere in the chain. `io::Error` hides its inner
-/// error from `source()`, so it is unwrapped explicitly.
+/// error from `source()` (and TLS layers nest io errors), so those are
+/// unwrapped explicitly.
 fn find_tls_error(e: &reqwest::Error) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t.to_string());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(t.to_string());
-            }
-        }
-        cur = err.source();
+    tls_in(e)
+}
+
+fn tls_in(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(t) = err.downcast_ref::<rustls::Error>() {
+        return Some(t.to_string());
     }
-    None
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(found) = tls_in(inner) {
+            return Some(found);
+        }
+    }
+    err.source().and_then(tls_in)
 }
 
 fn error_chain(e: &reqwest::Error) -> String {
