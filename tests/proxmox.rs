@@ -38,6 +38,11 @@ async fn env(guests: Vec<GuestSpec>) -> Env {
 async fn env_with(mut opts: SimOptions) -> Env {
     opts.listen = "127.0.0.1:0".parse().unwrap();
     opts.nodes = vec!["pve1".into(), "pve2".into()];
+    // Guest addresses derive from the vmid; own ports keep tests that run
+    // at the same time (threads or processes) from sharing a listener.
+    for g in &mut opts.guests {
+        g.port = free_port();
+    }
     opts.resources_refresh = Duration::ZERO;
     opts.task_delay = Duration::from_millis(20);
     let sim = Sim::start(opts).await.unwrap();
@@ -45,6 +50,13 @@ async fn env_with(mut opts: SimOptions) -> Env {
     let ca = dir.path().join("pve-root-ca.pem");
     sim.write_ca(&ca).unwrap();
     Env { sim, _dir: dir, ca }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 fn token() -> PveAuth {
