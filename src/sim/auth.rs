@@ -254,11 +254,11 @@ mod tests {
     #[test]
     fn escaped_ticket_cookie_and_renewal() {
         let mut s = state();
-        let login = s.login("drowsy@pve", "pw").ok().expect("login");
+        let login = s.login("drowsy@pve", "pw").expect("login");
         assert!(login.ticket.starts_with("PVE:drowsy@pve:"));
         let escaped = login.ticket.replace(':', "%3A").replace('+', "%2B");
         let cookie = format!("other=1; PVEAuthCookie={escaped}");
-        let p = s.authenticate(None, Some(&cookie)).ok().expect("valid");
+        let p = s.authenticate(None, Some(&cookie)).expect("valid");
         assert_eq!(p.csrf.as_deref(), Some(login.csrf.as_str()));
         assert!(s.login("drowsy@pve", &login.ticket).is_ok());
         assert!(s.login("drowsy@pve", "wrong").is_err());
