@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod proxmox;
 pub mod proxy;
 pub mod sim;
 pub mod tls_trust;

@@ -1,0 +1,85 @@
+//! Finding a guest's IPs through the API (the parsing lives in [`super::net`]).
+
+use super::auth::percent_encode;
+use super::client::PveClient;
+use super::error::PveError;
+use super::net;
+use super::types::GuestKind;
+use std::net::IpAddr;
+
+/// The guest's IPs, best first; empty when not (yet) known.
+///
+/// A running guest is asked live first: LXC `/interfaces`, or the QEMU guest
+/// agent, which fails for a few seconds after boot until the agent is up;
+/// that failure just means "not known yet". The config (`netN` / `ipconfigN`)
+/// is the fallback and the only source for a stopped guest. The error is
+/// returned only when the config cannot be read either.
+pub async fn discover_ips(
+    client: &PveClient,
+    node: &str,
+    kind: GuestKind,
+    vmid: u32,
+    running: bool,
+) -> Result<Vec<IpAddr>, PveError> {
+    if running {
+        match live_ips(client, node, kind, vmid).await {
+            Ok(ips) if !ips.is_empty() => return Ok(ips),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(cluster = %client.cluster(), vmid, error = %e, "live IP lookup failed; using the config")
+            }
+        }
+    }
+    config_ips(client, node, kind, vmid).await
+}
+
+async fn live_ips(
+    client: &PveClient,
+    node: &str,
+    kind: GuestKind,
+    vmid: u32,
+) -> Result<Vec<IpAddr>, PveError> {
+    let node = percent_encode(node);
+    match kind {
+        GuestKind::Lxc => {
+            let path = format!("/nodes/{node}/lxc/{vmid}/interfaces");
+            let data = client
+                .get(&path, "/nodes/{node}/lxc/{vmid}/interfaces")
+                .await?;
+            Ok(net::lxc_interface_ips(&data))
+        }
+        GuestKind::Qemu => {
+            let path = format!("/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces");
+            let data = client
+                .get(
+                    &path,
+                    "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
+                )
+                .await?;
+            Ok(net::agent_interface_ips(&data))
+        }
+    }
+}
+
+async fn config_ips(
+    client: &PveClient,
+    node: &str,
+    kind: GuestKind,
+    vmid: u32,
+) -> Result<Vec<IpAddr>, PveError> {
+    let node = percent_encode(node);
+    match kind {
+        GuestKind::Lxc => {
+            let path = format!("/nodes/{node}/lxc/{vmid}/config");
+            let data = client.get(&path, "/nodes/{node}/lxc/{vmid}/config").await?;
+            Ok(net::lxc_config_ips(&data))
+        }
+        GuestKind::Qemu => {
+            let path = format!("/nodes/{node}/qemu/{vmid}/config");
+            let data = client
+                .get(&path, "/nodes/{node}/qemu/{vmid}/config")
+                .await?;
+            Ok(net::qemu_config_ips(&data))
+        }
+    }
+}

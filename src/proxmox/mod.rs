@@ -1,0 +1,33 @@
+//! Proxmox VE: API client (auth, TLS, envelope and errors), guest types,
+//! the poller that keeps the cluster cache current, reverse lookup, IP
+//! discovery and guest power actions with task waiting (DESIGN.md §6).
+//!
+//! Privileges the token or user needs (on `/`, or on `/vms/{vmid}` per
+//! guest): `VM.Audit` (resources, config, interfaces), `VM.PowerMgmt`
+//! (start/shutdown/stop/suspend/resume), `Sys.Audit` (`/cluster/status`,
+//! other users' tasks) and, for QEMU guests, `VM.GuestAgent.Audit` (PVE 9)
+//! or `VM.Monitor` (PVE 8) for the guest agent's interface list.
+//!
+//! Wiring: one [`PveClient`] per cluster, one shared [`ClusterCache`], one
+//! [`Poller`] per cluster; the handle takes the set of needed guests and
+//! refreshes a guest's IPs on demand; [`power::run`] does power actions.
+
+mod auth;
+pub mod cache;
+pub mod client;
+pub mod discovery;
+pub mod error;
+pub mod net;
+pub mod poller;
+pub mod power;
+mod tls;
+pub mod types;
+pub mod upid;
+
+pub use cache::{ClusterCache, GuestChange, LookupError};
+pub use client::{ClientOptions, PveClient};
+pub use error::PveError;
+pub use poller::{Poller, PollerHandle, PollerOptions};
+pub use power::{PowerAction, TaskOutcome};
+pub use types::{Guest, GuestKind, GuestStatus};
+pub use upid::{Upid, UpidError};

@@ -1,0 +1,203 @@
+//! Guests as drowsy sees them, built from `GET /cluster/resources?type=vm`.
+
+use serde_json::Value;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestKind {
+    Lxc,
+    Qemu,
+}
+
+impl GuestKind {
+    /// The resource `type` and the API path segment (`/nodes/{node}/lxc/..`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestKind::Lxc => "lxc",
+            GuestKind::Qemu => "qemu",
+        }
+    }
+
+    pub fn from_api(s: &str) -> Option<GuestKind> {
+        match s {
+            "lxc" => Some(GuestKind::Lxc),
+            "qemu" => Some(GuestKind::Qemu),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GuestStatus {
+    Running,
+    Stopped,
+    /// QEMU paused (e.g. `qm suspend` to RAM) or LXC frozen.
+    Paused,
+    /// Hibernated / suspended.
+    Suspended,
+    /// Anything else Proxmox reports, kept verbatim.
+    Unknown(String),
+}
+
+impl GuestStatus {
+    pub fn from_api(s: &str) -> GuestStatus {
+        match s {
+            "running" => GuestStatus::Running,
+            "stopped" => GuestStatus::Stopped,
+            "paused" => GuestStatus::Paused,
+            "suspended" => GuestStatus::Suspended,
+            other => GuestStatus::Unknown(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            GuestStatus::Running => "running",
+            GuestStatus::Stopped => "stopped",
+            GuestStatus::Paused => "paused",
+            GuestStatus::Suspended => "suspended",
+            GuestStatus::Unknown(s) => s,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        *self == GuestStatus::Running
+    }
+}
+
+impl fmt::Display for GuestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guest {
+    pub cluster: Arc<str>,
+    pub node: String,
+    pub vmid: u32,
+    pub kind: GuestKind,
+    /// LXC hostname / VM name, as Proxmox reports it.
+    pub name: String,
+    pub status: GuestStatus,
+    pub tags: Vec<String>,
+    /// Known IPs, best first (see [`super::net`]); empty when unknown.
+    pub ips: Vec<IpAddr>,
+    pub template: bool,
+    /// Managed by the HA stack: power actions go through HA requests.
+    pub ha: bool,
+}
+
+impl Guest {
+    /// `cluster/node/vmid`, how a guest is named in messages.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.cluster, self.node, self.vmid)
+    }
+
+    /// Parses one entry of `GET /cluster/resources?type=vm`:
+    /// `{"id":"lxc/105","type":"lxc","vmid":105,"node":"pve1","name":"wiki",
+    /// "status":"running","tags":"a;b","template":0,"hastate":"started"}`.
+    /// Returns `None` for entries that are not guests or lack a vmid/node.
+    pub fn from_resource(cluster: &Arc<str>, r: &Value) -> Option<Guest> {
+        let kind = GuestKind::from_api(r.get("type")?.as_str()?)?;
+        let vmid = u32_field(r.get("vmid")?)?;
+        let node = r.get("node")?.as_str()?.to_string();
+        let name = r.get("name").and_then(Value::as_str).unwrap_or("");
+        let status = r.get("status").and_then(Value::as_str).unwrap_or("unknown");
+        Some(Guest {
+            cluster: cluster.clone(),
+            node,
+            vmid,
+            kind,
+            name: name.to_string(),
+            status: GuestStatus::from_api(status),
+            tags: parse_tags(r.get("tags").and_then(Value::as_str).unwrap_or("")),
+            ips: Vec::new(),
+            template: r.get("template").map(truthy).unwrap_or(false),
+            ha: has_ha_state(r),
+        })
+    }
+}
+
+/// Older releases send numbers as strings in some places; accept both.
+fn u32_field(v: &Value) -> Option<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_u64().unwrap_or(0) != 0,
+        Value::String(s) => s == "1" || s == "true",
+        _ => false,
+    }
+}
+
+/// `hastate` appears only for HA-managed guests (`started`, `stopped`,
+/// `ignored`, ...); `ignored` means HA leaves the guest alone.
+fn has_ha_state(r: &Value) -> bool {
+    match r.get("hastate").and_then(Value::as_str) {
+        Some(s) => !s.is_empty() && s != "ignored",
+        None => false,
+    }
+}
+
+/// PVE stores tags `;`-separated but accepts `,` and spaces on input.
+fn parse_tags(s: &str) -> Vec<String> {
+    s.split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // Entry shape of `GET /cluster/resources?type=vm` (PVE 8).
+    #[test]
+    fn parses_resource_entry() {
+        let c: Arc<str> = Arc::from("home");
+        let g = Guest::from_resource(
+            &c,
+            &json!({"id":"lxc/105","type":"lxc","vmid":105,"node":"pve1","name":"wiki",
+                    "status":"running","tags":"web;prod","template":0,"hastate":"started",
+                    "maxmem":536870912,"uptime":42}),
+        )
+        .unwrap();
+        assert_eq!(g.vmid, 105);
+        assert_eq!(g.kind, GuestKind::Lxc);
+        assert_eq!(g.status, GuestStatus::Running);
+        assert_eq!(g.tags, vec!["web", "prod"]);
+        assert!(g.ha && !g.template);
+        assert_eq!(g.label(), "home/pve1/105");
+    }
+
+    #[test]
+    fn skips_non_guests_and_keeps_unknown_status() {
+        let c: Arc<str> = Arc::from("home");
+        assert!(Guest::from_resource(&c, &json!({"type":"storage","node":"pve1"})).is_none());
+        assert!(Guest::from_resource(&c, &json!({"type":"qemu","node":"pve1"})).is_none());
+        let g = Guest::from_resource(
+            &c,
+            &json!({"type":"qemu","vmid":"200","node":"pve2","status":"prelaunch","template":1}),
+        )
+        .unwrap();
+        assert_eq!(g.status, GuestStatus::Unknown("prelaunch".into()));
+        assert!(g.template && !g.ha);
+        assert_eq!(g.name, "");
+    }
+}
