@@ -4,6 +4,7 @@
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::config::Config;
+use crate::proxmox::Clusters;
 use crate::proxy::{self, Proxy, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Running {
     pub proxy: Proxy,
+    pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     admin_stop: CancellationToken,
@@ -19,7 +21,11 @@ pub struct Running {
 impl Running {
     pub async fn start(config: &Config) -> Result<Running, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::start(config, metrics.clone()).await?;
+        let clusters = match config.proxmox.is_empty() {
+            true => None,
+            false => Some(Arc::new(Clusters::start(config, &metrics)?)),
+        };
+        let proxy = Proxy::start(config, metrics.clone(), clusters.clone()).await?;
         let admin_stop = CancellationToken::new();
         let mut admin_addr = None;
         if let Some(addr) = config.listen.admin {
@@ -27,11 +33,13 @@ impl Running {
             admin_addr = listener.local_addr().ok();
             let state = Arc::new(AdminState {
                 metrics: metrics.clone(),
+                clusters: clusters.clone(),
             });
             tokio::spawn(server::serve(listener, state, admin_stop.clone()));
         }
         Ok(Running {
             proxy,
+            clusters,
             admin_addr,
             metrics,
             admin_stop,
@@ -49,5 +57,8 @@ impl Running {
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
         self.admin_stop.cancel();
+        if let Some(clusters) = self.clusters.and_then(|c| Arc::try_unwrap(c).ok()) {
+            clusters.shutdown().await;
+        }
     }
 }

@@ -39,20 +39,36 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the configuration, print a summary, and exit.
     Check(ConfigArg),
+    /// Run the simulated Proxmox VE API alone (for trying drowsy without a cluster).
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Address of the simulated API.
+    #[arg(long, default_value = "127.0.0.1:8006")]
+    pub listen: std::net::SocketAddr,
+    /// YAML file describing the nodes and guests (a small default set without it).
+    #[arg(long)]
+    pub guests: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.config));
+    if !matches!(command, Command::Check(_)) {
+        if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+            eprintln!("drowsy: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match command {
         Command::Check(arg) => check(&arg.config),
-        Command::Run(arg) => {
-            if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
-                eprintln!("drowsy: {e}");
-                return ExitCode::FAILURE;
-            }
-            run(&arg.config)
-        }
+        Command::Sim(args) => sim(args),
+        Command::Run(arg) => run(&arg.config),
     }
 }
 
@@ -139,6 +155,34 @@ pub fn summary(cfg: &Config) -> String {
     out
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("drowsy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn sim(args: SimArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::sim::run_cli(
+        args.listen,
+        args.guests,
+        args.plain_http,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drowsy sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(path: &Path) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(c) => c,
@@ -147,17 +191,10 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("drowsy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve(cfg))
+    match runtime() {
+        Ok(rt) => rt.block_on(serve(cfg)),
+        Err(code) => code,
+    }
 }
 
 async fn serve(cfg: Config) -> ExitCode {

@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz`, `/metrics` and the JSON API.
 
 use crate::admin::metrics::Metrics;
+use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// What the admin endpoints read.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    pub clusters: Option<Arc<Clusters>>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -62,8 +64,43 @@ async fn handle(
             );
             resp
         }
-        (_, "/healthz" | "/metrics") => pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::GET, "/api/guests") => json(&guests(&state)),
+        (_, "/healthz" | "/metrics" | "/api/guests") => {
+            pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
         _ => pages::plain(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(resp)
+}
+
+fn json(value: &serde_json::Value) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(value.to_string()));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `GET /api/guests`: the cluster cache as drowsy sees it.
+fn guests(state: &AdminState) -> serde_json::Value {
+    let Some(clusters) = &state.clusters else {
+        return serde_json::json!([]);
+    };
+    let snapshot = clusters.cache.snapshot();
+    snapshot
+        .guests()
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "cluster": &*g.cluster,
+                "node": g.node,
+                "vmid": g.vmid,
+                "type": g.kind.as_str(),
+                "name": g.name,
+                "status": g.status.as_str(),
+                "tags": g.tags,
+                "ips": g.ips,
+                "ha": g.ha,
+            })
+        })
+        .collect()
 }

@@ -15,6 +15,7 @@
 mod auth;
 pub mod cache;
 pub mod client;
+pub mod clusters;
 pub mod discovery;
 pub mod error;
 pub mod net;
@@ -26,6 +27,7 @@ pub mod upid;
 
 pub use cache::{ClusterCache, GuestChange, LookupError};
 pub use client::{ClientOptions, PveClient};
+pub use clusters::Clusters;
 pub use error::PveError;
 pub use poller::{Poller, PollerHandle, PollerOptions};
 pub use power::{PowerAction, TaskOutcome};

@@ -12,6 +12,7 @@ pub mod tls;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use listener::Entrypoint;
 use route::RouteTable;
@@ -37,6 +38,8 @@ pub enum StartError {
     Routes(String),
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Proxmox(#[from] crate::proxmox::PveError),
 }
 
 /// A running proxy: its entrypoints are bound and serving.
@@ -57,7 +60,11 @@ pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, S
 }
 
 impl Proxy {
-    pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, StartError> {
+    pub async fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        clusters: Option<Arc<Clusters>>,
+    ) -> Result<Proxy, StartError> {
         let table = RouteTable::build(config, &metrics).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
@@ -66,6 +73,7 @@ impl Proxy {
             metrics,
             upgrades: TaskTracker::new(),
             kill: kill.clone(),
+            clusters,
         });
         let connections = Arc::new(Semaphore::new(config.listen.max_connections));
         let l = &config.listen;

@@ -5,9 +5,11 @@ use super::forward::client::ClientCache;
 use super::forward::{BackendClient, Upstream};
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
-use crate::config::{Config, RouteSettings, Target};
+use crate::config::{Config, GuestRef, RouteSettings, Scheme, Target};
+use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::histogram::Histogram;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +26,31 @@ pub enum RouteKind {
     /// A fixed backend address.
     Static(Upstream),
     /// A Proxmox guest, reached at its current address.
-    Guest,
+    Guest(GuestTarget),
+    /// A guest other routes depend on; nothing routes to it.
+    Dependency,
+}
+
+pub struct GuestTarget {
+    pub guest: GuestRef,
+    pub port: u16,
+    pub scheme: Scheme,
+    /// The upstream built for the guest's last known IP, reused while the IP
+    /// stays the same so requests do not rebuild it.
+    last: ArcSwapOption<(IpAddr, Upstream)>,
+}
+
+impl GuestTarget {
+    pub fn upstream(&self, ip: IpAddr) -> Result<Upstream, String> {
+        if let Some(last) = &*self.last.load() {
+            if last.0 == ip {
+                return Ok(last.1.clone());
+            }
+        }
+        let up = Upstream::new(self.scheme, &ip.to_string(), self.port, "")?;
+        self.last.store(Some(Arc::new((ip, up.clone()))));
+        Ok(up)
+    }
 }
 
 impl Route {
@@ -40,7 +66,17 @@ impl Route {
                 url.port,
                 &url.path_prefix,
             )?),
-            Target::Guest { .. } | Target::DependencyOnly { .. } => RouteKind::Guest,
+            Target::Guest {
+                guest,
+                port,
+                scheme,
+            } => RouteKind::Guest(GuestTarget {
+                guest: guest.clone(),
+                port: *port,
+                scheme: *scheme,
+                last: ArcSwapOption::empty(),
+            }),
+            Target::DependencyOnly { .. } => RouteKind::Dependency,
         };
         let client = clients
             .get(&settings.backend)

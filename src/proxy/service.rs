@@ -4,11 +4,13 @@
 
 use super::body::{AccessLog, RespBody};
 use super::conn::ConnInfo;
+use super::forward::Upstream;
 use super::forward::{self, ForwardCtx};
 use super::pages;
-use super::route::{Route, RouteKind, RouteTable};
+use super::route::{GuestTarget, Route, RouteKind, RouteTable};
 use super::router::normalize_host;
 use crate::admin::metrics::Metrics;
+use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -26,6 +28,8 @@ pub struct Shared {
     pub upgrades: TaskTracker,
     /// Cancelled when the shutdown deadline passes.
     pub kill: CancellationToken,
+    /// The Proxmox clusters, when any is configured.
+    pub clusters: Option<Arc<Clusters>>,
 }
 
 pub async fn handle(
@@ -123,25 +127,63 @@ async fn dispatch(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
-    match &route.kind {
-        RouteKind::Static(upstream) => {
-            let ctx = ForwardCtx {
-                route: &route.name,
-                client: &route.client,
-                upstream,
-                max_request_body: route.settings.backend.max_request_body,
-                response_timeout: route.settings.backend.response_timeout,
-                upgrades: &shared.upgrades,
-                kill: &shared.kill,
-            };
-            forward::forward(ctx, conn, req, ()).await
+    let upstream = match &route.kind {
+        RouteKind::Static(upstream) => upstream.clone(),
+        RouteKind::Guest(target) => match guest_upstream(shared, target) {
+            Ok(up) => up,
+            Err(why) => return pages::unavailable(format!("route {}: {why}", route.name), 5),
+        },
+        RouteKind::Dependency => {
+            return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
-        RouteKind::Guest => pages::unavailable(
-            format!(
-                "route {}: its guest is not known yet (the Proxmox cluster has not been read)",
-                route.name
-            ),
-            5,
-        ),
+    };
+    let ctx = ForwardCtx {
+        route: &route.name,
+        client: &route.client,
+        upstream: &upstream,
+        max_request_body: route.settings.backend.max_request_body,
+        response_timeout: route.settings.backend.response_timeout,
+        upgrades: &shared.upgrades,
+        kill: &shared.kill,
+    };
+    forward::forward(ctx, conn, req, ()).await
+}
+
+/// Where a guest route's requests go right now, from the cluster cache, or
+/// why they cannot go anywhere.
+fn guest_upstream(shared: &Shared, target: &GuestTarget) -> Result<Upstream, String> {
+    let Some(clusters) = &shared.clusters else {
+        return Err("no Proxmox cluster is configured".into());
+    };
+    let snapshot = clusters.cache.snapshot();
+    let guest = match snapshot.resolve(&target.guest) {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            let outages = clusters.outages();
+            return Err(match outages.first() {
+                Some((cluster, e)) => format!(
+                    "guest {} is not known: Proxmox cluster {cluster} is unreachable ({e})",
+                    target.guest.key
+                ),
+                None => format!("no guest matches {}", target.guest.key),
+            });
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if !guest.status.is_running() {
+        return Err(format!(
+            "guest {} ({}) is {}",
+            guest.name,
+            guest.label(),
+            guest.status.as_str()
+        ));
     }
+    let Some(ip) = guest.ips.first() else {
+        return Err(format!(
+            "guest {} ({}) is running but its IP address is not known yet",
+            guest.name,
+            guest.label()
+        ));
+    };
+    target.upstream(*ip)
 }

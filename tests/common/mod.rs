@@ -328,3 +328,77 @@ pub fn json_of(body: &Bytes) -> serde_json::Value {
 pub fn echoed<'a>(v: &'a serde_json::Value, header: &str) -> Option<&'a str> {
     v["headers"][header][0].as_str()
 }
+
+/// A simulated Proxmox cluster for a test, with its CA written to a file.
+pub struct SimEnv {
+    pub sim: drowsy::sim::Sim,
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl SimEnv {
+    pub async fn start(guests: Vec<drowsy::sim::GuestSpec>) -> SimEnv {
+        init_crypto();
+        let mut opts = drowsy::sim::SimOptions {
+            guests,
+            resources_refresh: Duration::ZERO,
+            task_delay: Duration::from_millis(20),
+            ..Default::default()
+        };
+        // Guest addresses derive from the vmid; own ports keep tests that
+        // run at the same time from sharing a listener.
+        for g in &mut opts.guests {
+            g.port = free_port();
+        }
+        let sim = drowsy::sim::Sim::start(opts).await.expect("sim");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("pve-root-ca.pem");
+        sim.write_ca(&ca).expect("write ca");
+        SimEnv { sim, dir, ca }
+    }
+
+    /// The `proxmox:` section pointing at this simulator.
+    pub fn proxmox_yaml(&self) -> String {
+        format!(
+            "proxmox:\n  - name: home\n    url: {}\n    token_id: {}\n    token_secret: {}\n    ca_file: {}\n    poll_interval: 100ms\n    request_timeout: 1s\n",
+            self.sim.url(),
+            drowsy::sim::TOKEN_ID,
+            drowsy::sim::TOKEN_SECRET,
+            self.ca.display()
+        )
+    }
+
+    pub fn port(&self, vmid: u32) -> u16 {
+        self.sim.guest_addr(vmid).expect("guest").port()
+    }
+}
+
+/// Waits (on the cache's change notifications) until `pred` holds.
+pub async fn wait_cache(
+    running: &Running,
+    what: &str,
+    pred: impl Fn(&drowsy::proxmox::cache::Snapshot) -> bool,
+) {
+    let cache = running.clusters.as_ref().expect("clusters").cache.clone();
+    let mut changes = cache.subscribe();
+    let wait = async {
+        loop {
+            if pred(&cache.snapshot()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                panic!("cache dropped while waiting for {what}");
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
