@@ -4,6 +4,7 @@
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::config::Config;
+use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use crate::proxy::{self, Proxy, StartError};
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Running {
     pub proxy: Proxy,
+    pub gates: Option<Arc<Gates>>,
     pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
@@ -25,7 +27,10 @@ impl Running {
             true => None,
             false => Some(Arc::new(Clusters::start(config, &metrics)?)),
         };
-        let proxy = Proxy::start(config, metrics.clone(), clusters.clone()).await?;
+        let gates = clusters
+            .as_ref()
+            .map(|c| Arc::new(Gates::start(config, c, &metrics)));
+        let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), gates.clone()).await?;
         let admin_stop = CancellationToken::new();
         let mut admin_addr = None;
         if let Some(addr) = config.listen.admin {
@@ -39,6 +44,7 @@ impl Running {
         }
         Ok(Running {
             proxy,
+            gates,
             clusters,
             admin_addr,
             metrics,
@@ -57,6 +63,9 @@ impl Running {
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
         self.admin_stop.cancel();
+        if let Some(gates) = &self.gates {
+            gates.shutdown().await;
+        }
         if let Some(clusters) = self.clusters.and_then(|c| Arc::try_unwrap(c).ok()) {
             clusters.shutdown().await;
         }

@@ -240,3 +240,51 @@ mod tests {
         );
     }
 }
+
+/// A guest's power state as Proxmox sees it right now (`status/current`
+/// is live, unlike `/cluster/resources`, which lags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveStatus {
+    Running,
+    /// QEMU `qmpstatus: paused`/`suspended` (the process runs, the guest does not).
+    Paused,
+    Stopped,
+}
+
+pub async fn live_status(client: &PveClient, guest: &Guest) -> Result<LiveStatus, PveError> {
+    let (path, endpoint) = match guest.kind {
+        GuestKind::Lxc => (
+            format!(
+                "/nodes/{}/lxc/{}/status/current",
+                percent_encode(&guest.node),
+                guest.vmid
+            ),
+            "/nodes/{node}/lxc/{vmid}/status/current",
+        ),
+        GuestKind::Qemu => (
+            format!(
+                "/nodes/{}/qemu/{}/status/current",
+                percent_encode(&guest.node),
+                guest.vmid
+            ),
+            "/nodes/{node}/qemu/{vmid}/status/current",
+        ),
+    };
+    let data = client.get(&path, endpoint).await?;
+    let status = data.get("status").and_then(Value::as_str).unwrap_or("");
+    let qmp = data.get("qmpstatus").and_then(Value::as_str).unwrap_or("");
+    Ok(match (status, qmp) {
+        ("running", "paused" | "suspended" | "prelaunch") => LiveStatus::Paused,
+        ("running", _) => LiveStatus::Running,
+        _ => LiveStatus::Stopped,
+    })
+}
+
+/// A start that failed only because the guest already runs (pve's
+/// `CT 105 already running` / `VM 105 already running`, raised by the API
+/// call itself or by its task depending on the release): someone else
+/// started it, which is what the caller wanted anyway.
+pub fn is_already_running(err: &PveError) -> bool {
+    matches!(err, PveError::TaskFailed { .. } | PveError::Api { .. })
+        && err.to_string().contains("already running")
+}

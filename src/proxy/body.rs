@@ -2,6 +2,7 @@
 //! Concrete enums rather than boxed bodies, so a request costs no extra
 //! allocation for its body.
 
+use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -137,6 +138,7 @@ pin_project! {
     enum Inner {
         Stream { #[pin] body: Incoming },
         Full { data: Option<Bytes> },
+        Channel { rx: tokio::sync::mpsc::Receiver<Bytes> },
     }
 }
 
@@ -147,6 +149,8 @@ pin_project! {
         #[pin]
         inner: Inner,
         log: Option<AccessLog>,
+        // Keeps the guest counted as in use until the body is done.
+        hold: Option<UseGuard>,
     }
 }
 
@@ -155,7 +159,22 @@ impl RespBody {
         RespBody {
             inner: Inner::Stream { body },
             log: None,
+            hold: None,
         }
+    }
+
+    /// A body fed chunk by chunk (server-sent events); ends when the
+    /// sender is dropped.
+    pub fn channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        RespBody {
+            inner: Inner::Channel { rx },
+            log: None,
+            hold: None,
+        }
+    }
+
+    pub fn set_hold(&mut self, hold: UseGuard) {
+        self.hold = Some(hold);
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
@@ -165,6 +184,7 @@ impl RespBody {
                 data: (!data.is_empty()).then_some(data),
             },
             log: None,
+            hold: None,
         }
     }
 
@@ -189,6 +209,7 @@ impl Body for RespBody {
         let polled = match this.inner.project() {
             InnerProj::Stream { body } => body.poll_frame(cx),
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Channel { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, this.log.as_mut()) {
             if let Some(data) = frame.data_ref() {
@@ -202,6 +223,7 @@ impl Body for RespBody {
         match &self.inner {
             Inner::Stream { body } => body.is_end_stream(),
             Inner::Full { data } => data.is_none(),
+            Inner::Channel { .. } => false,
         }
     }
 
@@ -211,6 +233,7 @@ impl Body for RespBody {
             Inner::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Inner::Channel { .. } => SizeHint::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod tls;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use listener::Entrypoint;
@@ -64,8 +65,10 @@ impl Proxy {
         config: &Config,
         metrics: Arc<Metrics>,
         clusters: Option<Arc<Clusters>>,
+        gates: Option<Arc<Gates>>,
     ) -> Result<Proxy, StartError> {
-        let table = RouteTable::build(config, &metrics).map_err(StartError::Routes)?;
+        let table =
+            RouteTable::build(config, &metrics, gates.as_deref()).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -111,6 +114,10 @@ impl Proxy {
             loops,
             shutdown_timeout: l.shutdown_timeout,
         })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Stops accepting, lets in-flight requests and upgraded connections

@@ -6,6 +6,7 @@ use super::forward::{BackendClient, Upstream};
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
 use crate::config::{Config, GuestRef, RouteSettings, Scheme, Target};
+use crate::idle::{Gate, Gates};
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::histogram::Histogram;
@@ -17,6 +18,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub settings: RouteSettings,
     pub kind: RouteKind,
+    /// The idle gate of the route's guest, when it sleeps.
+    pub gate: Option<Arc<Gate>>,
     pub client: BackendClient,
     metrics: Arc<Metrics>,
     duration: Histogram,
@@ -58,6 +61,7 @@ impl Route {
         settings: &RouteSettings,
         clients: &mut ClientCache,
         metrics: &Arc<Metrics>,
+        gates: Option<&Gates>,
     ) -> Result<Self, String> {
         let kind = match &settings.target {
             Target::Backend { url } => RouteKind::Static(Upstream::new(
@@ -85,6 +89,7 @@ impl Route {
             name: settings.name.clone(),
             settings: settings.clone(),
             kind,
+            gate: gates.and_then(|g| g.for_route(&settings.name)).cloned(),
             client,
             duration: metrics
                 .request_duration_seconds
@@ -115,12 +120,16 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, String> {
+    pub fn build(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        gates: Option<&Gates>,
+    ) -> Result<Self, String> {
         let mut clients = ClientCache::default();
         let mut hosts = HostTable::default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for settings in &config.routes {
-            let route = Arc::new(Route::build(settings, &mut clients, metrics)?);
+            let route = Arc::new(Route::build(settings, &mut clients, metrics, gates)?);
             for pattern in &settings.hosts {
                 hosts.insert(pattern, route.clone());
             }

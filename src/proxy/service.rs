@@ -10,6 +10,7 @@ use super::pages;
 use super::route::{GuestTarget, Route, RouteKind, RouteTable};
 use super::router::normalize_host;
 use crate::admin::metrics::Metrics;
+use crate::idle::{self, Admit};
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use http::{header, Method, Request, Response, StatusCode, Version};
@@ -127,15 +128,28 @@ async fn dispatch(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
-    let upstream = match &route.kind {
-        RouteKind::Static(upstream) => upstream.clone(),
-        RouteKind::Guest(target) => match guest_upstream(shared, target) {
-            Ok(up) => up,
-            Err(why) => return pages::unavailable(format!("route {}: {why}", route.name), 5),
+    let (ip, hold, waited_ms) = match &route.gate {
+        Some(gate) => match idle::admit(gate, &route.name, &route.settings.no_wake, &req).await {
+            Admit::Respond(resp) => return resp,
+            Admit::Forward {
+                ip,
+                guard,
+                waited_ms,
+            } => (ip, Some(guard), waited_ms),
         },
-        RouteKind::Dependency => {
+        None => (None, None, None),
+    };
+    let upstream = match (&route.kind, ip) {
+        (RouteKind::Static(upstream), _) => Ok(upstream.clone()),
+        (RouteKind::Guest(target), Some(ip)) => target.upstream(ip),
+        (RouteKind::Guest(target), None) => guest_upstream(shared, target),
+        (RouteKind::Dependency, _) => {
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
+    };
+    let upstream = match upstream {
+        Ok(up) => up,
+        Err(why) => return pages::unavailable(format!("route {}: {why}", route.name), 5),
     };
     let ctx = ForwardCtx {
         route: &route.name,
@@ -146,8 +160,15 @@ async fn dispatch(
         upgrades: &shared.upgrades,
         kill: &shared.kill,
     };
-    forward::forward(ctx, conn, req, ()).await
+    let mut resp = forward::forward(ctx, conn, req, hold).await;
+    if let Some(ms) = waited_ms {
+        resp.headers_mut().insert(&X_DROWSY_WAKE, ms.into());
+    }
+    resp
 }
+
+/// On responses that waited for a wake: how long, in milliseconds.
+static X_DROWSY_WAKE: http::HeaderName = http::HeaderName::from_static("x-drowsy-wake");
 
 /// Where a guest route's requests go right now, from the cluster cache, or
 /// why they cannot go anywhere.

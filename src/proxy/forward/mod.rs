@@ -8,6 +8,7 @@ mod upgrade;
 use super::body::{ReqBody, RespBody, TooLarge};
 use super::conn::ConnInfo;
 use super::pages;
+use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -91,11 +92,11 @@ pub struct ForwardCtx<'a> {
 /// Sends `req` to the backend and returns its response (or drowsy's own
 /// error page). `hold` is kept alive for as long as the exchange lasts,
 /// including an upgraded connection.
-pub async fn forward<H: Send + 'static>(
+pub async fn forward(
     ctx: ForwardCtx<'_>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    hold: H,
+    hold: Option<UseGuard>,
 ) -> Response<RespBody> {
     if let Some(limit) = ctx.max_request_body {
         if declared_length(&req).is_some_and(|n| n > limit) {
@@ -164,7 +165,11 @@ pub async fn forward<H: Send + 'static>(
         ),
         (false, _) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
-            resp.map(RespBody::stream)
+            let mut resp = resp.map(RespBody::stream);
+            if let Some(hold) = hold {
+                resp.body_mut().set_hold(hold);
+            }
+            resp
         }
     }
 }

@@ -1,0 +1,271 @@
+//! A request's way through the gate: straight on when the guest is up;
+//! otherwise held until it wakes, answered with the loading page (browser
+//! navigations), or refused (`no_wake`, too many held).
+
+use super::activity::UseGuard;
+use super::gate::{Gate, WaitError, RETRY_BACKOFF};
+use super::page;
+use super::state::Progress;
+use crate::config::{LoadingPage, NoWake};
+use crate::proxy::body::RespBody;
+use crate::proxy::pages;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+pub enum Admit {
+    /// Forward, holding `guard` until the exchange is over. `ip` is the
+    /// guest's address (for guest routes); `waited_ms` is set when the
+    /// request was held for a wake.
+    Forward {
+        ip: Option<IpAddr>,
+        guard: UseGuard,
+        waited_ms: Option<u64>,
+    },
+    Respond(Response<RespBody>),
+}
+
+pub const EVENTS_PATH: &str = "/.drowsy/events";
+
+/// Case-insensitive substring test without allocating.
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// `no_wake`: an exact path, or a User-Agent containing one of the
+/// configured substrings (stored lowercase).
+pub fn is_no_wake<B>(rules: &NoWake, req: &Request<B>) -> bool {
+    if rules.paths.iter().any(|p| p == req.uri().path()) {
+        return true;
+    }
+    if rules.user_agents.is_empty() {
+        return false;
+    }
+    let ua = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    rules
+        .user_agents
+        .iter()
+        .any(|n| contains_ignore_case(ua, n))
+}
+
+/// A top-level browser navigation (Fetch Metadata `Sec-Fetch-Mode:
+/// navigate`, or for older browsers a GET that accepts HTML).
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
+    }
+    *method == Method::GET
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| contains_ignore_case(a, "text/html"))
+}
+
+fn wants_loading_page<B>(setting: LoadingPage, req: &Request<B>) -> bool {
+    match setting {
+        LoadingPage::Never => false,
+        LoadingPage::Always => matches!(*req.method(), Method::GET | Method::HEAD),
+        LoadingPage::Auto => is_navigation(req.method(), req.headers()),
+    }
+}
+
+pub async fn admit<B>(
+    gate: &Arc<Gate>,
+    route: &Arc<str>,
+    no_wake: &NoWake,
+    req: &Request<B>,
+) -> Admit {
+    let quiet = is_no_wake(no_wake, req);
+    // The guard comes before the state check: see the fence in the owner.
+    let guard = gate.enter(!quiet);
+    if let Some(ip) = gate.ready() {
+        return Admit::Forward {
+            ip,
+            guard,
+            waited_ms: None,
+        };
+    }
+    if gate.passthrough() {
+        return Admit::Forward {
+            ip: None,
+            guard,
+            waited_ms: None,
+        };
+    }
+    if quiet {
+        return Admit::Respond(pages::unavailable(
+            format!("route {route}: the guest is asleep, and this request does not wake it"),
+            RETRY_BACKOFF.as_secs() as u32,
+        ));
+    }
+    if req.uri().path() == EVENTS_PATH {
+        drop(guard);
+        return Admit::Respond(events(gate));
+    }
+    if wants_loading_page(gate.settings.loading_page, req) {
+        drop(guard);
+        gate.request_wake();
+        return Admit::Respond(loading(route, gate.backoff_error().as_deref()));
+    }
+    let Some(_slot) = gate.try_hold() else {
+        return Admit::Respond(pages::unavailable(
+            format!(
+                "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
+                gate.settings.max_held_requests
+            ),
+            RETRY_BACKOFF.as_secs() as u32,
+        ));
+    };
+    let start = Instant::now();
+    match gate.wait_ready(gate.settings.wake_timeout).await {
+        Ok(ip) => Admit::Forward {
+            ip,
+            guard,
+            waited_ms: Some(start.elapsed().as_millis() as u64),
+        },
+        Err(WaitError::Failed(why)) => Admit::Respond(pages::unavailable(
+            format!("route {route}: could not wake the guest: {why}"),
+            RETRY_BACKOFF.as_secs() as u32,
+        )),
+        Err(WaitError::Timeout) => Admit::Respond(pages::unavailable(
+            format!(
+                "route {route}: the guest did not wake within {}",
+                humantime::format_duration(gate.settings.wake_timeout)
+            ),
+            RETRY_BACKOFF.as_secs() as u32,
+        )),
+    }
+}
+
+/// 503 with the loading page: nothing caches or indexes it.
+fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(page::loading_page(route, error)));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    resp
+}
+
+/// One server-sent event for a progress step.
+fn sse(p: &Progress) -> Bytes {
+    let data = serde_json::json!({ "phase": p.phase.event(), "message": p.phase.message() });
+    Bytes::from(format!("event: {}\ndata: {data}\n\n", p.phase.event()))
+}
+
+/// `GET /.drowsy/events`: the wake's progress, live, until ready or failed.
+fn events(gate: &Arc<Gate>) -> Response<RespBody> {
+    let (tx, rx) = mpsc::channel(16);
+    let mut progress = gate.progress();
+    let failed = gate.backoff_error();
+    if failed.is_none() {
+        gate.request_wake();
+    }
+    let gate = gate.clone();
+    tokio::spawn(async move {
+        if let Some(why) = failed {
+            let p = Progress {
+                seq: 0,
+                phase: super::state::Phase::Failed(why),
+            };
+            let _ = tx.send(sse(&p)).await;
+            return;
+        }
+        loop {
+            let p = progress.borrow_and_update().clone();
+            let done = gate.ready().is_some() || matches!(p.phase, super::state::Phase::Failed(_));
+            let p = match gate.ready() {
+                Some(_) if !matches!(p.phase, super::state::Phase::Ready { .. }) => Progress {
+                    seq: p.seq,
+                    phase: super::state::Phase::Ready { ms: 0 },
+                },
+                _ => p,
+            };
+            if tx.send(sse(&p)).await.is_err() || done {
+                return;
+            }
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(RespBody::channel(rx));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn navigation_follows_fetch_metadata_then_accept() {
+        // Fetch Metadata (W3C): only `navigate` is a top-level navigation.
+        let r = req(Method::GET, &[("sec-fetch-mode", "navigate")]);
+        assert!(is_navigation(r.method(), r.headers()));
+        let r = req(
+            Method::GET,
+            &[("sec-fetch-mode", "cors"), ("accept", "text/html")],
+        );
+        assert!(!is_navigation(r.method(), r.headers()));
+        let r = req(
+            Method::GET,
+            &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+        );
+        assert!(is_navigation(r.method(), r.headers()));
+        let r = req(Method::POST, &[("accept", "text/html")]);
+        assert!(!is_navigation(r.method(), r.headers()));
+        let r = req(Method::GET, &[("accept", "*/*")]);
+        assert!(!is_navigation(r.method(), r.headers()));
+    }
+
+    #[test]
+    fn no_wake_matches_paths_and_user_agents() {
+        let rules = NoWake {
+            paths: vec!["/favicon.ico".into()],
+            user_agents: vec!["uptime-kuma".into()],
+        };
+        let r = Request::get("/favicon.ico").body(()).unwrap();
+        assert!(is_no_wake(&rules, &r));
+        let r = Request::get("/favicon.ico?x=1").body(()).unwrap();
+        assert!(is_no_wake(&rules, &r), "the query is not part of the path");
+        let r = Request::get("/")
+            .header("user-agent", "Uptime-Kuma/1.23")
+            .body(())
+            .unwrap();
+        assert!(is_no_wake(&rules, &r));
+        let r = Request::get("/")
+            .header("user-agent", "Mozilla/5.0")
+            .body(())
+            .unwrap();
+        assert!(!is_no_wake(&rules, &r));
+    }
+}
