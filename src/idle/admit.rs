@@ -26,7 +26,7 @@ pub enum Admit {
         guard: UseGuard,
         waited_ms: Option<u64>,
     },
-    Respond(Response<RespBody>),
+    Respond(Box<Response<RespBody>>),
 }
 
 pub const EVENTS_PATH: &str = "/.drowsy/events";
@@ -102,28 +102,28 @@ pub async fn admit<B>(
         };
     }
     if quiet {
-        return Admit::Respond(pages::unavailable(
+        return Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: the guest is asleep, and this request does not wake it"),
             RETRY_BACKOFF.as_secs() as u32,
-        ));
+        )));
     }
     if req.uri().path() == EVENTS_PATH {
         drop(guard);
-        return Admit::Respond(events(gate));
+        return Admit::Respond(Box::new(events(gate)));
     }
     if wants_loading_page(gate.settings.loading_page, req) {
         drop(guard);
         gate.request_wake();
-        return Admit::Respond(loading(route, gate.backoff_error().as_deref()));
+        return Admit::Respond(Box::new(loading(route, gate.backoff_error().as_deref())));
     }
     let Some(_slot) = gate.try_hold() else {
-        return Admit::Respond(pages::unavailable(
+        return Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
                 gate.settings.max_held_requests
             ),
             RETRY_BACKOFF.as_secs() as u32,
-        ));
+        )));
     };
     let start = Instant::now();
     match gate.wait_ready(gate.settings.wake_timeout).await {
@@ -132,17 +132,17 @@ pub async fn admit<B>(
             guard,
             waited_ms: Some(start.elapsed().as_millis() as u64),
         },
-        Err(WaitError::Failed(why)) => Admit::Respond(pages::unavailable(
+        Err(WaitError::Failed(why)) => Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: could not wake the guest: {why}"),
             RETRY_BACKOFF.as_secs() as u32,
-        )),
-        Err(WaitError::Timeout) => Admit::Respond(pages::unavailable(
+        ))),
+        Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: the guest did not wake within {}",
                 humantime::format_duration(gate.settings.wake_timeout)
             ),
             RETRY_BACKOFF.as_secs() as u32,
-        )),
+        ))),
     }
 }
 

@@ -130,7 +130,7 @@ async fn dispatch(
 ) -> Response<RespBody> {
     let (ip, hold, waited_ms) = match &route.gate {
         Some(gate) => match idle::admit(gate, &route.name, &route.settings.no_wake, &req).await {
-            Admit::Respond(resp) => return resp,
+            Admit::Respond(resp) => return *resp,
             Admit::Forward {
                 ip,
                 guard,
