@@ -246,6 +246,9 @@ pub struct SleepSettings {
     pub loading_page: LoadingPage,
     /// Requests held during a wake at most; more get 503.
     pub max_held_requests: usize,
+    /// After a failed wake, requests get the error (with this Retry-After)
+    /// until this much time has passed; the next one then tries again.
+    pub wake_retry_after: Duration,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -111,6 +111,7 @@ macro_rules! with_route_options {
             pub stop_timeout: Option<DurationSetting>,
             pub loading_page: Option<RawLoadingPage>,
             pub max_held_requests: Option<usize>,
+            pub wake_retry_after: Option<DurationSetting>,
             pub connect_timeout: Option<DurationSetting>,
             pub response_timeout: Option<DurationSetting>,
             pub pool_idle_timeout: Option<DurationSetting>,

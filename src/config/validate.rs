@@ -980,6 +980,12 @@ fn sleep_settings(
             _ => LoadingPage::Auto,
         },
         max_held_requests,
+        wake_retry_after: finite(
+            ctx,
+            &key("wake_retry_after"),
+            pick(r.wake_retry_after, d.wake_retry_after),
+            Duration::from_secs(5),
+        ),
     })
 }
 

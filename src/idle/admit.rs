@@ -3,7 +3,7 @@
 //! navigations), or refused (`no_wake`, too many held).
 
 use super::activity::UseGuard;
-use super::gate::{Gate, WaitError, RETRY_BACKOFF};
+use super::gate::{Gate, WaitError};
 use super::page;
 use super::state::Progress;
 use crate::config::{LoadingPage, NoWake};
@@ -104,7 +104,7 @@ pub async fn admit<B>(
     if quiet {
         return Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: the guest is asleep, and this request does not wake it"),
-            RETRY_BACKOFF.as_secs() as u32,
+            gate.retry_after_secs(),
         )));
     }
     if req.uri().path() == EVENTS_PATH {
@@ -122,7 +122,7 @@ pub async fn admit<B>(
                 "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
                 gate.settings.max_held_requests
             ),
-            RETRY_BACKOFF.as_secs() as u32,
+            gate.retry_after_secs(),
         )));
     };
     let start = Instant::now();
@@ -134,14 +134,14 @@ pub async fn admit<B>(
         },
         Err(WaitError::Failed(why)) => Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: could not wake the guest: {why}"),
-            RETRY_BACKOFF.as_secs() as u32,
+            gate.retry_after_secs(),
         ))),
         Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: the guest did not wake within {}",
                 humantime::format_duration(gate.settings.wake_timeout)
             ),
-            RETRY_BACKOFF.as_secs() as u32,
+            gate.retry_after_secs(),
         ))),
     }
 }

@@ -32,6 +32,15 @@ pub enum WaitError {
     Timeout,
 }
 
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::Failed(why) => f.write_str(why),
+            WaitError::Timeout => f.write_str("it did not wake within wake_timeout"),
+        }
+    }
+}
+
 pub(super) struct GateMetrics {
     pub wakes_ok: Counter,
     pub wakes_error: Counter,
@@ -96,6 +105,8 @@ pub struct Gate {
     pub(super) state: AtomicU8,
     pub(super) address: ArcSwapOption<IpAddr>,
     pub(super) progress: watch::Sender<Progress>,
+    /// Every state change, for those who wait on one (tests, the admin API).
+    states: watch::Sender<GuestState>,
     pub(super) cmd: mpsc::UnboundedSender<Cmd>,
     pub(super) stats: Mutex<Stats>,
     pub(super) wakes: AtomicU64,
@@ -104,9 +115,6 @@ pub struct Gate {
     pub(super) dependents: OnceLock<Vec<Weak<Gate>>>,
     pub(super) metrics: GateMetrics,
 }
-
-/// How long a failed wake is remembered before the next request tries again.
-pub const RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Gate {
     pub(super) fn new(
@@ -133,6 +141,7 @@ impl Gate {
                 phase: Phase::Idle,
             })
             .0,
+            states: watch::channel(GuestState::Unknown).0,
             cmd,
             stats: Mutex::new(Stats::default()),
             wakes: AtomicU64::new(0),
@@ -150,6 +159,7 @@ impl Gate {
 
     pub(super) fn set_state(&self, s: GuestState) {
         self.state.store(s as u8, Ordering::SeqCst);
+        self.states.send_replace(s);
         for (gauge, candidate) in self.metrics.states.iter().zip(GuestState::ALL) {
             gauge.set(i64::from(candidate == s));
         }
@@ -160,6 +170,10 @@ impl Gate {
             p.seq += 1;
             p.phase = phase;
         });
+    }
+
+    pub fn watch_state(&self) -> watch::Receiver<GuestState> {
+        self.states.subscribe()
     }
 
     pub fn progress(&self) -> watch::Receiver<Progress> {
@@ -196,9 +210,17 @@ impl Gate {
         }
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         match &stats.last_error {
-            Some((at, why)) if at.elapsed() < RETRY_BACKOFF => Some(why.clone()),
+            Some((at, why)) if at.elapsed() < self.settings.wake_retry_after => Some(why.clone()),
             _ => None,
         }
+    }
+
+    /// Seconds for `Retry-After` on a 503 of this gate (at least 1).
+    pub fn retry_after_secs(&self) -> u32 {
+        self.settings
+            .wake_retry_after
+            .as_secs()
+            .clamp(1, u32::MAX as u64) as u32
     }
 
     pub fn request_wake(&self) {

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How often an idle check is repeated while something is in flight or a
@@ -26,12 +26,19 @@ const IP_REFRESH_EVERY: Duration = Duration::from_millis(500);
 /// A known IP that has not answered for this long is looked up again (a
 /// DHCP guest may come back with another lease).
 const STALE_IP_AFTER: Duration = Duration::from_secs(2);
+/// While the cache disagrees with drowsy about a guest (its status lags by
+/// up to ~10 s on a real cluster), the live status is asked this often.
+const VERIFY_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Owner {
     gate: Arc<Gate>,
     clusters: Arc<Clusters>,
     /// `(cluster, vmid)` once the guest has been found.
     resolved: Option<(Arc<str>, u32)>,
+    /// Successful polls of the guest's cluster, once it is known.
+    polls: Option<watch::Receiver<u64>>,
+    /// When the live status was last asked because the cache disagreed.
+    last_verify: Option<Instant>,
 }
 
 impl Owner {
@@ -40,11 +47,12 @@ impl Owner {
             gate,
             clusters,
             resolved: None,
+            polls: None,
+            last_verify: None,
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: CancellationToken) {
-        let mut changes = self.clusters.cache.changes();
         let mut generation = self.clusters.cache.subscribe();
         self.adopt_from_cache();
         loop {
@@ -58,13 +66,13 @@ impl Owner {
                     None => return,
                 },
                 _ = sleep_until(check_at) => self.idle_check().await,
-                change = changes.recv() => match change {
-                    Ok(c) if self.resolved.as_ref().is_some_and(|(cl, id)| *cl == c.cluster && *id == c.vmid) => {
-                        self.outside_change(c.new.as_ref().is_some_and(|s| s.is_running())).await
+                polled = next_poll(&mut self.polls) => {
+                    if polled {
+                        self.reconcile().await;
+                    } else {
+                        self.polls = None;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+                }
                 r = generation.changed(), if watching_cache => {
                     if r.is_err() {
                         return;
@@ -104,7 +112,7 @@ impl Owner {
                 return;
             }
         };
-        self.resolved = Some((guest.cluster.clone(), guest.vmid));
+        self.remember(&guest);
         match self.gate.state() {
             GuestState::Unknown => {
                 let state = if guest.status.is_running() {
@@ -123,6 +131,40 @@ impl Owner {
             GuestState::Running => self.set_address(&guest),
             _ => {}
         }
+    }
+
+    fn remember(&mut self, guest: &Guest) {
+        let key = (guest.cluster.clone(), guest.vmid);
+        if self.resolved.as_ref() != Some(&key) {
+            self.polls = self.clusters.poller(&guest.cluster).map(|p| p.polls());
+            self.resolved = Some(key);
+        }
+    }
+
+    /// After each poll: when the cache disagrees with the gate's state, the
+    /// guest may have been started or stopped from outside. The cache lags,
+    /// so the live status decides, asked at most every `VERIFY_EVERY`.
+    async fn reconcile(&mut self) {
+        let Some((cluster, vmid)) = &self.resolved else {
+            return;
+        };
+        let Some(cached) = self.clusters.cache.get(cluster, *vmid) else {
+            return;
+        };
+        let running = cached.status.is_running();
+        let disagrees = match self.gate.state() {
+            GuestState::Running => !running,
+            GuestState::Stopped
+            | GuestState::Suspended
+            | GuestState::Error
+            | GuestState::Unknown => running,
+            GuestState::Starting | GuestState::Stopping => false,
+        };
+        if !disagrees || self.last_verify.is_some_and(|t| t.elapsed() < VERIFY_EVERY) {
+            return;
+        }
+        self.last_verify = Some(Instant::now());
+        self.outside_change(running).await;
     }
 
     fn set_address(&self, guest: &Guest) {
@@ -175,7 +217,7 @@ impl Owner {
         loop {
             match self.clusters.resolve(&self.gate.guest) {
                 Ok(Some(g)) => {
-                    self.resolved = Some((g.cluster.clone(), g.vmid));
+                    self.remember(&g);
                     return Ok(g);
                 }
                 Ok(None) if self.clusters.cache.snapshot().guests().is_empty() => {
@@ -291,13 +333,7 @@ impl Owner {
         for (dep, result) in results {
             match result {
                 Ok(_) => self.gate.publish(Phase::DependencyReady(dep.label.clone())),
-                Err(e) => {
-                    let why = match e {
-                        super::gate::WaitError::Failed(w) => w.to_string(),
-                        super::gate::WaitError::Timeout => "timed out".to_string(),
-                    };
-                    return Err(format!("dependency {} failed: {why}", dep.label));
-                }
+                Err(e) => return Err(format!("dependency {} failed: {e}", dep.label)),
             }
         }
         Ok(())
@@ -440,6 +476,15 @@ impl Owner {
             }
             _ => {}
         }
+    }
+}
+
+/// The next successful poll; `false` when the poller is gone. Never
+/// resolves while the cluster is not known yet.
+async fn next_poll(polls: &mut Option<watch::Receiver<u64>>) -> bool {
+    match polls {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

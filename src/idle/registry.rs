@@ -31,6 +31,7 @@ fn dependency_settings() -> SleepSettings {
         stop_timeout: Duration::from_secs(60),
         loading_page: LoadingPage::Auto,
         max_held_requests: 10_000,
+        wake_retry_after: Duration::from_secs(5),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod pages;
 pub mod route;
 pub mod router;
 pub mod service;
+pub mod tcp;
 pub mod tls;
 
 use crate::admin::metrics::Metrics;
@@ -104,6 +105,17 @@ impl Proxy {
             https_addr = listener.local_addr().ok();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&config.tls)?);
             loops.spawn(listener::accept_loop(listener, entry(Some(acceptor))));
+        }
+        for route in shared.table.load().routes.iter() {
+            if let Some(addr) = route.settings.tcp_listen {
+                let listener = bind(addr, "a TCP route's listen").await?;
+                loops.spawn(tcp::accept_loop(
+                    listener,
+                    route.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                ));
+            }
         }
         Ok(Proxy {
             shared,

@@ -10,12 +10,14 @@ use super::pages;
 use super::route::{GuestTarget, Route, RouteKind, RouteTable};
 use super::router::normalize_host;
 use crate::admin::metrics::Metrics;
+use crate::config::GuestRef;
 use crate::idle::{self, Admit};
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -173,20 +175,26 @@ static X_DROWSY_WAKE: http::HeaderName = http::HeaderName::from_static("x-drowsy
 /// Where a guest route's requests go right now, from the cluster cache, or
 /// why they cannot go anywhere.
 fn guest_upstream(shared: &Shared, target: &GuestTarget) -> Result<Upstream, String> {
+    target.upstream(guest_ip(shared, &target.guest)?)
+}
+
+/// A running guest's address from the cluster cache (routes that do not
+/// sleep), or why there is none.
+pub fn guest_ip(shared: &Shared, guest_ref: &GuestRef) -> Result<IpAddr, String> {
     let Some(clusters) = &shared.clusters else {
         return Err("no Proxmox cluster is configured".into());
     };
     let snapshot = clusters.cache.snapshot();
-    let guest = match snapshot.resolve(&target.guest) {
+    let guest = match snapshot.resolve(guest_ref) {
         Ok(Some(g)) => g,
         Ok(None) => {
             let outages = clusters.outages();
             return Err(match outages.first() {
                 Some((cluster, e)) => format!(
                     "guest {} is not known: Proxmox cluster {cluster} is unreachable ({e})",
-                    target.guest.key
+                    guest_ref.key
                 ),
-                None => format!("no guest matches {}", target.guest.key),
+                None => format!("no guest matches {}", guest_ref.key),
             });
         }
         Err(e) => return Err(e.to_string()),
@@ -199,12 +207,11 @@ fn guest_upstream(shared: &Shared, target: &GuestTarget) -> Result<Upstream, Str
             guest.status.as_str()
         ));
     }
-    let Some(ip) = guest.ips.first() else {
-        return Err(format!(
+    guest.ips.first().copied().ok_or_else(|| {
+        format!(
             "guest {} ({}) is running but its IP address is not known yet",
             guest.name,
             guest.label()
-        ));
-    };
-    target.upstream(*ip)
+        )
+    })
 }

@@ -238,6 +238,13 @@ impl Sim {
         }
     }
 
+    /// Makes every later start of the guest fail with `msg` (`None`: start
+    /// normally again).
+    pub fn set_fail_start(&self, vmid: u32, msg: Option<&str>) {
+        self.shared
+            .with_guest(vmid, |g| g.spec.fail_start = msg.map(str::to_string));
+    }
+
     /// Hard-stops a guest from outside drowsy.
     pub fn stop_guest_outside(&self, vmid: u32) {
         if self.shared.with_guest(vmid, |g| g.power != Power::Stopped) == Some(true) {

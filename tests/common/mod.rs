@@ -25,6 +25,10 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
 
 pub fn init_crypto() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -401,4 +405,25 @@ pub async fn wait_cache(
     tokio::time::timeout(DEADLINE, wait)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+impl Drowsy {
+    pub fn gate(&self, route: &str) -> Arc<drowsy::idle::Gate> {
+        self.running
+            .gates
+            .as_ref()
+            .expect("gates")
+            .for_route(route)
+            .expect("gate")
+            .clone()
+    }
+}
+
+/// Waits until the gate reaches `state`.
+pub async fn wait_state(gate: &drowsy::idle::Gate, state: drowsy::idle::GuestState) {
+    let mut rx = gate.watch_state();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s == state))
+        .await
+        .unwrap_or_else(|_| panic!("{} never became {}", gate.label, state.as_str()))
+        .expect("state watch");
 }

@@ -1,0 +1,79 @@
+//! TCP stream routes (`listen:` + guest + port): accept, wake the guest if
+//! needed, then dial it and pipe bytes both ways. The connection counts as
+//! use until it closes.
+
+use super::route::{Route, RouteKind};
+use super::service::{guest_ip, Shared};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    route: Arc<Route>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (route, shared) = (route.clone(), shared.clone());
+                shared.upgrades.clone().spawn(async move {
+                    if let Err(why) = connection(stream, &route, &shared).await {
+                        tracing::warn!(route = %route.name, client = %peer, "tcp connection refused: {why}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "tcp accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(mut client: TcpStream, route: &Route, shared: &Shared) -> Result<(), String> {
+    let RouteKind::Guest(target) = &route.kind else {
+        return Err("not a guest route".into());
+    };
+    let (ip, _guard) = match &route.gate {
+        Some(gate) => {
+            let guard = gate.enter(true);
+            let _slot = gate
+                .try_hold()
+                .ok_or("too many connections are waiting for the wake")?;
+            let ip = gate
+                .wait_ready(gate.settings.wake_timeout)
+                .await
+                .map_err(|e| format!("the guest did not wake: {e}"))?;
+            (ip, Some(guard))
+        }
+        None => (None, None),
+    };
+    let ip = match ip {
+        Some(ip) => ip,
+        None => guest_ip(shared, &target.guest)?,
+    };
+    let addr = SocketAddr::new(ip, target.port);
+    let connect = TcpStream::connect(addr);
+    let mut backend = tokio::time::timeout(route.settings.backend.connect_timeout, connect)
+        .await
+        .map_err(|_| format!("timed out connecting to {addr}"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = backend.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    tokio::select! {
+        _ = shared.kill.cancelled() => {}
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(e) = r {
+                tracing::debug!(route = %route.name, error = %e, "tcp stream ended");
+            }
+        }
+    }
+    Ok(())
+}
