@@ -39,6 +39,7 @@ impl Running {
             let state = Arc::new(AdminState {
                 metrics: metrics.clone(),
                 clusters: clusters.clone(),
+                proxy: proxy.shared().clone(),
             });
             tokio::spawn(server::serve(listener, state, admin_stop.clone()));
         }

@@ -117,24 +117,7 @@ pub fn summary(cfg: &Config) -> String {
     }
     for r in &cfg.routes {
         let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_string()).collect();
-        let target = match &r.target {
-            Target::Backend { url } => format!(
-                "{}://{}:{}{}",
-                url.scheme.as_str(),
-                url.host,
-                url.port,
-                url.path_prefix
-            ),
-            Target::Guest { guest, port, .. } if r.tcp_listen.is_some() => {
-                format!("guest {} port {port}", guest.key)
-            }
-            Target::Guest {
-                guest,
-                port,
-                scheme,
-            } => format!("guest {} port {port} ({})", guest.key, scheme.as_str()),
-            Target::DependencyOnly { guest, .. } => format!("guest {} (dependency)", guest.key),
-        };
+        let target = r.describe_target();
         let entry = match (&r.tcp_listen, hosts.is_empty()) {
             (Some(l), _) => format!("tcp {l}"),
             (None, true) => "-".to_string(),

@@ -2,7 +2,7 @@
 //! every part that records something. Families are keyed by small label
 //! structs so the text output keeps the documented label names.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,17 +21,29 @@ pub struct RouteCodeLabel {
     pub code: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum WakeResult {
     Ok,
     Error,
     Timeout,
 }
 
+impl WakeResult {
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeResult::Ok => "ok",
+            WakeResult::Error => "error",
+            WakeResult::Timeout => "timeout",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteResultLabel {
     pub route: Arc<str>,
-    pub result: WakeResult,
+    /// `ok`, `error` or `timeout` ([`WakeResult::as_str`]).
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,9 +1,12 @@
 //! The admin listener: `/healthz`, `/metrics` and the JSON API.
 
 use crate::admin::metrics::Metrics;
+use crate::idle::gate::WaitError;
 use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
+use crate::proxy::route::Route;
+use crate::proxy::service::Shared;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -18,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub clusters: Option<Arc<Clusters>>,
+    /// The proxy's shared state: its route table.
+    pub proxy: Arc<Shared>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -65,10 +70,17 @@ async fn handle(
             resp
         }
         (&Method::GET, "/api/guests") => json(&guests(&state)),
-        (_, "/healthz" | "/metrics" | "/api/guests") => {
+        (&Method::GET, "/api/routes") => json(&routes_json(&state)),
+        (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes") => {
             pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
-        _ => pages::plain(StatusCode::NOT_FOUND, "not found"),
+        (method, path) => match control_target(path) {
+            Some(_) if method != Method::POST => {
+                pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+            }
+            Some((name, action)) => control(&state, name, action).await,
+            None => pages::plain(StatusCode::NOT_FOUND, "not found"),
+        },
     };
     Ok(resp)
 }
@@ -103,4 +115,98 @@ fn guests(state: &AdminState) -> serde_json::Value {
             })
         })
         .collect()
+}
+
+/// `/api/routes/{name}/wake` or `/sleep` → `(name, action)`.
+fn control_target(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/routes/")?;
+    let (name, action) = rest.split_once('/')?;
+    (matches!(action, "wake" | "sleep") && !name.is_empty()).then_some((name, action))
+}
+
+fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
+    state
+        .proxy
+        .table
+        .load()
+        .routes
+        .iter()
+        .find(|r| &*r.name == name)
+        .cloned()
+}
+
+/// Manual wake or sleep of a route's guest.
+async fn control(state: &AdminState, name: &str, action: &str) -> Response<RespBody> {
+    let Some(route) = find_route(state, name) else {
+        return pages::plain(StatusCode::NOT_FOUND, format!("no route named {name}"));
+    };
+    let Some(gate) = route.gate.clone().filter(|g| !g.passthrough()) else {
+        return pages::plain(
+            StatusCode::CONFLICT,
+            format!("route {name} does not sleep (set idle_timeout to make it)"),
+        );
+    };
+    let started = std::time::Instant::now();
+    let result = match action {
+        "wake" => gate
+            .wait_ready(gate.settings.wake_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                WaitError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                WaitError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            }),
+        _ => gate
+            .sleep_now()
+            .await
+            .map_err(|e| (StatusCode::CONFLICT, e)),
+    };
+    match result {
+        Ok(()) => json(&serde_json::json!({
+            "route": name,
+            "state": gate.state().as_str(),
+            "ms": started.elapsed().as_millis() as u64,
+        })),
+        Err((status, why)) => pages::plain(status, format!("route {name}: {why}")),
+    }
+}
+
+/// `GET /api/routes`: every route with its guest's state.
+fn routes_json(state: &AdminState) -> serde_json::Value {
+    let table = state.proxy.table.load();
+    let mut out = serde_json::Map::new();
+    for route in &table.routes {
+        let s = &route.settings;
+        let mut v = serde_json::json!({
+            "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "target": s.describe_target(),
+            "guest": s.target.guest().map(|g| g.key.to_string()),
+            "listen": s.tcp_listen.map(|a| a.to_string()),
+            "sleeps": false,
+            "state": serde_json::Value::Null,
+            "inflight": 0,
+            "held": 0,
+            "last_active": serde_json::Value::Null,
+            "sleeps_at": serde_json::Value::Null,
+            "wakes": 0,
+            "last_wake_ms": serde_json::Value::Null,
+            "address": serde_json::Value::Null,
+            "error": serde_json::Value::Null,
+        });
+        if let Some(gate) = route.gate.as_ref().filter(|g| !g.passthrough()) {
+            let g = gate.snapshot();
+            v["sleeps"] = true.into();
+            v["state"] = g.state.as_str().into();
+            v["inflight"] = g.inflight.into();
+            v["held"] = g.held.into();
+            v["last_active"] = g.last_active.into();
+            v["sleeps_at"] = g.sleeps_at.into();
+            v["wakes"] = g.wakes.into();
+            v["last_wake_ms"] = g.last_wake_ms.into();
+            v["address"] = g.address.map(|a| a.to_string()).into();
+            v["error"] = g.last_error.into();
+        }
+        out.insert(route.name.to_string(), v);
+    }
+    serde_json::Value::Object(out)
 }

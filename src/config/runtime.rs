@@ -208,6 +208,30 @@ pub struct RouteSettings {
     pub no_wake: NoWake,
 }
 
+impl RouteSettings {
+    /// Where the route sends its traffic, for humans (`check`, status).
+    pub fn describe_target(&self) -> String {
+        match &self.target {
+            Target::Backend { url } => format!(
+                "{}://{}:{}{}",
+                url.scheme.as_str(),
+                url.host,
+                url.port,
+                url.path_prefix
+            ),
+            Target::Guest { guest, port, .. } if self.tcp_listen.is_some() => {
+                format!("guest {} port {port}", guest.key)
+            }
+            Target::Guest {
+                guest,
+                port,
+                scheme,
+            } => format!("guest {} port {port} ({})", guest.key, scheme.as_str()),
+            Target::DependencyOnly { guest, .. } => format!("guest {} (dependency)", guest.key),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,

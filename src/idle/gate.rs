@@ -57,7 +57,7 @@ impl GateMetrics {
         let wakes = |result| {
             m.wakes_total.get_or_create_owned(&RouteResultLabel {
                 route: route.clone(),
-                result,
+                result: WakeResult::as_str(result),
             })
         };
         let rl = RouteLabel {
