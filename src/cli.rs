@@ -41,6 +41,29 @@ pub enum Command {
     Check(ConfigArg),
     /// Run the simulated Proxmox VE API alone (for trying drowsy without a cluster).
     Sim(SimArgs),
+    /// A simulated cluster with drowsy in front of it: nothing to set up.
+    Demo(DemoArgs),
+    /// Print a table of the routes of a running drowsy.
+    Status(AdminArg),
+    /// Exit 0 when a running drowsy answers /healthz (for container health checks).
+    Health(AdminArg),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Address of the demo proxy.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the demo's admin endpoints.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: std::net::SocketAddr,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArg {
+    /// Base URL of drowsy's admin listener.
+    #[arg(long, env = "DROWSY_ADMIN", default_value = "http://127.0.0.1:9090")]
+    pub admin: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -59,7 +82,10 @@ pub struct SimArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.config));
-    if !matches!(command, Command::Check(_)) {
+    if !matches!(
+        command,
+        Command::Check(_) | Command::Status(_) | Command::Health(_)
+    ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
             return ExitCode::FAILURE;
@@ -68,6 +94,9 @@ pub fn main() -> ExitCode {
     match command {
         Command::Check(arg) => check(&arg.config),
         Command::Sim(args) => sim(args),
+        Command::Demo(args) => demo(args),
+        Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
+        Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
         Command::Run(arg) => run(&arg.config),
     }
 }
@@ -146,6 +175,39 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("drowsy: cannot start the runtime: {e}");
             ExitCode::FAILURE
         })
+}
+
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("drowsy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let demo = match crate::demo::Demo::start(args.listen, args.admin).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("drowsy demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", crate::demo::instructions(&demo));
+        wait_for_stop_signal().await;
+        demo.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn sim(args: SimArgs) -> ExitCode {

@@ -1,0 +1,89 @@
+//! `drowsy demo` wakes a guest through its proxy; `drowsy status` and
+//! `drowsy health` read a running drowsy's admin API.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use std::process::Command;
+
+#[tokio::test]
+async fn the_demo_wakes_a_guest_and_status_prints_the_table() {
+    init_crypto();
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let demo = drowsy::demo::Demo::start(any, any).await.expect("demo");
+    let addr = demo.addr().expect("proxy address");
+    let (s, h, body) = get(addr, "whoami.localhost", "/").await;
+    assert_eq!(s, StatusCode::OK, "{body:?}");
+    assert_eq!(json_of(&body)["guest"], "whoami");
+    assert!(h.contains_key("x-drowsy-wake"));
+    // The broken guest shows its error.
+    let (s, _, body) = get(addr, "broken.localhost", "/").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        String::from_utf8_lossy(&body).contains("mount point /mnt/data is missing"),
+        "{body:?}"
+    );
+
+    let admin = format!("http://{}", demo.running.admin_addr.expect("admin"));
+    let bin = env!("CARGO_BIN_EXE_drowsy");
+    let out = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || {
+            Command::new(bin)
+                .args(["status", "--admin", &admin])
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ROUTE")
+            && lines[0].contains("STATE")
+            && lines[0].contains("LAST WAKE"),
+        "{table}"
+    );
+    let whoami = lines
+        .iter()
+        .find(|l| l.starts_with("whoami "))
+        .expect("whoami row");
+    assert!(
+        whoami.contains("whoami.localhost") && whoami.contains("running") && whoami.contains(" ms"),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("broken ") && l.contains("error")),
+        "{table}"
+    );
+    let health = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["health", "--admin", &admin])
+            .status()
+    })
+    .await
+    .expect("join")
+    .expect("run health");
+    assert!(health.success());
+    demo.shutdown().await;
+}
+
+#[test]
+fn health_fails_when_nothing_answers() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_drowsy"))
+        .args(["health", "--admin", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
