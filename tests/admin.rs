@@ -56,7 +56,13 @@ async fn routes_api_and_manual_wake_and_sleep() {
     assert_eq!(v["wiki"]["state"], "running");
     assert_eq!(v["wiki"]["wakes"], 1);
     assert!(v["wiki"]["last_wake_ms"].as_u64().is_some());
-    assert!(v["wiki"]["sleeps_at"].as_f64().is_some(), "{v}");
+    // idle_timeout is 1h: the guest sleeps in about an hour, not now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let sleeps_in = v["wiki"]["sleeps_at"].as_f64().expect("sleeps_at") - now;
+    assert!((3500.0..=3601.0).contains(&sleeps_in), "{sleeps_in} {v}");
 
     let (s, body) = post(admin, "/api/routes/wiki/sleep").await;
     assert_eq!(s, StatusCode::OK, "{body:?}");

@@ -300,10 +300,13 @@ impl Gate {
     pub fn snapshot(&self) -> GateSnapshot {
         let state = self.state();
         let now = Instant::now();
+        let wall_now = SystemTime::now();
         let to_unix = |at: Instant| {
-            let wall = SystemTime::now()
-                .checked_sub(now.saturating_duration_since(at))
-                .or_else(|| SystemTime::now().checked_add(at.saturating_duration_since(now)));
+            let wall = if at >= now {
+                wall_now.checked_add(at - now)
+            } else {
+                wall_now.checked_sub(now - at)
+            };
             wall.and_then(|w| w.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs_f64())
         };
