@@ -1,23 +1,33 @@
-//! Assembles a running drowsy from a validated config: the proxy's
-//! entrypoints and the admin listener, and takes them down again.
+//! Assembles a running drowsy from a validated config: the Proxmox
+//! clusters, the idle gates, the proxy's entrypoints and the admin listener;
+//! reloads a new config into them; and takes them down again.
 
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
-use crate::config::Config;
+use crate::config::{self, Config, ProxmoxSettings, PveAuth};
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use crate::proxy::{self, Proxy, StartError};
+use arc_swap::ArcSwapOption;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub struct Running {
     pub proxy: Proxy,
-    pub gates: Option<Arc<Gates>>,
+    gates: ArcSwapOption<Gates>,
     pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
-    admin_stop: CancellationToken,
+    config: Mutex<Config>,
+    /// Serializes reloads (SIGHUP and the file watcher may race).
+    reloading: tokio::sync::Mutex<()>,
+    /// Counts applied reloads.
+    reloads: watch::Sender<u64>,
+    stop: CancellationToken,
 }
 
 impl Running {
@@ -31,7 +41,7 @@ impl Running {
             .as_ref()
             .map(|c| Arc::new(Gates::start(config, c, &metrics)));
         let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), gates.clone()).await?;
-        let admin_stop = CancellationToken::new();
+        let stop = CancellationToken::new();
         let mut admin_addr = None;
         if let Some(addr) = config.listen.admin {
             let listener = proxy::bind(addr, "listen.admin").await?;
@@ -41,15 +51,18 @@ impl Running {
                 clusters: clusters.clone(),
                 proxy: proxy.shared().clone(),
             });
-            tokio::spawn(server::serve(listener, state, admin_stop.clone()));
+            tokio::spawn(server::serve(listener, state, stop.clone()));
         }
         Ok(Running {
             proxy,
-            gates,
+            gates: ArcSwapOption::new(gates),
             clusters,
             admin_addr,
             metrics,
-            admin_stop,
+            config: Mutex::new(config.clone()),
+            reloading: tokio::sync::Mutex::new(()),
+            reloads: watch::channel(0).0,
+            stop,
         })
     }
 
@@ -61,14 +74,165 @@ impl Running {
         self.proxy.https_addr
     }
 
-    pub async fn shutdown(self) {
+    pub fn gates(&self) -> Option<Arc<Gates>> {
+        self.gates.load_full()
+    }
+
+    /// `changed()` fires after each applied reload.
+    pub fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    fn source(&self) -> PathBuf {
+        self.lock_config().source.clone()
+    }
+
+    fn lock_config(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the config file again and applies it; a bad file changes
+    /// nothing and is reported in one line.
+    pub async fn reload_from_file(&self) -> Result<(), String> {
+        let path = self.source();
+        let result = match config::load(&path) {
+            Ok(new) => self.reload(new).await,
+            Err(errors) => Err(errors
+                .0
+                .iter()
+                .map(|e| e.to_string().replace('\n', " "))
+                .collect::<Vec<_>>()
+                .join("; ")),
+        };
+        match &result {
+            Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(config = %path.display(), "config reload rejected, the running config stays: {e}")
+            }
+        }
+        result
+    }
+
+    /// Swaps routes and settings in. Unchanged routes keep their guest's
+    /// state and their open connections. Listener addresses and the
+    /// `proxmox` section need a restart; a change to them is logged.
+    pub async fn reload(&self, new: Config) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        for warning in restart_needed(&self.lock_config(), &new) {
+            tracing::warn!("{warning} changed; restart drowsy to apply it");
+        }
+        if let Some(clusters) = &self.clusters {
+            clusters.set_needed(&new);
+        }
+        let gates = self.gates().map(|g| Arc::new(g.reload(&new)));
+        self.proxy
+            .reload(&new, gates.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.gates.store(gates);
+        *self.lock_config() = new;
+        self.reloads.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// With `watch: true`: reloads when the config file's contents change
+    /// (its modification time or size, looked at every second).
+    pub fn watch_file(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let stamp = |p: &PathBuf| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+            };
+            let mut last = stamp(&me.source());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = me.stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = stamp(&me.source());
+                if now != last {
+                    last = now;
+                    let _ = me.reload_from_file().await;
+                }
+            }
+        });
+    }
+
+    pub async fn shutdown(&self) {
         self.proxy.shutdown().await;
-        self.admin_stop.cancel();
-        if let Some(gates) = &self.gates {
+        self.stop.cancel();
+        if let Some(gates) = self.gates() {
             gates.shutdown().await;
         }
-        if let Some(clusters) = self.clusters.and_then(|c| Arc::try_unwrap(c).ok()) {
-            clusters.shutdown().await;
+        if let Some(clusters) = &self.clusters {
+            clusters.shutdown();
         }
     }
+}
+
+/// What a reload cannot change without a restart.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.listen, &new.listen);
+    let mut out = Vec::new();
+    if (a.http, a.https, a.admin) != (b.http, b.https, b.admin) {
+        out.push("a listen address");
+    }
+    if (
+        a.max_connections,
+        a.header_read_timeout,
+        a.tls_handshake_timeout,
+        a.http2_max_concurrent_streams,
+    ) != (
+        b.max_connections,
+        b.header_read_timeout,
+        b.tls_handshake_timeout,
+        b.http2_max_concurrent_streams,
+    ) {
+        out.push("a listener setting");
+    }
+    let same_clusters = old.proxmox.len() == new.proxmox.len()
+        && old
+            .proxmox
+            .iter()
+            .zip(&new.proxmox)
+            .all(|(x, y)| same_cluster(x, y));
+    if !same_clusters {
+        out.push("the proxmox section");
+    }
+    out
+}
+
+fn same_cluster(a: &ProxmoxSettings, b: &ProxmoxSettings) -> bool {
+    let auth = match (&a.auth, &b.auth) {
+        (
+            PveAuth::Token {
+                token_id: i,
+                secret: s,
+            },
+            PveAuth::Token {
+                token_id: j,
+                secret: t,
+            },
+        ) => i == j && s == t,
+        (
+            PveAuth::Ticket {
+                username: u,
+                password: p,
+            },
+            PveAuth::Ticket {
+                username: v,
+                password: q,
+            },
+        ) => u == v && p == q,
+        _ => false,
+    };
+    auth && a.name == b.name
+        && a.url == b.url
+        && a.ca_file == b.ca_file
+        && a.insecure_skip_verify == b.insecure_skip_verify
+        && a.poll_interval == b.poll_interval
+        && a.request_timeout == b.request_timeout
 }

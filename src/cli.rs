@@ -244,7 +244,7 @@ fn run(path: &Path) -> ExitCode {
 
 async fn serve(cfg: Config) -> ExitCode {
     let running = match Running::start(&cfg).await {
-        Ok(r) => r,
+        Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
@@ -257,10 +257,31 @@ async fn serve(cfg: Config) -> ExitCode {
         routes = cfg.routes.len(),
         "drowsy is serving"
     );
+    if cfg.watch {
+        running.watch_file();
+    }
+    reload_on_sighup(running.clone());
     wait_for_stop_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP reloads the config file (DESIGN.md §2).
+fn reload_on_sighup(running: std::sync::Arc<Running>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload needs a restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = running.reload_from_file().await;
+        }
+    });
 }
 
 async fn wait_for_stop_signal() {

@@ -260,7 +260,7 @@ pub enum LoadingPage {
     Never,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SleepSettings {
     /// `None` means `never`: the guest is woken on demand but never put to sleep.
     pub idle_timeout: Option<Duration>,

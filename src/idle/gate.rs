@@ -6,13 +6,14 @@ use super::activity::{Activity, UseGuard};
 use super::state::{GuestState, Phase, Progress};
 use crate::admin::metrics::{Metrics, RouteLabel, RouteResultLabel, RouteStateLabel, WakeResult};
 use crate::config::{GuestRef, SleepSettings};
+use arc_swap::ArcSwap;
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -111,8 +112,9 @@ pub struct Gate {
     pub(super) stats: Mutex<Stats>,
     pub(super) wakes: AtomicU64,
     pub(super) last_wake_ms: AtomicU64,
-    pub(super) deps: OnceLock<Vec<Arc<Gate>>>,
-    pub(super) dependents: OnceLock<Vec<Weak<Gate>>>,
+    /// Linked after all gates exist, and again on reload.
+    pub(super) deps: ArcSwap<Vec<Arc<Gate>>>,
+    pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
     pub(super) metrics: GateMetrics,
 }
 
@@ -146,8 +148,8 @@ impl Gate {
             stats: Mutex::new(Stats::default()),
             wakes: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
-            deps: OnceLock::new(),
-            dependents: OnceLock::new(),
+            deps: ArcSwap::from_pointee(Vec::new()),
+            dependents: ArcSwap::from_pointee(Vec::new()),
         });
         gate.set_state(GuestState::Unknown);
         (gate, rx)
@@ -283,15 +285,14 @@ impl Gate {
         Some(HeldSlot(self.clone()))
     }
 
-    pub fn deps(&self) -> &[Arc<Gate>] {
-        self.deps.get().map(Vec::as_slice).unwrap_or(&[])
+    pub fn deps(&self) -> Arc<Vec<Arc<Gate>>> {
+        self.deps.load_full()
     }
 
     pub(super) fn dependents_awake(&self) -> bool {
         self.dependents
-            .get()
-            .into_iter()
-            .flatten()
+            .load()
+            .iter()
             .filter_map(Weak::upgrade)
             .any(|d| d.state().is_awake())
     }

@@ -401,7 +401,7 @@ impl Owner {
                 self.gate.metrics.sleeps.inc();
                 self.gate.set_state(state);
                 self.gate.publish(Phase::Stopped);
-                for dep in self.gate.deps() {
+                for dep in self.gate.deps().iter() {
                     let _ = dep.cmd.send(Cmd::Recheck);
                 }
                 Ok(())

@@ -17,8 +17,28 @@ use tokio_util::task::TaskTracker;
 
 pub struct Gates {
     by_route: HashMap<Arc<str>, Arc<Gate>>,
+    entries: HashMap<GuestRef, Entry>,
+    clusters: Arc<Clusters>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// One guest's gate and what it was built from; a reload keeps the gate
+/// (and so the guest's state and its owner task) when nothing changed.
+#[derive(Clone)]
+struct Entry {
+    gate: Arc<Gate>,
+    stop: CancellationToken,
+    plan: Plan,
+}
+
+#[derive(Clone, PartialEq)]
+struct Plan {
+    label: Arc<str>,
+    optional: bool,
+    settings: SleepSettings,
+    port: Option<u16>,
 }
 
 /// Settings for a guest that is only woken as a dependency and has no
@@ -51,15 +71,50 @@ fn gated_guest(route: &RouteSettings) -> Option<(GuestRef, bool, Option<u16>)> {
 }
 
 impl Gates {
-    pub fn start(config: &Config, clusters: &Arc<Clusters>, metrics: &Metrics) -> Gates {
+    pub fn start(config: &Config, clusters: &Arc<Clusters>, metrics: &Arc<Metrics>) -> Gates {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        Gates::build(config, clusters, metrics, &HashMap::new(), stop, tasks)
+    }
+
+    /// The gates for a new config: unchanged guests keep their gate and
+    /// state; gates no longer needed have their owner stopped.
+    pub fn reload(&self, config: &Config) -> Gates {
+        let next = Gates::build(
+            config,
+            &self.clusters,
+            &self.metrics,
+            &self.entries,
+            self.stop.clone(),
+            self.tasks.clone(),
+        );
+        for (key, old) in &self.entries {
+            let kept = next
+                .entries
+                .get(key)
+                .is_some_and(|e| Arc::ptr_eq(&e.gate, &old.gate));
+            if !kept {
+                old.stop.cancel();
+            }
+        }
+        next
+    }
+
+    fn build(
+        config: &Config,
+        clusters: &Arc<Clusters>,
+        metrics: &Arc<Metrics>,
+        previous: &HashMap<GuestRef, Entry>,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Gates {
         let depended: Vec<&str> = config
             .routes
             .iter()
             .flat_map(|r| r.depends_on.iter().map(|d| &**d))
             .collect();
-        let mut by_guest: HashMap<GuestRef, Arc<Gate>> = HashMap::new();
+        let mut entries: HashMap<GuestRef, Entry> = HashMap::new();
         let mut by_route = HashMap::new();
-        let mut receivers = Vec::new();
         for route in &config.routes {
             let settings = match (&route.sleep, depended.contains(&&*route.name)) {
                 (Some(s), _) => s.clone(),
@@ -69,26 +124,31 @@ impl Gates {
             let Some((guest, optional, port)) = gated_guest(route) else {
                 continue;
             };
-            let gate = by_guest
-                .entry(guest.clone())
-                .or_insert_with(|| {
-                    let (gate, rx) =
-                        Gate::new(route.name.clone(), guest, optional, settings, port, metrics);
-                    receivers.push((gate.clone(), rx));
-                    gate
-                })
-                .clone();
-            by_route.insert(route.name.clone(), gate);
+            let plan = Plan {
+                label: route.name.clone(),
+                optional,
+                settings,
+                port,
+            };
+            let entry = match entries.get(&guest) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = match previous.get(&guest) {
+                        Some(old) if old.plan == plan => old.clone(),
+                        _ => spawn(&guest, plan, clusters, metrics, &stop, &tasks),
+                    };
+                    entries.insert(guest.clone(), e.clone());
+                    e
+                }
+            };
+            by_route.insert(route.name.clone(), entry.gate);
         }
         link(config, &by_route);
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        for (gate, rx) in receivers {
-            tasks.spawn(Owner::new(gate, clusters.clone()).run(rx, stop.clone()));
-        }
-        tasks.close();
         Gates {
             by_route,
+            entries,
+            clusters: clusters.clone(),
+            metrics: metrics.clone(),
             stop,
             tasks,
         }
@@ -100,7 +160,33 @@ impl Gates {
 
     pub async fn shutdown(&self) {
         self.stop.cancel();
+        self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+fn spawn(
+    guest: &GuestRef,
+    plan: Plan,
+    clusters: &Arc<Clusters>,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Entry {
+    let (gate, rx) = Gate::new(
+        plan.label.clone(),
+        guest.clone(),
+        plan.optional,
+        plan.settings.clone(),
+        plan.port,
+        metrics,
+    );
+    let own = stop.child_token();
+    tasks.spawn(Owner::new(gate.clone(), clusters.clone()).run(rx, own.clone()));
+    Entry {
+        gate,
+        stop: own,
+        plan,
     }
 }
 
@@ -123,11 +209,16 @@ fn link(config: &Config, by_route: &HashMap<Arc<str>, Arc<Gate>>) {
                 .push(Arc::downgrade(gate));
         }
     }
+    let mut done: Vec<*const Gate> = Vec::new();
     for gate in by_route.values() {
         let key = Arc::as_ptr(gate);
-        let _ = gate.deps.set(deps.remove(&key).unwrap_or_default());
-        let _ = gate
-            .dependents
-            .set(dependents.remove(&key).unwrap_or_default());
+        if done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        gate.deps
+            .store(Arc::new(deps.remove(&key).unwrap_or_default()));
+        gate.dependents
+            .store(Arc::new(dependents.remove(&key).unwrap_or_default()));
     }
 }

@@ -79,9 +79,10 @@ impl Clusters {
             .collect()
     }
 
-    pub async fn shutdown(self) {
-        for c in self.clusters {
-            c.poller.shutdown().await;
+    /// Stops the pollers.
+    pub fn shutdown(&self) {
+        for c in &self.clusters {
+            c.poller.stop();
         }
     }
 }

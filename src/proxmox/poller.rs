@@ -147,6 +147,11 @@ impl PollerHandle {
     }
 
     /// Stops the task and waits for it to end.
+    /// Asks the task to stop, without waiting for it.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {

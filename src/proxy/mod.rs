@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use listener::Entrypoint;
 use route::RouteTable;
 use service::Shared;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,13 @@ pub struct Proxy {
     shared: Arc<Shared>,
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
+    sni: Arc<tls::SniResolver>,
     stop: CancellationToken,
     kill: CancellationToken,
-    loops: JoinSet<()>,
+    loops: tokio::sync::Mutex<JoinSet<()>>,
+    /// TCP route listeners by address: the route's name and the token that
+    /// stops its accept loop.
+    tcp: std::sync::Mutex<HashMap<SocketAddr, (Arc<str>, CancellationToken)>>,
     shutdown_timeout: Duration,
 }
 
@@ -92,6 +97,7 @@ impl Proxy {
                 kill: kill.clone(),
             })
         };
+        let sni = Arc::new(tls::SniResolver::new(&config.tls));
         let mut loops = JoinSet::new();
         let mut http_addr = None;
         let mut https_addr = None;
@@ -103,43 +109,86 @@ impl Proxy {
         if let Some(addr) = l.https {
             let listener = bind(addr, "listen.https").await?;
             https_addr = listener.local_addr().ok();
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&config.tls)?);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(sni.clone())?);
             loops.spawn(listener::accept_loop(listener, entry(Some(acceptor))));
         }
-        for route in shared.table.load().routes.iter() {
-            if let Some(addr) = route.settings.tcp_listen {
-                let listener = bind(addr, "a TCP route's listen").await?;
-                loops.spawn(tcp::accept_loop(
-                    listener,
-                    route.clone(),
-                    shared.clone(),
-                    stop.clone(),
-                ));
-            }
-        }
-        Ok(Proxy {
+        let proxy = Proxy {
             shared,
             http_addr,
             https_addr,
+            sni,
             stop,
             kill,
-            loops,
+            loops: tokio::sync::Mutex::new(loops),
+            tcp: std::sync::Mutex::new(HashMap::new()),
             shutdown_timeout: l.shutdown_timeout,
-        })
+        };
+        proxy.sync_tcp_routes(config).await?;
+        Ok(proxy)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
+    /// Applies a new config: a new route table (swapped in one store),
+    /// certificates read again, TCP route listeners opened and closed.
+    /// Open connections keep going.
+    pub async fn reload(&self, config: &Config, gates: Option<&Gates>) -> Result<(), StartError> {
+        let table =
+            RouteTable::build(config, &self.shared.metrics, gates).map_err(StartError::Routes)?;
+        self.shared.table.store(Arc::new(table));
+        self.sni.set(&config.tls);
+        self.sync_tcp_routes(config).await
+    }
+
+    /// Makes the TCP accept loops match the config's TCP routes.
+    async fn sync_tcp_routes(&self, config: &Config) -> Result<(), StartError> {
+        let wanted: HashMap<SocketAddr, Arc<str>> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.tcp_listen.map(|a| (a, r.name.clone())))
+            .collect();
+        let to_open: Vec<(SocketAddr, Arc<str>)> = {
+            let mut tcp = self.tcp.lock().unwrap_or_else(|p| p.into_inner());
+            tcp.retain(|addr, (name, stop)| {
+                let keep = wanted.get(addr) == Some(name);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            wanted
+                .iter()
+                .filter(|(addr, _)| !tcp.contains_key(*addr))
+                .map(|(a, n)| (*a, n.clone()))
+                .collect()
+        };
+        for (addr, name) in to_open {
+            let listener = bind(addr, "a TCP route's listen").await?;
+            let stop = self.stop.child_token();
+            tokio::spawn(tcp::accept_loop(
+                listener,
+                name.clone(),
+                self.shared.clone(),
+                stop.clone(),
+            ));
+            self.tcp
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr, (name, stop));
+        }
+        Ok(())
+    }
+
     /// Stops accepting, lets in-flight requests and upgraded connections
     /// finish for up to `shutdown_timeout`, then drops what is left.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&self) {
         self.stop.cancel();
         self.shared.upgrades.close();
-        let loops = &mut self.loops;
+        let mut loops = self.loops.lock().await;
         let upgrades = self.shared.upgrades.clone();
-        let drained = tokio::time::timeout(self.shutdown_timeout, async move {
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
             while loops.join_next().await.is_some() {}
             upgrades.wait().await;
         })
@@ -151,6 +200,6 @@ impl Proxy {
             );
         }
         self.kill.cancel();
-        self.loops.abort_all();
+        loops.abort_all();
     }
 }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// Accepts for the route named `name`; each connection uses the route as
+/// the current table has it, so a reload applies to new connections.
 pub async fn accept_loop(
     listener: TcpListener,
-    route: Arc<Route>,
+    name: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -22,7 +24,17 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (route, shared) = (route.clone(), shared.clone());
+                let Some(route) = shared
+                    .table
+                    .load()
+                    .routes
+                    .iter()
+                    .find(|r| r.name == name)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let shared = shared.clone();
                 shared.upgrades.clone().spawn(async move {
                     if let Err(why) = connection(stream, &route, &shared).await {
                         tracing::warn!(route = %route.name, client = %peer, "tcp connection refused: {why}");
@@ -30,7 +42,7 @@ pub async fn accept_loop(
                 });
             }
             Err(e) => {
-                tracing::warn!(route = %route.name, error = %e, "tcp accept failed");
+                tracing::warn!(route = %name, error = %e, "tcp accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

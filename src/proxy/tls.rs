@@ -2,6 +2,7 @@
 //! configured ones, ALPN offers h2 and http/1.1.
 
 use crate::config::TlsCertificate;
+use arc_swap::ArcSwap;
 use rustls::pki_types::{DnsName, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -11,26 +12,37 @@ use std::sync::Arc;
 /// Picks the first certificate valid for the SNI name (its SANs, wildcards
 /// included, as webpki checks them); without SNI, or when none matches, the
 /// first certificate, so clients still get a handshake they can judge.
+/// The certificates are swapped as a whole on reload, so renewed files
+/// take effect for the next handshake.
 #[derive(Debug)]
 pub struct SniResolver {
-    certs: Vec<Arc<CertifiedKey>>,
+    certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
 }
 
 impl SniResolver {
     pub fn new(certs: &[TlsCertificate]) -> Self {
-        SniResolver {
-            certs: certs.iter().map(|c| c.certified.clone()).collect(),
-        }
+        let resolver = SniResolver {
+            certs: ArcSwap::from_pointee(Vec::new()),
+        };
+        resolver.set(certs);
+        resolver
+    }
+
+    pub fn set(&self, certs: &[TlsCertificate]) {
+        self.certs.store(Arc::new(
+            certs.iter().map(|c| c.certified.clone()).collect(),
+        ));
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
         let matching = sni
             .and_then(|name| DnsName::try_from(name.to_string()).ok())
             .and_then(|dns| {
                 let name = ServerName::DnsName(dns);
-                self.certs.iter().find(|c| valid_for(c, &name))
+                certs.iter().find(|c| valid_for(c, &name))
             });
-        matching.or_else(|| self.certs.first()).cloned()
+        matching.or_else(|| certs.first()).cloned()
     }
 }
 
@@ -49,12 +61,12 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-pub fn server_config(certs: &[TlsCertificate]) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(certs)));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

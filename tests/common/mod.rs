@@ -410,8 +410,7 @@ pub async fn wait_cache(
 impl Drowsy {
     pub fn gate(&self, route: &str) -> Arc<drowsy::idle::Gate> {
         self.running
-            .gates
-            .as_ref()
+            .gates()
             .expect("gates")
             .for_route(route)
             .expect("gate")
