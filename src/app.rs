@@ -139,13 +139,14 @@ impl Running {
     /// (its modification time or size, looked at every second).
     pub fn watch_file(self: &Arc<Self>) {
         let me = self.clone();
+        let stamp = |p: &PathBuf| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        };
+        // Taken now, so a change right after this call is seen.
+        let mut last = stamp(&me.source());
         tokio::spawn(async move {
-            let stamp = |p: &PathBuf| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-            };
-            let mut last = stamp(&me.source());
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {

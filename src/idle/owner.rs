@@ -354,6 +354,7 @@ impl Owner {
         let mut last_refresh: Option<Instant> = None;
         let mut failing_since = Instant::now();
         let mut announced = false;
+        let probing_since = Instant::now();
         loop {
             let stale = ip.is_none() || failing_since.elapsed() >= STALE_IP_AFTER;
             if stale && last_refresh.is_none_or(|t| t.elapsed() >= IP_REFRESH_EVERY) {
@@ -378,7 +379,7 @@ impl Owner {
                 }
             }
             tokio::time::sleep(interval).await;
-            interval = probe::next_interval(interval);
+            interval = probe::next_interval(interval, probing_since.elapsed());
         }
     }
 
