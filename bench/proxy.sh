@@ -226,9 +226,17 @@ to_ms() {
 	}'
 }
 
-# Runs wrk against one proxy; prints "rps p99_ms core_busy_pct client_busy_pct".
+# CPU time (user + system, in clock ticks) used so far by process $1, all
+# its threads included.
+proc_ticks() {
+	sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+# Runs wrk against the proxy on port $1 (whose working process is $4);
+# prints "rps p99_ms core_busy_pct client_busy_pct proxy_cpu_us_per_request".
 run_wrk() {
-	local port=$1 duration=$2 out=$3 p0 c0 p1 c1 rps p99
+	local port=$1 duration=$2 out=$3 pid=$4 p0 c0 p1 c1 t0 t1 rps p99 reqs
+	t0=$(proc_ticks "$pid")
 	read -r p0 c0 < <(cpu_sample "$PROXY_CPU")
 	read -r p1 c1 < <(cpu_sample "$CLIENT_CPU")
 	taskset -c "$CLIENT_CPU" wrk -t "$THREADS" -c "$CONNECTIONS" -d "$duration" \
@@ -236,6 +244,7 @@ run_wrk() {
 	local q0 d0 q1 d1
 	read -r q0 d0 < <(cpu_sample "$PROXY_CPU")
 	read -r q1 d1 < <(cpu_sample "$CLIENT_CPU")
+	t1=$(proc_ticks "$pid")
 	if grep -Eq 'Non-2xx|Socket errors' "$out"; then
 		log "wrk reported errors against port $port:"
 		grep -E 'Non-2xx|Socket errors' "$out" >&2
@@ -243,10 +252,12 @@ run_wrk() {
 	fi
 	rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
 	p99=$(awk '$1 == "99%" { print $2 }' "$out")
-	[[ -n $rps && -n $p99 ]] || die "cannot read wrk output $out"
-	printf '%s %s %s %s\n' "$rps" "$(to_ms "$p99")" \
+	reqs=$(awk '/ requests in / { print $1 }' "$out")
+	[[ -n $rps && -n $p99 && -n $reqs ]] || die "cannot read wrk output $out"
+	printf '%s %s %s %s %s\n' "$rps" "$(to_ms "$p99")" \
 		"$(awk -v b=$((q0 - p0)) -v t=$((d0 - c0)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')" \
-		"$(awk -v b=$((q1 - p1)) -v t=$((d1 - c1)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')"
+		"$(awk -v b=$((q1 - p1)) -v t=$((d1 - c1)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')" \
+		"$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? t * 1e6 / hz / n : 0 }')"
 }
 
 median() {
@@ -255,6 +266,15 @@ median() {
 		if (NR % 2) print v[(NR + 1) / 2]
 		else print (v[NR / 2] + v[NR / 2 + 1]) / 2
 	}'
+}
+
+# Medians of columns 3.. of the results lines for proxy $1, space-separated.
+medians() {
+	local col out=()
+	for col in 3 4 5 6 7; do
+		out+=("$(awk -v p="$1" -v c="$col" '$1 == p { print $c }' "$2" | median)")
+	done
+	echo "${out[*]}"
 }
 
 # ---------------------------------------------------------------- main
@@ -270,61 +290,64 @@ main() {
 
 	WORKDIR=$(mktemp -d /tmp/drowsy-bench.XXXXXX)
 	ERRORS=0
+	CLK_TCK=$(getconf CLK_TCK)
 	start_backend
 	wait_ready "$BACKEND_PORT" backend "$BACKEND_PID"
 	start_nginx_proxy
 	wait_ready "$NGINX_PORT" "nginx proxy" "$NGINX_PID"
 	start_drowsy
 	wait_ready "$DROWSY_PORT" drowsy "$DROWSY_PID"
+	NGINX_WORKER=$(nginx_worker "$NGINX_PID")
 
 	log "wrk: $THREADS thread(s), $CONNECTIONS connections, $DURATION per run, $ROUNDS round(s)"
 	log "proxies on core $PROXY_CPU; wrk and backend on core $CLIENT_CPU"
 	if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
 		log "warm-up ($WARMUP each)"
-		run_wrk "$NGINX_PORT" "$WARMUP" "$WORKDIR/warmup-nginx.txt" >/dev/null
-		run_wrk "$DROWSY_PORT" "$WARMUP" "$WORKDIR/warmup-drowsy.txt" >/dev/null
+		run_wrk "$NGINX_PORT" "$WARMUP" "$WORKDIR/warmup-nginx.txt" "$NGINX_WORKER" >/dev/null
+		run_wrk "$DROWSY_PORT" "$WARMUP" "$WORKDIR/warmup-drowsy.txt" "$DROWSY_PID" >/dev/null
 	fi
 
-	local results=$WORKDIR/results.txt round name port
+	local results=$WORKDIR/results.txt round name port pid
 	: >"$results"
 	for ((round = 1; round <= ROUNDS; round++)); do
 		local order=(nginx drowsy)
 		((round % 2 == 0)) && order=(drowsy nginx)
 		for name in "${order[@]}"; do
-			if [[ $name == nginx ]]; then port=$NGINX_PORT; else port=$DROWSY_PORT; fi
+			if [[ $name == nginx ]]; then
+				port=$NGINX_PORT pid=$NGINX_WORKER
+			else
+				port=$DROWSY_PORT pid=$DROWSY_PID
+			fi
 			local line
-			line=$(run_wrk "$port" "$DURATION" "$WORKDIR/round$round-$name.txt")
+			line=$(run_wrk "$port" "$DURATION" "$WORKDIR/round$round-$name.txt" "$pid")
 			echo "$name $round $line" >>"$results"
 			# shellcheck disable=SC2086 # split the measured fields
 			set -- $line
-			log "$(printf 'round %d %-6s %10.0f req/s  p99 %7.3f ms  core%s %3s%%  core%s %3s%%' \
-				"$round" "$name" "$1" "$2" "$PROXY_CPU" "$3" "$CLIENT_CPU" "$4")"
+			log "$(printf 'round %d %-6s %8.0f req/s  p99 %7.3f ms  %6.2f us CPU/req  core%s %3s%%  core%s %3s%%' \
+				"$round" "$name" "$1" "$2" "$5" "$PROXY_CPU" "$3" "$CLIENT_CPU" "$4")"
 		done
 	done
 
-	local n_rps n_p99 n_cpu d_rps d_p99 d_cpu c_n c_d
-	n_rps=$(awk '$1 == "nginx" { print $3 }' "$results" | median)
-	n_p99=$(awk '$1 == "nginx" { print $4 }' "$results" | median)
-	n_cpu=$(awk '$1 == "nginx" { print $5 }' "$results" | median)
-	c_n=$(awk '$1 == "nginx" { print $6 }' "$results" | median)
-	d_rps=$(awk '$1 == "drowsy" { print $3 }' "$results" | median)
-	d_p99=$(awk '$1 == "drowsy" { print $4 }' "$results" | median)
-	d_cpu=$(awk '$1 == "drowsy" { print $5 }' "$results" | median)
-	c_d=$(awk '$1 == "drowsy" { print $6 }' "$results" | median)
+	# Medians per proxy of: req/s, p99 (ms), proxy-core busy %, client-core
+	# busy %, proxy CPU time per request (us).
+	local n d
+	read -r -a n < <(medians nginx "$results")
+	read -r -a d < <(medians drowsy "$results")
 
 	echo
 	echo "Proxy throughput, median of $ROUNDS round(s) x $DURATION, wrk -t$THREADS -c$CONNECTIONS, keep-alive HTTP/1.1"
 	echo
-	printf '| %-14s | %12s | %10s | %14s | %14s |\n' proxy "req/s" "p99 (ms)" \
-		"core $PROXY_CPU busy" "core $CLIENT_CPU busy"
-	printf '|%s|%s|%s|%s|%s|\n' "----------------" "-------------:" "-----------:" \
-		"---------------:" "---------------:"
-	printf '| %-14s | %12.0f | %10.3f | %13s%% | %13s%% |\n' nginx "$n_rps" "$n_p99" "$n_cpu" "$c_n"
-	printf '| %-14s | %12.0f | %10.3f | %13s%% | %13s%% |\n' drowsy "$d_rps" "$d_p99" "$d_cpu" "$c_d"
-	awk -v a="$d_rps" -v b="$n_rps" -v c="$d_p99" -v d="$n_p99" 'BEGIN {
-		printf "| %-14s | %11.2fx | %9.2fx | %14s | %14s |\n", "drowsy/nginx", a / b, c / d, "", ""
-		printf "\ntarget: req/s >= 1.00x -> %s, p99 <= 1.20x -> %s\n",
-			(a / b >= 1.0 ? "met" : "MISSED"), (c / d <= 1.2 ? "met" : "MISSED")
+	printf '| %-12s | %9s | %8s | %11s | %11s | %11s |\n' proxy "req/s" "p99 (ms)" \
+		"CPU us/req" "core $PROXY_CPU busy" "core $CLIENT_CPU busy"
+	echo "|--------------|----------:|---------:|------------:|------------:|------------:|"
+	printf '| %-12s | %9.0f | %8.2f | %11.2f | %10s%% | %10s%% |\n' \
+		nginx "${n[0]}" "${n[1]}" "${n[4]}" "${n[2]}" "${n[3]}"
+	printf '| %-12s | %9.0f | %8.2f | %11.2f | %10s%% | %10s%% |\n' \
+		drowsy "${d[0]}" "${d[1]}" "${d[4]}" "${d[2]}" "${d[3]}"
+	awk -v a="${d[0]}" -v b="${n[0]}" -v c="${d[1]}" -v e="${n[1]}" -v f="${d[4]}" -v g="${n[4]}" 'BEGIN {
+		printf "| %-12s | %8.2fx | %7.2fx | %10.2fx | %11s | %11s |\n", "drowsy/nginx", a / b, c / e, f / g, "", ""
+		printf "\ntarget: req/s >= 1.00x: %s; p99 <= 1.20x: %s\n",
+			(a / b >= 1.0 ? "met" : "MISSED"), (c / e <= 1.2 ? "met" : "MISSED")
 	}'
 	if ((ERRORS)); then
 		die "wrk saw errors or non-2xx responses; figures are not valid"
