@@ -45,6 +45,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Bytes currently allocated by the whole process.
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+/// Highest `LIVE_BYTES` since it was last reset.
+static PEAK_BYTES: AtomicIsize = AtomicIsize::new(0);
 
 thread_local! {
     /// Bytes allocated minus bytes freed by this thread, and the same for
@@ -54,7 +56,10 @@ thread_local! {
 }
 
 fn account(bytes: isize, allocs: isize) {
-    LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    let live = LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    if bytes > 0 {
+        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
+    }
     // `try_with`: a thread being torn down may still free memory.
     let _ = THREAD_BYTES.try_with(|c| c.set(c.get() + bytes));
     let _ = THREAD_ALLOCS.try_with(|c| c.set(c.get() + allocs));
@@ -388,6 +393,7 @@ struct Row {
     snapshot_bytes: isize,
     snapshot_allocs: isize,
     heap_delta: isize,
+    peak_above_rest: isize,
     rss_delta_kib: i64,
 }
 
@@ -481,14 +487,30 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
     .await;
     let first_poll = started.elapsed();
     polls(&handle, 2).await;
-    let heap_delta = LIVE_BYTES.load(Ordering::Relaxed) - heap0;
-    let rss_delta_kib = vm_rss_kib() as i64 - rss0 as i64;
+    // Memory at rest: half an interval after a poll, once that poll's
+    // buffers are freed (they are dropped after `polls()` fires); the
+    // lowest of a few samples. The sleep only places the sample.
+    let mut heap_delta = isize::MAX;
+    let mut rss_kib = 0;
+    for _ in 0..5 {
+        polls(&handle, 1).await;
+        tokio::time::sleep(args.interval / 2).await;
+        heap_delta = heap_delta.min(LIVE_BYTES.load(Ordering::Relaxed) - heap0);
+        rss_kib = rss_kib.max(vm_rss_kib());
+    }
+    let rss_delta_kib = rss_kib as i64 - rss0 as i64;
+    // Still mid-interval: the heap at rest, the baseline of the peak.
+    let rest = LIVE_BYTES.load(Ordering::Relaxed);
+    PEAK_BYTES.store(rest, Ordering::Relaxed);
 
-    // Steady state: nothing changes.
+    // Steady state: nothing changes. Counters are reset right after a poll,
+    // so the window holds exactly the calls of the next `cycles` polls.
+    polls(&handle, 1).await;
     sim.ok("reset").await;
     let (s0, t0) = cpu_times(clk_tck);
     polls(&handle, args.cycles).await;
     let (s1, t1) = cpu_times(clk_tck);
+    let peak_above_rest = PEAK_BYTES.load(Ordering::Relaxed) - rest;
     let counts = sim.counts().await;
     let steady = phase(counts, args.cycles, s1 - s0, t1 - t0);
 
@@ -532,12 +554,17 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         snapshot_bytes,
         snapshot_allocs,
         heap_delta,
+        peak_above_rest,
         rss_delta_kib,
     }
 }
 
 fn phase(counts: BTreeMap<String, u64>, cycles: u64, sched: Duration, stat: Duration) -> Phase {
     let total: u64 = counts.values().sum();
+    let resources = counts.get("GET /cluster/resources").copied().unwrap_or(0);
+    if resources != cycles {
+        eprintln!("  warning: {resources} resource calls counted over {cycles} cycles");
+    }
     Phase {
         calls_per_cycle: total as f64 / cycles as f64,
         counts,
@@ -558,13 +585,13 @@ fn report(rows: &[Row], args: &Args) {
     );
     println!();
     println!(
-        "| guests | calls/cycle steady | calls/cycle, {} needed changing | CPU ms/cycle steady | CPU ms/cycle changing | cache snapshot heap | per guest | process heap Δ | VmRSS Δ |",
+        "| guests | calls/cycle steady | calls/cycle, {} needed changing | CPU ms/cycle steady | CPU ms/cycle changing | cache snapshot heap | per guest | process heap Δ at rest | peak heap during polls | VmRSS Δ |",
         args.changing
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.3} ({:.1}) | {:.3} ({:.1}) | {} | {} B | {} | {} KiB |",
+            "| {} | {:.2} | {:.2} | {:.3} ({:.1}) | {:.3} ({:.1}) | {} | {} B | {} | +{} | {} KiB |",
             r.guests,
             r.steady.calls_per_cycle,
             r.moving.calls_per_cycle,
@@ -575,6 +602,7 @@ fn report(rows: &[Row], args: &Args) {
             kib(r.snapshot_bytes),
             r.snapshot_bytes / r.guests.max(1) as isize,
             kib(r.heap_delta),
+            kib(r.peak_above_rest),
             r.rss_delta_kib,
         );
     }
