@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example poll_cost -- [--sizes 10,100,1000,5000]
 //!     [--cycles 100] [--interval-ms 100] [--changing 5] [--needed 20]
+//!     [--by-name]
 //! ```
 //!
 //! For each cluster size a simulated cluster runs in a child process (this
@@ -114,16 +115,29 @@ const FIRST_VMID: u32 = 100;
 const CLUSTER: &str = "bench";
 const DEADLINE: Duration = Duration::from_secs(60);
 
+fn is_qemu(vmid: u32) -> bool {
+    (vmid - FIRST_VMID) % 3 == 2
+}
+
+fn guest_name(vmid: u32) -> String {
+    if is_qemu(vmid) {
+        format!("vm-{vmid}")
+    } else {
+        format!("ct-{vmid}")
+    }
+}
+
 /// `n` guests: two LXC for every QEMU VM, one in ten running, spread over
 /// three nodes, a quarter of them tagged.
 fn guests(n: usize) -> Vec<GuestSpec> {
     (0..n)
         .map(|i| {
             let vmid = FIRST_VMID + i as u32;
-            let mut spec = if i % 3 == 2 {
-                GuestSpec::qemu(vmid, &format!("vm-{vmid}"))
+            let name = guest_name(vmid);
+            let mut spec = if is_qemu(vmid) {
+                GuestSpec::qemu(vmid, &name)
             } else {
-                GuestSpec::lxc(vmid, &format!("ct-{vmid}"))
+                GuestSpec::lxc(vmid, &name)
             };
             if i % 4 == 0 {
                 spec.tags = vec!["bench".to_string(), "web".to_string()];
@@ -340,6 +354,8 @@ struct Args {
     interval: Duration,
     changing: usize,
     needed: usize,
+    /// Routes name their guests by name instead of vmid.
+    by_name: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -349,8 +365,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         interval: Duration::from_millis(100),
         changing: 5,
         needed: 20,
+        by_name: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--by-name" {
+            a.by_name = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = |v: &str| -> Result<u64, String> {
             v.parse().map_err(|_| format!("{flag}: not a number: {v}"))
@@ -475,7 +496,11 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         },
     );
     handle.set_needed(needed.iter().map(|&vmid| GuestRef {
-        key: GuestKey::Vmid(vmid),
+        key: if args.by_name {
+            GuestKey::Name(guest_name(vmid))
+        } else {
+            GuestKey::Vmid(vmid)
+        },
         cluster: None,
     }));
     cache_until(&cache, "all guests and the needed guests' IPs", |c| {
@@ -580,8 +605,11 @@ fn kib(bytes: isize) -> String {
 fn report(rows: &[Row], args: &Args) {
     println!();
     println!(
-        "poll interval {:?}, {} cycles per phase, {} guests needed by routes (fewer in small clusters)",
-        args.interval, args.cycles, args.needed
+        "poll interval {:?}, {} cycles per phase, {} guests needed by routes (fewer in small clusters), named by {}",
+        args.interval,
+        args.cycles,
+        args.needed,
+        if args.by_name { "name" } else { "vmid" }
     );
     println!();
     println!(
