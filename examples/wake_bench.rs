@@ -47,7 +47,15 @@ async fn main() -> Result<(), Error> {
         })
     };
     match arg(0) {
-        Some("overhead") => overhead(num(1, 50)? as usize, num(2, 50)?).await,
+        Some("overhead") => {
+            // BOOT_MS is one value or a range MIN-MAX, spread over the wakes.
+            let boot = arg(2).unwrap_or("50");
+            let (lo, hi) = match boot.split_once('-') {
+                Some((a, b)) => (a.parse()?, b.parse()?),
+                None => (boot.parse()?, boot.parse()?),
+            };
+            overhead(num(1, 50)? as usize, lo, hi).await
+        }
         Some("held") => held(num(1, 10_000)? as usize, num(2, 3000)?).await,
         Some("warm") => warm(num(1, 5)? as usize, num(2, 5)?).await,
         Some("sim") => {
@@ -55,20 +63,26 @@ async fn main() -> Result<(), Error> {
             sim_child(&dir, num(2, 50)?, arg(3) == Some("running")).await
         }
         Some("serve") => serve_child(Path::new(arg(1).ok_or("serve CONFIG")?)).await,
-        _ => Err("usage: wake_bench overhead [N] [BOOT_MS] | held [N] [BOOT_MS] | warm [ROUNDS] [SECS]".into()),
+        _ => Err(
+            "usage: wake_bench overhead [N] [BOOT_MS] | held [N] [BOOT_MS] | warm [ROUNDS] [SECS]"
+                .into(),
+        ),
     }
 }
 
 // ---------------------------------------------------------------- helpers
 
-fn sim_options(boot_ms: u64, running: bool) -> SimOptions {
-    let guest = GuestSpec::lxc(VMID, "bench")
-        .port(free_port())
+fn guest_spec(port: u16, boot_ms: u64, running: bool) -> GuestSpec {
+    GuestSpec::lxc(VMID, "bench")
+        .port(port)
         .boot_delay(Duration::from_millis(boot_ms))
         .shutdown_delay(Duration::from_millis(1))
-        .running(running);
+        .running(running)
+}
+
+fn sim_options(boot_ms: u64, running: bool) -> SimOptions {
     SimOptions {
-        guests: vec![guest],
+        guests: vec![guest_spec(free_port(), boot_ms, running)],
         resources_refresh: Duration::ZERO,
         task_delay: Duration::from_millis(5),
         ..Default::default()
@@ -117,7 +131,12 @@ routes:
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-async fn http_request(addr: SocketAddr, method: &str, host: &str, path: &str) -> Result<(u16, String), Error> {
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), Error> {
     let mut s = TcpStream::connect(addr).await?;
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
@@ -167,7 +186,10 @@ fn proc_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Reads `KEY=VALUE` words from the first line of a child that starts with `tag`.
-async fn read_tagged(out: &mut BufReader<ChildStdout>, tag: &str) -> Result<BTreeMap<String, String>, Error> {
+async fn read_tagged(
+    out: &mut BufReader<ChildStdout>,
+    tag: &str,
+) -> Result<BTreeMap<String, String>, Error> {
     let read = async {
         let mut line = String::new();
         loop {
@@ -231,7 +253,12 @@ async fn start_pair(boot_ms: u64, running: bool, pin: bool) -> Result<Pair, Erro
     let dir_s = dir.path().to_str().ok_or("temp dir path")?.to_string();
     let boot = boot_ms.to_string();
     let mut sim = spawn_self(
-        &["sim", &dir_s, &boot, if running { "running" } else { "stopped" }],
+        &[
+            "sim",
+            &dir_s,
+            &boot,
+            if running { "running" } else { "stopped" },
+        ],
         pin.then_some("1"),
         &[],
     )?;
@@ -241,7 +268,11 @@ async fn start_pair(boot_ms: u64, running: bool, pin: bool) -> Result<Pair, Erro
     let cfg = dir.path().join("drowsy.yml");
     std::fs::write(&cfg, config_yaml(&url, &dir.path().join("ca.pem"), guest))?;
     let cfg_s = cfg.to_str().ok_or("config path")?.to_string();
-    let envs: &[(&str, &str)] = if pin { &[("TOKIO_WORKER_THREADS", "1")] } else { &[] };
+    let envs: &[(&str, &str)] = if pin {
+        &[("TOKIO_WORKER_THREADS", "1")]
+    } else {
+        &[]
+    };
     let mut drowsy = spawn_self(&["serve", &cfg_s], pin.then_some("0"), envs)?;
     let info = read_tagged(&mut drowsy.out, "READY").await?;
     Ok(Pair {
@@ -320,8 +351,18 @@ async fn wait_stdin_closed() {
 
 // ------------------------------------------------------ 1. wake overhead
 
-async fn overhead(n: usize, boot_ms: u64) -> Result<(), Error> {
-    let sim = Sim::start(sim_options(boot_ms, false)).await?;
+/// The boot delay of wake `i` of `n`: `lo..=hi` in a scrambled order
+/// (golden-ratio steps), so phase against the probe schedule varies.
+fn boot_of(i: usize, n: usize, lo: u64, hi: u64) -> u64 {
+    if lo == hi || n < 2 {
+        return lo;
+    }
+    let frac = (i as f64 * 0.618_033_988_75).fract();
+    lo + ((hi - lo) as f64 * frac).round() as u64
+}
+
+async fn overhead(n: usize, lo: u64, hi: u64) -> Result<(), Error> {
+    let sim = Sim::start(sim_options(lo, false)).await?;
     let dir = tempfile::tempdir()?;
     let ca = dir.path().join("ca.pem");
     sim.write_ca(&ca)?;
@@ -352,6 +393,10 @@ async fn overhead(n: usize, boot_ms: u64) -> Result<(), Error> {
             gate.sleep_now().await?;
         }
         tokio::time::timeout(DEADLINE, states.wait_for(|s| *s == GuestState::Stopped)).await??;
+        if lo != hi {
+            // Same address and port, another boot time; the guest is off.
+            sim.add_guest(guest_spec(guest.port(), boot_of(i, n, lo, hi), false));
+        }
         let mut s = TcpStream::connect(http).await?;
         s.set_nodelay(true)?;
         let req = format!("GET /wake/{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
@@ -396,8 +441,16 @@ async fn overhead(n: usize, boot_ms: u64) -> Result<(), Error> {
         ("  request → start POST received", col(&|s| s.before_start)),
         ("  listening → first byte", col(&|s| s.after_listening)),
     ];
-    println!("\nWake overhead: {n} wakes, guest boot_delay {boot_ms} ms, task_delay 5 ms");
-    println!("{:<34} {:>9} {:>9} {:>9} {:>9}", "ms", "min", "p50", "p95", "max");
+    let boots = if lo == hi {
+        format!("{lo} ms")
+    } else {
+        format!("spread over {lo}–{hi} ms")
+    };
+    println!("\nWake overhead: {n} wakes, guest boot_delay {boots}, task_delay 5 ms");
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>9}",
+        "ms", "min", "p50", "p95", "max"
+    );
     for (name, v) in &rows {
         println!(
             "{name:<34} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
@@ -462,19 +515,24 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
     };
 
     let counts = Arc::new(HeldCounts::default());
-    // At most this many connects in progress: the listener's backlog is 1024.
-    let connecting = Arc::new(tokio::sync::Semaphore::new(256));
+    // Connects are paced by the gate's own count of held requests: at most
+    // WINDOW connections that drowsy has not taken in yet, well within the
+    // listener's backlog (1024), so none is dropped and retried after 1 s.
+    const WINDOW: u64 = 512;
+    let pacer = Arc::new(tokio::sync::Semaphore::new(WINDOW as usize));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let (counts, connecting, addr) = (counts.clone(), connecting.clone(), pair.http);
+        let (counts, pacer, addr) = (counts.clone(), pacer.clone(), pair.http);
         tasks.push(tokio::spawn(async move {
             let result = async {
+                pacer.acquire().await?.forget();
                 let mut stream = {
-                    let _permit = connecting.acquire().await?;
                     let mut tries = 0;
                     loop {
-                        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                            .await
+                        {
                             Ok(Ok(s)) => break s,
                             _ if tries < 20 => {
                                 tries += 1;
@@ -486,7 +544,8 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
                         }
                     }
                 };
-                let req = format!("GET /held/{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+                let req =
+                    format!("GET /held/{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
                 stream.write_all(req.as_bytes()).await?;
                 counts.connected.fetch_add(1, Ordering::Relaxed);
                 let mut buf = Vec::new();
@@ -502,23 +561,39 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
         }));
     }
 
-    // Watch the gate: how many are held at most, and RSS when all are.
+    // Watch the gate: pace the connects, note how many are held at most,
+    // and the RSS once all are.
     let mut max_held = 0u64;
     let mut all_held: Option<(Duration, u64)> = None;
+    let mut all_sent: Option<Duration> = None;
     let mut woke_at = None;
+    let mut released = WINDOW;
     let until = Instant::now() + DEADLINE;
     while Instant::now() < until {
         let r = pair.route().await?;
         let held = r["held"].as_u64().unwrap_or(0);
         max_held = max_held.max(held);
+        let awake = r["state"] == "running";
+        let allowed = if awake {
+            n as u64
+        } else {
+            (held + WINDOW).min(n as u64)
+        };
+        if allowed > released {
+            pacer.add_permits((allowed - released) as usize);
+            released = allowed;
+        }
+        if all_sent.is_none() && counts.connected.load(Ordering::Relaxed) >= n as u64 {
+            all_sent = Some(started.elapsed());
+        }
         if all_held.is_none() && held >= n as u64 {
             all_held = Some((started.elapsed(), proc_kib(pid, "VmRSS").unwrap_or(0)));
         }
-        if r["state"] == "running" {
+        if awake {
             woke_at = Some(started.elapsed());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for t in tasks {
         t.await?;
@@ -538,10 +613,26 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
     println!("{:<44} {:>14}", "", "value");
     let row = |k: &str, v: String| println!("{k:<44} {v:>14}");
     row("answered 200", c.ok.load(Ordering::Relaxed).to_string());
-    row("other status", c.other_status.load(Ordering::Relaxed).to_string());
-    row("failed (connect/read error)", c.failed.load(Ordering::Relaxed).to_string());
-    row("connect retries", c.connect_retries.load(Ordering::Relaxed).to_string());
-    row("max held at once (drowsy_held_requests)", max_held.to_string());
+    row(
+        "other status",
+        c.other_status.load(Ordering::Relaxed).to_string(),
+    );
+    row(
+        "failed (connect/read error)",
+        c.failed.load(Ordering::Relaxed).to_string(),
+    );
+    row(
+        "connect retries",
+        c.connect_retries.load(Ordering::Relaxed).to_string(),
+    );
+    row(
+        "max held at once (drowsy_held_requests)",
+        max_held.to_string(),
+    );
+    row(
+        "all requests sent after",
+        all_sent.map_or("not before the wake".into(), |t| format!("{:.0} ms", ms(t))),
+    );
     row(
         "all held after",
         all_held.map_or("never".into(), |(t, _)| format!("{:.0} ms", ms(t))),
@@ -559,7 +650,10 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
         row("  per held request (bytes)", format!("{:.0}", per(kib)));
     }
     row("drowsy peak RSS, VmHWM (KiB)", peak.to_string());
-    row("  per request, peak − baseline (bytes)", format!("{:.0}", per(peak)));
+    row(
+        "  per request, peak − baseline (bytes)",
+        format!("{:.0}", per(peak)),
+    );
     row("drowsy RSS after (KiB)", rss_after.to_string());
     let all_ok = c.ok.load(Ordering::Relaxed) == n as u64;
     println!(
@@ -611,10 +705,17 @@ async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
     let mut gated = Vec::new();
     let mut plain = Vec::new();
     println!("\nWarm path: {rounds} alternating rounds of {secs} s, wrk -t1 -c32 on core 1, drowsy on core 0 (1 worker)");
-    println!("{:<7} {:>14} {:>14} {:>8}", "round", "guest route", "plain route", "ratio");
+    println!(
+        "{:<7} {:>14} {:>14} {:>8}",
+        "round", "guest route", "plain route", "ratio"
+    );
     for r in 0..rounds {
         // Alternate which goes first, so drift does not favour one.
-        let order = if r % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let (mut g, mut p) = (0.0, 0.0);
         for gated_first in order {
             let host = if gated_first { HOST } else { PLAIN_HOST };
