@@ -57,6 +57,7 @@ async fn main() -> Result<(), Error> {
             overhead(num(1, 50)? as usize, lo, hi).await
         }
         Some("held") => held(num(1, 10_000)? as usize, num(2, 3000)?).await,
+        Some("conns") => conns(num(1, 10_000)? as usize).await,
         Some("warm") => warm(num(1, 5)? as usize, num(2, 5)?).await,
         Some("sim") => {
             let dir = PathBuf::from(arg(1).ok_or("sim DIR BOOT_MS RUNNING")?);
@@ -664,9 +665,69 @@ async fn held(n: usize, boot_ms: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// For comparison with `held`: the RSS of N client connections that sent
+/// only part of a request head to the plain route (no gate involved), so
+/// drowsy holds N HTTP/1 connections mid-request and nothing else.
+async fn conns(n: usize) -> Result<(), Error> {
+    let pair = start_pair(50, true, false).await?;
+    pair.wait_state("running").await?;
+    let pid = pair.drowsy_pid;
+    let baseline = proc_kib(pid, "VmRSS").ok_or("no VmRSS")?;
+    let pacer = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut streams = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let (pacer, addr) = (pacer.clone(), pair.http);
+        pending.push(tokio::spawn(async move {
+            let _permit = pacer.acquire().await?;
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(format!("GET / HTTP/1.1\r\nHost: {PLAIN_HOST}\r\n").as_bytes())
+                .await?;
+            // Let drowsy take it in before the next connect is allowed.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, Error>(s)
+        }));
+    }
+    for p in pending {
+        streams.push(p.await??);
+    }
+    // Settle: RSS unchanged over five samples 20 ms apart.
+    let mut last = 0;
+    let mut same = 0;
+    while same < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let kib = proc_kib(pid, "VmRSS").unwrap_or(0);
+        same = if kib == last { same + 1 } else { 0 };
+        last = kib;
+    }
+    drop(streams);
+    pair.stop().await;
+    println!("\nConnections only: {n} HTTP/1 connections mid-request on the plain route (no gate)");
+    println!("drowsy RSS baseline {baseline} KiB, with the connections {last} KiB: {:.0} bytes each",
+        last.saturating_sub(baseline) as f64 * 1024.0 / n as f64);
+    Ok(())
+}
+
 // --------------------------------------------------------- 3. warm path
 
-async fn wrk(addr: SocketAddr, host: &str, secs: u64) -> Result<(f64, String), Error> {
+/// CPU time of all threads of a process so far, from /proc/PID/task/*/schedstat.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+struct WrkRun {
+    rps: f64,
+    requests: u64,
+    problems: String,
+}
+
+async fn wrk(addr: SocketAddr, host: &str, secs: u64) -> Result<WrkRun, Error> {
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32"])
         .arg(format!("-d{secs}s"))
@@ -687,7 +748,17 @@ async fn wrk(addr: SocketAddr, host: &str, secs: u64) -> Result<(f64, String), E
         .map(str::trim)
         .collect::<Vec<_>>()
         .join("; ");
-    Ok((rps, problems))
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkRun {
+        rps,
+        requests,
+        problems,
+    })
 }
 
 async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
@@ -702,36 +773,44 @@ async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
     // Warm up both routes (pools, caches), then alternate.
     wrk(pair.http, HOST, 2).await?;
     wrk(pair.http, PLAIN_HOST, 2).await?;
-    let mut gated = Vec::new();
-    let mut plain = Vec::new();
+    let pid = pair.drowsy_pid;
+    let (mut gated, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gated_cpu, mut plain_cpu) = (Vec::new(), Vec::new());
     println!("\nWarm path: {rounds} alternating rounds of {secs} s, wrk -t1 -c32 on core 1, drowsy on core 0 (1 worker)");
     println!(
-        "{:<7} {:>14} {:>14} {:>8}",
-        "round", "guest route", "plain route", "ratio"
+        "{:<7} {:>12} {:>12} {:>7} {:>14} {:>14} {:>7}",
+        "round", "guest req/s", "plain req/s", "ratio", "guest µs CPU", "plain µs CPU", "ratio"
     );
     for r in 0..rounds {
         // Alternate which goes first, so drift does not favour one.
-        let order = if r % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        let (mut g, mut p) = (0.0, 0.0);
-        for gated_first in order {
-            let host = if gated_first { HOST } else { PLAIN_HOST };
-            let (rps, problems) = wrk(pair.http, host, secs).await?;
-            if !problems.is_empty() {
-                println!("  {host}: {problems}");
+        let order = if r % 2 == 0 { [true, false] } else { [false, true] };
+        let mut res = [(0.0, 0.0); 2];
+        for gated_run in order {
+            let host = if gated_run { HOST } else { PLAIN_HOST };
+            let cpu0 = cpu_ns(pid);
+            let run = wrk(pair.http, host, secs).await?;
+            let cpu = (cpu_ns(pid) - cpu0) as f64 / 1000.0 / run.requests.max(1) as f64;
+            if !run.problems.is_empty() {
+                println!("  {host}: {}", run.problems);
             }
-            if gated_first {
-                g = rps;
-            } else {
-                p = rps;
-            }
+            res[usize::from(!gated_run)] = (run.rps, cpu);
         }
-        println!("{:<7} {:>14.0} {:>14.0} {:>8.3}", r + 1, g, p, g / p);
+        let [(g, gc), (p, pc)] = res;
+        println!(
+            "{:<7} {:>12.0} {:>12.0} {:>7.3} {:>14.2} {:>14.2} {:>7.3}",
+            r + 1,
+            g,
+            p,
+            g / p,
+            gc,
+            pc,
+            gc / pc
+        );
         gated.push(g);
         plain.push(p);
+        ratios.push(g / p);
+        gated_cpu.push(gc);
+        plain_cpu.push(pc);
     }
     let route = pair.route().await?;
     let guest = pair.guest;
@@ -740,12 +819,17 @@ async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
         v.sort_by(f64::total_cmp);
         percentile(v, 50.0)
     };
-    let (mg, mp) = (med(&mut gated), med(&mut plain));
-    println!("{:<7} {:>14.0} {:>14.0} {:>8.3}", "median", mg, mp, mg / mp);
+    let (mg, mp, mr) = (med(&mut gated), med(&mut plain), med(&mut ratios));
+    let (mgc, mpc) = (med(&mut gated_cpu), med(&mut plain_cpu));
+    println!(
+        "{:<7} {:>12.0} {:>12.0} {:>7.3} {:>14.2} {:>14.2} {:>7.3}",
+        "median", mg, mp, mr, mgc, mpc, mgc / mpc
+    );
+    println!("(ratio median is the median of the per-round ratios; CPU is drowsy's, all threads, per request)");
     println!(
         "gate state during the run: {} (wakes {}); backend {guest}",
         route["state"], route["wakes"]
     );
-    println!("target ≥ 0.97×: {}", verdict(mg / mp >= 0.97));
+    println!("target ≥ 0.97×: {}", verdict(mr >= 0.97));
     Ok(())
 }
