@@ -703,8 +703,10 @@ async fn conns(n: usize) -> Result<(), Error> {
     drop(streams);
     pair.stop().await;
     println!("\nConnections only: {n} HTTP/1 connections mid-request on the plain route (no gate)");
-    println!("drowsy RSS baseline {baseline} KiB, with the connections {last} KiB: {:.0} bytes each",
-        last.saturating_sub(baseline) as f64 * 1024.0 / n as f64);
+    println!(
+        "drowsy RSS baseline {baseline} KiB, with the connections {last} KiB: {:.0} bytes each",
+        last.saturating_sub(baseline) as f64 * 1024.0 / n as f64
+    );
     Ok(())
 }
 
@@ -783,7 +785,11 @@ async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
     );
     for r in 0..rounds {
         // Alternate which goes first, so drift does not favour one.
-        let order = if r % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let mut res = [(0.0, 0.0); 2];
         for gated_run in order {
             let host = if gated_run { HOST } else { PLAIN_HOST };
@@ -823,7 +829,13 @@ async fn warm(rounds: usize, secs: u64) -> Result<(), Error> {
     let (mgc, mpc) = (med(&mut gated_cpu), med(&mut plain_cpu));
     println!(
         "{:<7} {:>12.0} {:>12.0} {:>7.3} {:>14.2} {:>14.2} {:>7.3}",
-        "median", mg, mp, mr, mgc, mpc, mgc / mpc
+        "median",
+        mg,
+        mp,
+        mr,
+        mgc,
+        mpc,
+        mgc / mpc
     );
     println!("(ratio median is the median of the per-round ratios; CPU is drowsy's, all threads, per request)");
     println!(
