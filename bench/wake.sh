@@ -2,10 +2,11 @@
 # Idle gate benchmarks (see bench/README.md, "Idle gate: wake overhead,
 # held requests, warm path"). Loopback only; every run is bounded.
 #
-#   bench/wake.sh [overhead|held|warm|all] [args passed to the mode]
+#   bench/wake.sh [overhead|held|conns|warm|all] [args passed to the mode]
 #
 #   overhead [N=50] [BOOT_MS=50 | MIN-MAX]   time to first byte minus guest boot
 #   held     [N=10000] [BOOT_MS=3000]        N connections held through one wake
+#   conns    [N=10000]                       RSS of N connections without the gate
 #   warm     [ROUNDS=5] [SECS=5]             guest route vs plain route, wrk
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +30,14 @@ need_wrk() {
 case "$which" in
     overhead) timeout 600 "$bin" overhead "$@" ;;
     held)     timeout 300 "$bin" held "$@" ;;
+    conns)    timeout 300 "$bin" conns "$@" ;;
     warm)     need_wrk; timeout 600 "$bin" warm "$@" ;;
     all)
         timeout 600 "$bin" overhead 50 50
         timeout 600 "$bin" overhead 50 50-2000
         timeout 300 "$bin" held 10000 3000
+        timeout 300 "$bin" conns 10000
         need_wrk; timeout 600 "$bin" warm 5 5
         ;;
-    *) echo "usage: $0 [overhead|held|warm|all] [args]" >&2; exit 2 ;;
+    *) echo "usage: $0 [overhead|held|conns|warm|all] [args]" >&2; exit 2 ;;
 esac
