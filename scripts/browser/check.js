@@ -1,0 +1,169 @@
+// Drives headless Chromium through drowsy's loading page.
+//
+//   node check.js MODE URL ROUTE OUTDIR
+//
+// MODE `js`:   the page must show "Waking ROUTE…", list progress steps from
+//              /.drowsy/events, then reload by itself into the guest's answer.
+// MODE `nojs`: JavaScript off; the page must still show the loading page and
+//              reach the guest's answer through its <noscript> meta refresh.
+//
+// Screenshots go to OUTDIR; every failure names what did not happen.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+const [mode, url, route, outDir] = process.argv.slice(2);
+if (!['js', 'nojs'].includes(mode) || !url || !route || !outDir) {
+  console.error('usage: node check.js js|nojs URL ROUTE OUTDIR');
+  process.exit(2);
+}
+const deadline = (s) => Number(process.env[`BROWSER_CHECK_${s}`] || 0);
+// How long each stage may take (ms): the loading page, the first progress
+// step, and the guest's answer after the first load.
+const LOAD_MS = deadline('LOAD_MS') || 10_000;
+const STEP_MS = deadline('STEP_MS') || 10_000;
+const READY_MS = deadline('READY_MS') || (mode === 'js' ? 20_000 : 30_000);
+
+function log(msg) {
+  console.log(`[browser ${mode}] ${msg}`);
+}
+
+class CheckFailed extends Error {}
+function fail(msg) {
+  throw new CheckFailed(msg);
+}
+
+async function until(what, ms, probe) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await probe();
+      if (last) return last;
+    } catch (e) {
+      // The page may be navigating between probes; try again.
+      last = undefined;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  fail(`${what} did not happen within ${ms} ms`);
+}
+
+async function main() {
+  fs.mkdirSync(outDir, { recursive: true });
+  const userDataDir = fs.mkdtempSync(path.join(outDir, `profile-${mode}-`));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    javaScriptEnabled: mode === 'js',
+    viewport: { width: 800, height: 500 },
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const page = context.pages()[0] || (await context.newPage());
+
+  // Every document the tab loads, with its status: the loading page is a
+  // 503, the guest's answer a 200.
+  const documents = [];
+  page.on('response', (r) => {
+    if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) {
+      documents.push({ status: r.status(), url: r.url(), at: Date.now() });
+      log(`document ${r.status()} ${r.url()}`);
+    }
+  });
+  const events = [];
+  page.on('request', (r) => {
+    if (r.url().includes('/.drowsy/events')) events.push(Date.now());
+  });
+  page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => log(`page error: ${e.message}`));
+
+  try {
+    const t0 = Date.now();
+    const first = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: LOAD_MS });
+    if (!first) fail(`no response for ${url}`);
+    if (first.status() !== 503) {
+      fail(`expected the loading page (503) first, got ${first.status()}: ` +
+        `${(await first.text()).slice(0, 200)} (was the guest already running?)`);
+    }
+    const title = await page.title();
+    const want = `Waking ${route}…`;
+    if (title !== want) fail(`loading page title is ${JSON.stringify(title)}, want ${JSON.stringify(want)}`);
+    const shown = (await page.textContent('#route')) || '';
+    if (shown.trim() !== route) fail(`loading page names route ${JSON.stringify(shown)}, want ${JSON.stringify(route)}`);
+    log(`loading page after ${Date.now() - t0} ms: title ${JSON.stringify(title)}`);
+
+    let loadingShot;
+    if (mode === 'js') {
+      // Progress steps arrive over server-sent events and become <li>s.
+      const steps = await until('a progress step from /.drowsy/events', STEP_MS, async () => {
+        if (documents.length > 1) fail('the page reloaded before showing any progress step');
+        const items = await page.$$eval('#steps li', (lis) => lis.map((li) => li.textContent));
+        return items.length > 0 ? items : null;
+      });
+      const status = await page.textContent('#status');
+      log(`steps so far: ${JSON.stringify(steps)}; status ${JSON.stringify(status)}`);
+      if (!events.length) fail('the page never opened /.drowsy/events');
+    } else {
+      const refresh = await page.$$eval('meta[http-equiv="refresh" i]', (ms) => ms.map((m) => m.content));
+      if (!refresh.length) fail('the loading page has no meta refresh for browsers without JavaScript');
+      log(`meta refresh content=${JSON.stringify(refresh)}`);
+      const note = await page.textContent('main');
+      if (!/reloads/.test(note || '')) fail('the <noscript> note is not shown with JavaScript off');
+      if (events.length) fail('/.drowsy/events was opened with JavaScript off');
+    }
+    loadingShot = path.join(outDir, `${mode}-1-loading.png`);
+    await page.screenshot({ path: loadingShot });
+    log(`screenshot (loading): ${loadingShot}`);
+
+    // Then the page must replace itself with the guest's answer.
+    const answer = await until(`the reload into the guest's answer`, READY_MS, async () => {
+      const last = documents[documents.length - 1];
+      if (!last || last.status !== 200) return null;
+      const text = await page.evaluate(() => document.body && document.body.innerText);
+      return text && text.includes('"') ? text : null;
+    });
+    log(`guest answered ${Date.now() - t0} ms after the first request, ` +
+      `after ${documents.length - 1} reload(s)`);
+    let body;
+    try {
+      body = JSON.parse(answer);
+    } catch (e) {
+      fail(`the guest's answer is not JSON: ${answer.slice(0, 200)}`);
+    }
+    log(`guest answer: ${JSON.stringify(body).slice(0, 300)}`);
+    const answerShot = path.join(outDir, `${mode}-2-guest.png`);
+    await page.screenshot({ path: answerShot });
+    log(`screenshot (guest): ${answerShot}`);
+    if (mode === 'js' && documents.length !== 2) {
+      fail(`expected exactly one reload with JavaScript on, saw ${documents.length - 1}`);
+    }
+    // Print the guest's identity for the shell script to check.
+    console.log(`GUEST_ANSWER ${JSON.stringify(body)}`);
+  } catch (e) {
+    const shot = path.join(outDir, `${mode}-failed.png`);
+    await page.screenshot({ path: shot }).catch(() => {});
+    console.error(`[browser ${mode}] FAILED: ${e.message}`);
+    console.error(`[browser ${mode}] screenshot at failure: ${shot}`);
+    const html = await page.content().catch(() => '');
+    if (html) console.error(`[browser ${mode}] page at failure:\n${html.slice(0, 2000)}`);
+    process.exitCode = 1;
+  } finally {
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(`[browser ${mode}] FAILED: ${e.stack || e}`);
+  process.exit(1);
+});
