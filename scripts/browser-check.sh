@@ -12,7 +12,9 @@
 #   2. the guest is put back to sleep (admin API), and the page is fetched as
 #      a navigation without a browser: 503, no-store, a <noscript> meta refresh;
 #   3. with JavaScript off: the meta refresh alone brings the browser to the
-#      guest's answer.
+#      guest's answer;
+#   4. asleep again, with JavaScript: a second wake in the same drowsy
+#      process behaves like the first (no stale progress from the last one).
 # Screenshots of each stage are saved in a temporary directory, printed at
 # the end. Installs chromium (apt) and playwright-core (npm, into
 # scripts/browser/node_modules) when missing; it never downloads a browser.
@@ -203,6 +205,15 @@ say "3. chromium, JavaScript off: $URL"
 node "$BROWSER_DIR/check.js" nojs "$URL" "$ROUTE" "$SHOTS" 2>&1 | tee "$WORK/nojs.log" ||
     die "the loading page did not work with JavaScript off (see above)"
 check_guest_answer "$WORK/nojs.log"
+
+# --- 4. a second wake, with JavaScript -----------------------------------------
+
+say "4. putting $ROUTE back to sleep; chromium, JavaScript on, second wake"
+curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
+wait_for "the guest did not go back to sleep" 20 state_is stopped
+node "$BROWSER_DIR/check.js" js "$URL" "$ROUTE" "$SHOTS" js-again 2>&1 | tee "$WORK/js-again.log" ||
+    die "the loading page did not work for a second wake (see above)"
+check_guest_answer "$WORK/js-again.log"
 
 say "all checks passed; screenshots:"
 ls -1 "$SHOTS"/*.png | sed 's/^/   /'

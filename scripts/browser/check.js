@@ -1,20 +1,20 @@
 // Drives headless Chromium through drowsy's loading page.
 //
-//   node check.js MODE URL ROUTE OUTDIR
+//   node check.js MODE URL ROUTE OUTDIR [TAG]
 //
 // MODE `js`:   the page must show "Waking ROUTE…", list progress steps from
 //              /.drowsy/events, then reload by itself into the guest's answer.
 // MODE `nojs`: JavaScript off; the page must still show the loading page and
 //              reach the guest's answer through its <noscript> meta refresh.
 //
-// Screenshots go to OUTDIR; every failure names what did not happen.
+// Screenshots go to OUTDIR, named after TAG (default MODE); every failure names what did not happen.
 'use strict';
 
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
-const [mode, url, route, outDir] = process.argv.slice(2);
+const [mode, url, route, outDir, tag = mode] = process.argv.slice(2);
 if (!['js', 'nojs'].includes(mode) || !url || !route || !outDir) {
   console.error('usage: node check.js js|nojs URL ROUTE OUTDIR');
   process.exit(2);
@@ -84,7 +84,26 @@ async function main() {
   page.on('request', (r) => {
     if (r.url().includes('/.drowsy/events')) events.push(Date.now());
   });
-  page.on('console', (m) => log(`console.${m.type()}: ${m.text()}`));
+  // Every progress step the page lists, as it appears (JavaScript on only).
+  const stepsSeen = [];
+  await context.addInitScript(() => {
+    document.addEventListener('DOMContentLoaded', () => {
+      const ol = document.getElementById('steps');
+      if (!ol) return;
+      new MutationObserver((records) => {
+        for (const r of records) for (const n of r.addedNodes) console.log(`STEP ${n.textContent}`);
+      }).observe(ol, { childList: true });
+    });
+  });
+  page.on('console', (m) => {
+    const t = m.text();
+    if (t.startsWith('STEP ')) {
+      stepsSeen.push({ text: t.slice(5), at: Date.now(), doc: documents.length });
+      log(`step: ${t.slice(5)}`);
+    } else {
+      log(`console.${m.type()}: ${t}`);
+    }
+  });
   page.on('pageerror', (e) => log(`page error: ${e.message}`));
 
   try {
@@ -110,9 +129,17 @@ async function main() {
         const items = await page.$$eval('#steps li', (lis) => lis.map((li) => li.textContent));
         return items.length > 0 ? items : null;
       });
-      const status = await page.textContent('#status');
-      log(`steps so far: ${JSON.stringify(steps)}; status ${JSON.stringify(status)}`);
       if (!events.length) fail('the page never opened /.drowsy/events');
+      // Give the wake a moment to show a second step for the screenshot.
+      const more = Date.now() + 1500;
+      while (Date.now() < more && documents.length === 1) {
+        const n = await page.$$eval('#steps li', (lis) => lis.length).catch(() => 0);
+        if (n > steps.length) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const status = await page.textContent('#status');
+      const listed = await page.$$eval('#steps li', (lis) => lis.map((li) => li.textContent));
+      log(`steps listed: ${JSON.stringify(listed)}; status ${JSON.stringify(status)}`);
     } else {
       const refresh = await page.$$eval('meta[http-equiv="refresh" i]', (ms) => ms.map((m) => m.content));
       if (!refresh.length) fail('the loading page has no meta refresh for browsers without JavaScript');
@@ -121,7 +148,7 @@ async function main() {
       if (!/reloads/.test(note || '')) fail('the <noscript> note is not shown with JavaScript off');
       if (events.length) fail('/.drowsy/events was opened with JavaScript off');
     }
-    loadingShot = path.join(outDir, `${mode}-1-loading.png`);
+    loadingShot = path.join(outDir, `${tag}-1-loading.png`);
     await page.screenshot({ path: loadingShot });
     log(`screenshot (loading): ${loadingShot}`);
 
@@ -141,16 +168,23 @@ async function main() {
       fail(`the guest's answer is not JSON: ${answer.slice(0, 200)}`);
     }
     log(`guest answer: ${JSON.stringify(body).slice(0, 300)}`);
-    const answerShot = path.join(outDir, `${mode}-2-guest.png`);
+    const answerShot = path.join(outDir, `${tag}-2-guest.png`);
     await page.screenshot({ path: answerShot });
     log(`screenshot (guest): ${answerShot}`);
-    if (mode === 'js' && documents.length !== 2) {
-      fail(`expected exactly one reload with JavaScript on, saw ${documents.length - 1}`);
+    if (mode === 'js') {
+      const before = stepsSeen.filter((s) => s.doc === 1).map((s) => s.text);
+      log(`steps shown before the reload: ${JSON.stringify(before)}`);
+      if (documents.length !== 2) {
+        fail(`expected exactly one reload with JavaScript on, saw ${documents.length - 1}`);
+      }
+      if (!before.some((t) => /^ready/.test(t))) {
+        fail(`the page reloaded without showing a ready step (steps: ${JSON.stringify(before)})`);
+      }
     }
     // Print the guest's identity for the shell script to check.
     console.log(`GUEST_ANSWER ${JSON.stringify(body)}`);
   } catch (e) {
-    const shot = path.join(outDir, `${mode}-failed.png`);
+    const shot = path.join(outDir, `${tag}-failed.png`);
     await page.screenshot({ path: shot }).catch(() => {});
     console.error(`[browser ${mode}] FAILED: ${e.message}`);
     console.error(`[browser ${mode}] screenshot at failure: ${shot}`);
