@@ -13,8 +13,10 @@
 #      a navigation without a browser: 503, no-store, a <noscript> meta refresh;
 #   3. with JavaScript off: the meta refresh alone brings the browser to the
 #      guest's answer;
-#   4. asleep again, with JavaScript: a second wake in the same drowsy
-#      process behaves like the first (no stale progress from the last one).
+#   4. asleep again, with JavaScript and a dark color scheme: a second wake
+#      in the same drowsy process behaves like the first;
+#   5. a guest whose start fails (route `broken`): the page shows the error
+#      and a "Try again" button, and does not reload in a loop.
 # Screenshots of each stage are saved in a temporary directory, printed at
 # the end. Installs chromium (apt) and playwright-core (npm, into
 # scripts/browser/node_modules) when missing; it never downloads a browser.
@@ -28,6 +30,7 @@ BROWSER_DIR=$ROOT/scripts/browser
 ROUTE=whoami
 HOST=whoami.localhost
 VMID=106
+BROKEN_VMID=108
 
 say() { printf '== %s\n' "$*"; }
 die() {
@@ -119,6 +122,11 @@ guests:
     running: false
     boot_delay: 2s
     shutdown_delay: 500ms
+  - vmid: $BROKEN_VMID
+    kind: lxc
+    name: broken
+    port: $GUEST_PORT
+    fail_start: "startup for container '$BROKEN_VMID' failed"
 EOF
 
 say "starting drowsy sim on 127.0.0.1:$SIM_PORT"
@@ -144,6 +152,11 @@ routes:
     port: $GUEST_PORT
     idle_timeout: 30s
     wake_timeout: 30s
+  broken:
+    host: broken.localhost
+    guest: $BROKEN_VMID
+    port: $GUEST_PORT
+    idle_timeout: 30s
 EOF
 
 say "starting drowsy on 127.0.0.1:$HTTP_PORT (admin 127.0.0.1:$ADMIN_PORT)"
@@ -211,9 +224,16 @@ check_guest_answer "$WORK/nojs.log"
 say "4. putting $ROUTE back to sleep; chromium, JavaScript on, second wake"
 curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
 wait_for "the guest did not go back to sleep" 20 state_is stopped
-node "$BROWSER_DIR/check.js" js "$URL" "$ROUTE" "$SHOTS" js-again 2>&1 | tee "$WORK/js-again.log" ||
+BROWSER_CHECK_COLOR_SCHEME=dark node "$BROWSER_DIR/check.js" js "$URL" "$ROUTE" "$SHOTS" js-again-dark 2>&1 | tee "$WORK/js-again.log" ||
     die "the loading page did not work for a second wake (see above)"
 check_guest_answer "$WORK/js-again.log"
+
+# --- 5. a guest that cannot start ---------------------------------------------
+
+say "5. chromium, JavaScript on, a guest whose start fails: http://broken.localhost:$HTTP_PORT/"
+node "$BROWSER_DIR/check.js" fail "http://broken.localhost:$HTTP_PORT/" broken "$SHOTS" 2>&1 | tee "$WORK/fail.log" ||
+    die "the loading page did not handle a failed wake (see above)"
+grep -q '^FAIL_PATH_OK' "$WORK/fail.log" || die "the failed-wake check did not finish"
 
 say "all checks passed; screenshots:"
 ls -1 "$SHOTS"/*.png | sed 's/^/   /'

@@ -6,6 +6,10 @@
 //              /.drowsy/events, then reload by itself into the guest's answer.
 // MODE `nojs`: JavaScript off; the page must still show the loading page and
 //              reach the guest's answer through its <noscript> meta refresh.
+// MODE `fail`: the guest cannot start; the page must say "could not wake",
+//              stop its spinner, offer "Try again", and not reload by itself.
+//
+// BROWSER_CHECK_COLOR_SCHEME=dark renders with prefers-color-scheme: dark.
 //
 // Screenshots go to OUTDIR, named after TAG (default MODE); every failure names what did not happen.
 'use strict';
@@ -15,8 +19,8 @@ const path = require('path');
 const { chromium } = require('playwright-core');
 
 const [mode, url, route, outDir, tag = mode] = process.argv.slice(2);
-if (!['js', 'nojs'].includes(mode) || !url || !route || !outDir) {
-  console.error('usage: node check.js js|nojs URL ROUTE OUTDIR');
+if (!['js', 'nojs', 'fail'].includes(mode) || !url || !route || !outDir) {
+  console.error('usage: node check.js js|nojs|fail URL ROUTE OUTDIR [TAG]');
   process.exit(2);
 }
 const deadline = (s) => Number(process.env[`BROWSER_CHECK_${s}`] || 0);
@@ -57,7 +61,8 @@ async function main() {
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    javaScriptEnabled: mode === 'js',
+    javaScriptEnabled: mode !== 'nojs',
+    colorScheme: process.env.BROWSER_CHECK_COLOR_SCHEME || 'light',
     viewport: { width: 800, height: 500 },
     args: [
       '--no-sandbox',
@@ -78,6 +83,8 @@ async function main() {
     if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) {
       documents.push({ status: r.status(), url: r.url(), at: Date.now() });
       log(`document ${r.status()} ${r.url()}`);
+    } else {
+      log(`subresource ${r.status()} ${r.url()}`);
     }
   });
   const events = [];
@@ -122,6 +129,34 @@ async function main() {
     log(`loading page after ${Date.now() - t0} ms: title ${JSON.stringify(title)}`);
 
     let loadingShot;
+    if (mode === 'fail') {
+      const shown = await until('the failure on the page', STEP_MS, async () => {
+        if (documents.length > 1) fail('the page reloaded by itself although the wake failed');
+        const st = await page.evaluate(() => ({
+          status: document.getElementById('status').textContent,
+          retry: !document.getElementById('retry').hidden &&
+            getComputedStyle(document.getElementById('retry')).display !== 'none',
+          spin: !document.getElementById('spin').hidden &&
+            getComputedStyle(document.getElementById('spin')).display !== 'none',
+        }));
+        return /could not wake|failed/i.test(st.status) ? st : null;
+      });
+      log(`failure shown: ${JSON.stringify(shown)}`);
+      if (!shown.retry) fail('the "Try again" button is not visible after a failed wake');
+      if (shown.spin) fail('the spinner still turns after a failed wake');
+      // It must stay put: no reload loop against a guest that cannot start.
+      await new Promise((r) => setTimeout(r, 3000));
+      if (documents.length > 1) fail(`the page reloaded ${documents.length - 1} time(s) after a failed wake`);
+      const shot = path.join(outDir, `${tag}-1-error.png`);
+      await page.screenshot({ path: shot });
+      log(`screenshot (error): ${shot}`);
+      // "Try again" reloads into the page again, still showing the error.
+      await page.click('#retry');
+      await until('a reload after "Try again"', STEP_MS, async () => documents.length > 1);
+      log('"Try again" reloaded the page');
+      console.log('FAIL_PATH_OK');
+      return;
+    }
     if (mode === 'js') {
       // Progress steps arrive over server-sent events and become <li>s.
       const steps = await until('a progress step from /.drowsy/events', STEP_MS, async () => {
