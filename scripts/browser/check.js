@@ -144,6 +144,10 @@ async function main() {
       log(`failure shown: ${JSON.stringify(shown)}`);
       if (!shown.retry) fail('the "Try again" button is not visible after a failed wake');
       if (shown.spin) fail('the spinner still turns after a failed wake');
+      const failedTitle = await page.title();
+      if (!failedTitle.startsWith('Could not wake')) {
+        fail(`the title still reads ${JSON.stringify(failedTitle)} after a failed wake`);
+      }
       // It must stay put: no reload loop against a guest that cannot start.
       await new Promise((r) => setTimeout(r, 3000));
       if (documents.length > 1) fail(`the page reloaded ${documents.length - 1} time(s) after a failed wake`);
