@@ -22,7 +22,9 @@
 # scripts/browser/node_modules) when missing; it never downloads a browser.
 #
 # Environment: KEEP=1 keeps the temporary directory's logs even on success
-# (screenshots are always kept); CHROMIUM=PATH uses another Chromium binary.
+# (screenshots are always kept); CHROMIUM=PATH uses another Chromium binary;
+# BROWSER_CHECK_LOAD_MS, _STEP_MS, _READY_MS change the deadlines (ms) for the
+# loading page, its first progress step, and the guest's answer.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -173,6 +175,15 @@ state_is() { [ "$(route_state)" = "$1" ]; }
 wait_for "drowsy did not answer on its admin port" 20 curl -fsS "$ADMIN/healthz"
 wait_for "drowsy did not see the guest as stopped" 20 state_is stopped
 
+run_browser() { # WHAT LOGFILE check.js-ARGS...
+    local what=$1 log=$2 why
+    shift 2
+    if ! node "$BROWSER_DIR/check.js" "$@" 2>&1 | tee "$log"; then
+        why=$(sed -n 's/^\[browser [a-z]*\] FAILED: //p' "$log" | head -n1)
+        die "$what: ${why:-see above}"
+    fi
+}
+
 check_guest_answer() { # LOGFILE
     local answer
     answer=$(sed -n 's/^GUEST_ANSWER //p' "$1")
@@ -186,8 +197,7 @@ check_guest_answer() { # LOGFILE
 # --- 1. with JavaScript ------------------------------------------------------
 
 say "1. chromium, JavaScript on: $URL"
-node "$BROWSER_DIR/check.js" js "$URL" "$ROUTE" "$SHOTS" 2>&1 | tee "$WORK/js.log" ||
-    die "the loading page did not work with JavaScript on (see above)"
+run_browser "JavaScript on" "$WORK/js.log" js "$URL" "$ROUTE" "$SHOTS"
 check_guest_answer "$WORK/js.log"
 
 # --- 2. back to sleep; the page as a browser without JavaScript gets it -------
@@ -215,8 +225,7 @@ wait_for "the guest did not go back to sleep" 20 state_is stopped
 # --- 3. without JavaScript -----------------------------------------------------
 
 say "3. chromium, JavaScript off: $URL"
-node "$BROWSER_DIR/check.js" nojs "$URL" "$ROUTE" "$SHOTS" 2>&1 | tee "$WORK/nojs.log" ||
-    die "the loading page did not work with JavaScript off (see above)"
+run_browser "JavaScript off" "$WORK/nojs.log" nojs "$URL" "$ROUTE" "$SHOTS"
 check_guest_answer "$WORK/nojs.log"
 
 # --- 4. a second wake, with JavaScript -----------------------------------------
@@ -224,15 +233,14 @@ check_guest_answer "$WORK/nojs.log"
 say "4. putting $ROUTE back to sleep; chromium, JavaScript on, second wake"
 curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
 wait_for "the guest did not go back to sleep" 20 state_is stopped
-BROWSER_CHECK_COLOR_SCHEME=dark node "$BROWSER_DIR/check.js" js "$URL" "$ROUTE" "$SHOTS" js-again-dark 2>&1 | tee "$WORK/js-again.log" ||
-    die "the loading page did not work for a second wake (see above)"
+BROWSER_CHECK_COLOR_SCHEME=dark run_browser "second wake" "$WORK/js-again.log" \
+    js "$URL" "$ROUTE" "$SHOTS" js-again-dark
 check_guest_answer "$WORK/js-again.log"
 
 # --- 5. a guest that cannot start ---------------------------------------------
 
 say "5. chromium, JavaScript on, a guest whose start fails: http://broken.localhost:$HTTP_PORT/"
-node "$BROWSER_DIR/check.js" fail "http://broken.localhost:$HTTP_PORT/" broken "$SHOTS" 2>&1 | tee "$WORK/fail.log" ||
-    die "the loading page did not handle a failed wake (see above)"
+run_browser "failed wake" "$WORK/fail.log" fail "http://broken.localhost:$HTTP_PORT/" broken "$SHOTS"
 grep -q '^FAIL_PATH_OK' "$WORK/fail.log" || die "the failed-wake check did not finish"
 
 say "all checks passed; screenshots:"
