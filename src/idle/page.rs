@@ -45,7 +45,7 @@ body{{font:16px/1.5 system-ui,sans-serif;margin:0;min-height:100vh;display:flex;
 main{{max-width:32rem;padding:2rem;text-align:center}}
 h1{{font-size:1.4rem;font-weight:600}}
 #status{{color:#555;overflow-wrap:anywhere}}
-#steps{{display:inline-block;margin:.5rem auto;padding-left:1.8em;text-align:left}}
+#steps{{display:inline-block;margin:.5rem auto;padding-left:1.8em;text-align:left}}#steps:empty{{display:none}}
 .spin{{width:2rem;height:2rem;margin:1rem auto;border:3px solid #ccc;border-top-color:#555;border-radius:50%;animation:r 1s linear infinite}}
 @keyframes r{{to{{transform:rotate(360deg)}}}}
 #retry{{font:inherit;padding:.4rem 1.2rem;border-radius:.3rem;border:1px solid #888;background:#fff;cursor:pointer}}
