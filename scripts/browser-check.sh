@@ -244,4 +244,4 @@ run_browser "failed wake" "$WORK/fail.log" fail "http://broken.localhost:$HTTP_P
 grep -q '^FAIL_PATH_OK' "$WORK/fail.log" || die "the failed-wake check did not finish"
 
 say "all checks passed; screenshots:"
-ls -1 "$SHOTS"/*.png | sed 's/^/   /'
+for f in "$SHOTS"/*.png; do echo "   $f"; done
