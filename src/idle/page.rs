@@ -20,9 +20,17 @@ pub fn escape_html(s: &str) -> String {
 /// The page for `route`. `error` is set when the last wake failed.
 pub fn loading_page(route: &str, error: Option<&str>) -> String {
     let route = escape_html(route);
-    let (status, hidden) = match error {
-        Some(e) => (format!("could not wake: {}", escape_html(e)), ""),
-        None => ("starting…".to_string(), " hidden"),
+    let (heading, status, hidden) = match error {
+        Some(e) => (
+            "Could not wake",
+            format!("could not wake: {}", escape_html(e)),
+            "",
+        ),
+        None => ("Waking", "starting…".to_string(), " hidden"),
+    };
+    let title = match error {
+        Some(_) => format!("Could not wake {route}"),
+        None => format!("Waking {route}…"),
     };
     format!(
         r#"<!doctype html>
@@ -30,19 +38,21 @@ pub fn loading_page(route: &str, error: Option<&str>) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
 <noscript><meta http-equiv="refresh" content="5"></noscript>
-<title>Waking {route}…</title>
+<link rel="icon" href="data:,">
+<title>{title}</title>
 <style>
 body{{font:16px/1.5 system-ui,sans-serif;margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;background:#f4f4f6;color:#222}}
 main{{max-width:32rem;padding:2rem;text-align:center}}
 h1{{font-size:1.4rem;font-weight:600}}
-#status{{color:#555}}
+#status{{color:#555;overflow-wrap:anywhere}}
+#steps{{display:inline-block;margin:.5rem auto;padding-left:1.8em;text-align:left}}#steps:empty{{display:none}}
 .spin{{width:2rem;height:2rem;margin:1rem auto;border:3px solid #ccc;border-top-color:#555;border-radius:50%;animation:r 1s linear infinite}}
 @keyframes r{{to{{transform:rotate(360deg)}}}}
 #retry{{font:inherit;padding:.4rem 1.2rem;border-radius:.3rem;border:1px solid #888;background:#fff;cursor:pointer}}
-@media (prefers-color-scheme:dark){{body{{background:#1c1c20;color:#eee}}#status{{color:#bbb}}#retry{{background:#333;color:#eee}}}}
+@media (prefers-color-scheme:dark){{body{{background:#1c1c20;color:#eee}}#status{{color:#bbb}}.spin{{border-color:#555;border-top-color:#ddd}}#retry{{background:#333;color:#eee}}}}
 </style></head>
 <body><main>
-<h1>Waking <span id="route">{route}</span></h1>
+<h1><span id="heading">{heading}</span> <span id="route">{route}</span></h1>
 <div class="spin" id="spin"></div>
 <p id="status">{status}</p>
 <ol id="steps"></ol>
@@ -54,7 +64,9 @@ h1{{font-size:1.4rem;font-weight:600}}
   var status=document.getElementById('status'),steps=document.getElementById('steps');
   var retry=document.getElementById('retry'),spin=document.getElementById('spin');
   function step(t){{var li=document.createElement('li');li.textContent=t;steps.appendChild(li);status.textContent=t;}}
-  function fail(t){{spin.hidden=true;status.textContent=t;retry.hidden=false;}}
+  function fail(t){{spin.hidden=true;status.textContent=t;retry.hidden=false;
+    document.getElementById('heading').textContent='Could not wake';
+    document.title='Could not wake '+document.getElementById('route').textContent;}}
   if(!retry.hidden){{spin.hidden=true;return;}}
   var es=new EventSource('/.drowsy/events');
   ['starting','dependency','started','waiting','stopping','stopped'].forEach(function(name){{
@@ -87,9 +99,15 @@ mod tests {
     #[test]
     fn page_names_the_route_escaped_and_has_no_external_assets() {
         let page = loading_page("wiki<script>", Some("boom & <b>"));
-        assert!(page.contains("Waking <span id=\"route\">wiki&lt;script&gt;</span>"));
+        assert!(page.contains("Could not wake</span> <span id=\"route\">wiki&lt;script&gt;</span>"));
+        assert!(page.contains("<title>Could not wake wiki&lt;script&gt;</title>"));
         assert!(page.contains("could not wake: boom &amp; &lt;b&gt;"));
         assert!(!page.contains("http://") && !page.contains("https://"));
         assert!(page.contains("http-equiv=\"refresh\""));
+        let page = loading_page("wiki", None);
+        assert!(page.contains("<title>Waking wiki…</title>"));
+        assert!(page.contains(">Waking</span> <span id=\"route\">wiki</span>"));
+        // No /favicon.ico request to hold while the guest wakes.
+        assert!(page.contains("<link rel=\"icon\" href=\"data:,\">"));
     }
 }
