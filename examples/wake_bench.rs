@@ -374,11 +374,9 @@ async fn overhead(n: usize, lo: u64, hi: u64) -> Result<(), Error> {
     let running = Running::start(&cfg).await?;
     let http = running.http_addr().ok_or("no http")?;
     let gate = running
-        .gates
-        .as_ref()
-        .and_then(|g| g.for_route("bench"))
-        .ok_or("no gate")?
-        .clone();
+        .gates()
+        .and_then(|g| g.for_route("bench").cloned())
+        .ok_or("no gate")?;
     let mut states = gate.watch_state();
     tokio::time::timeout(DEADLINE, states.wait_for(|s| *s == GuestState::Stopped)).await??;
 

@@ -43,8 +43,14 @@ mod tests {
     #[test]
     fn interval_grows_to_the_boot_cap_then_the_slow_cap() {
         let early = Duration::from_secs(1);
-        assert_eq!(next_interval(FIRST_INTERVAL, early), Duration::from_millis(15));
-        assert_eq!(next_interval(Duration::from_millis(20), early), BOOT_INTERVAL);
+        assert_eq!(
+            next_interval(FIRST_INTERVAL, early),
+            Duration::from_millis(15)
+        );
+        assert_eq!(
+            next_interval(Duration::from_millis(20), early),
+            BOOT_INTERVAL
+        );
         assert_eq!(next_interval(BOOT_INTERVAL, early), BOOT_INTERVAL);
         let mut i = BOOT_INTERVAL;
         for _ in 0..10 {
