@@ -304,7 +304,7 @@ async fn unreachable_backend_gives_502_naming_the_route() {
 async fn slow_backend_gives_504_after_response_timeout() {
     let a = Backend::start().await;
     let d = Drowsy::start(&config(&format!(
-        "  slow:\n    host: slow.lan\n    backend: {}\n    response_timeout: 200ms\n",
+        "  slow:\n    host: slow.lan\n    backend: {}\n    response_timeout: 500ms\n",
         a.url()
     )))
     .await;
