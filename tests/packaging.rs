@@ -297,12 +297,7 @@ fn env_file_example_is_committed_and_the_real_one_ignored() {
 
 #[test]
 fn docs_name_the_same_paths_and_ports() {
-    let mut docs = read("README.md");
-    // The service section is drafted in packaging/README.md until it is part
-    // of the main README.
-    if let Ok(more) = std::fs::read_to_string(repo().join("packaging/README.md")) {
-        docs.push_str(&more);
-    }
+    let docs = read("README.md");
     for needle in [CONFIG_PATH, ENV_FILE, "systemctl reload drowsy"] {
         assert!(docs.contains(needle), "the docs mention {needle}");
     }
