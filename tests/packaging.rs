@@ -315,7 +315,10 @@ fn health_subcommand_used_by_the_healthcheck() {
         .args(["health", "--help"])
         .output()
         .expect("run drowsy");
-    assert!(out.status.success(), "`drowsy health` is what the container health check runs");
+    assert!(
+        out.status.success(),
+        "`drowsy health` is what the container health check runs"
+    );
     // Its default admin address is where the container's admin listens.
     assert!(String::from_utf8_lossy(&out.stdout).contains("http://127.0.0.1:9090"));
 }
