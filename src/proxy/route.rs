@@ -9,7 +9,9 @@ use crate::config::{Config, GuestRef, RouteSettings, Scheme, Target};
 use crate::idle::{Gate, Gates};
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use std::sync::OnceLock;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +25,9 @@ pub struct Route {
     pub client: BackendClient,
     metrics: Arc<Metrics>,
     duration: Histogram,
+    /// `drowsy_requests_total` per status code (100–599), created on first
+    /// use, so counting a request is one atomic add.
+    codes: Vec<OnceLock<Counter>>,
 }
 
 pub enum RouteKind {
@@ -97,19 +102,23 @@ impl Route {
                     route: settings.name.clone(),
                 }),
             metrics: metrics.clone(),
+            codes: (100..600).map(|_| OnceLock::new()).collect(),
         })
     }
 
     /// Counts one answered request in the route's metrics.
     pub fn record(&self, status: u16, start: Instant) {
         self.duration.observe(start.elapsed().as_secs_f64());
-        self.metrics
-            .requests_total
-            .get_or_create(&RouteCodeLabel {
+        let Some(slot) = self.codes.get(usize::from(status).wrapping_sub(100)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.metrics.requests_total.get_or_create_owned(&RouteCodeLabel {
                 route: self.name.clone(),
                 code: status,
             })
-            .inc();
+        })
+        .inc();
     }
 }
 

@@ -39,6 +39,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// trailers` is kept: it says the client accepts trailers, which only the
 /// origin can act on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names is cheaper
+    // than a lookup per hop-by-hop name.
+    if !upgrade && !headers.keys().any(is_hop_by_hop_name) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -63,6 +68,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    *name == header::UPGRADE || *name == header::TE || HOP_BY_HOP.contains(name)
 }
 
 fn strip_te(headers: &mut HeaderMap) {
