@@ -152,15 +152,9 @@ impl Owner {
             return;
         };
         let running = cached.status.is_running();
-        let disagrees = match self.gate.state() {
-            GuestState::Running => !running,
-            GuestState::Stopped
-            | GuestState::Suspended
-            | GuestState::Error
-            | GuestState::Unknown => running,
-            GuestState::Starting | GuestState::Stopping => false,
-        };
-        if !disagrees || self.last_verify.is_some_and(|t| t.elapsed() < VERIFY_EVERY) {
+        if !contradicts(self.gate.state(), running)
+            || self.last_verify.is_some_and(|t| t.elapsed() < VERIFY_EVERY)
+        {
             return;
         }
         self.last_verify = Some(Instant::now());
@@ -441,15 +435,7 @@ impl Owner {
     /// status decides; drowsy follows the change rather than fighting it.
     async fn outside_change(&mut self, running: bool) {
         let state = self.gate.state();
-        let relevant = match state {
-            GuestState::Running => !running,
-            GuestState::Stopped
-            | GuestState::Suspended
-            | GuestState::Error
-            | GuestState::Unknown => running,
-            GuestState::Starting | GuestState::Stopping => false,
-        };
-        if !relevant {
+        if !contradicts(state, running) {
             return;
         }
         let Ok(guest) = self.find_guest().await else {
@@ -477,6 +463,18 @@ impl Owner {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether Proxmox saying the guest runs (or not) contradicts the gate's
+/// state. During drowsy's own start or stop nothing does: the cache lags.
+fn contradicts(state: GuestState, running: bool) -> bool {
+    match state {
+        GuestState::Running => !running,
+        GuestState::Stopped | GuestState::Suspended | GuestState::Error | GuestState::Unknown => {
+            running
+        }
+        GuestState::Starting | GuestState::Stopping => false,
     }
 }
 

@@ -11,9 +11,9 @@ use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use std::sync::OnceLock;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 pub struct Route {
@@ -113,10 +113,12 @@ impl Route {
             return;
         };
         slot.get_or_init(|| {
-            self.metrics.requests_total.get_or_create_owned(&RouteCodeLabel {
-                route: self.name.clone(),
-                code: status,
-            })
+            self.metrics
+                .requests_total
+                .get_or_create_owned(&RouteCodeLabel {
+                    route: self.name.clone(),
+                    code: status,
+                })
         })
         .inc();
     }
