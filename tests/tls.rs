@@ -146,3 +146,35 @@ async fn https_backends_are_verified_against_the_route_ca() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(backend.seen(), vec!["/ok", "/yes"]);
 }
+
+#[tokio::test]
+async fn a_reload_reads_renewed_certificate_files() {
+    init_crypto();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The file first holds a certificate for old.test only.
+    let (cert, key) = pki.leaf(dir.path(), "site", &["old.test"]);
+    let backend = Backend::start().await;
+    let d = Drowsy::start(&format!(
+        "listen:\n  https: 127.0.0.1:0\n  admin: off\ntls:\n  certificates:\n    - {{cert: {cert}, key: {key}}}\nroutes:\n  site:\n    hosts: [old.test, new.test]\n    backend: {}\n",
+        backend.url()
+    ))
+    .await;
+    let addr = d.running.https_addr().expect("https");
+    let url = |host: &str| format!("https://{host}:{}/", addr.port());
+    let client = https_client(&pki, &["old.test", "new.test"], addr);
+    assert!(
+        client.get(url("new.test")).send().await.is_err(),
+        "new.test is not in the first certificate"
+    );
+    // Renewed in place, as certbot or acme.sh would.
+    pki.leaf(dir.path(), "site", &["old.test", "new.test"]);
+    d.running.reload_from_file().await.expect("reload");
+    let fresh = https_client(&pki, &["new.test"], addr);
+    let resp = fresh
+        .get(url("new.test"))
+        .send()
+        .await
+        .expect("renewed certificate served");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
