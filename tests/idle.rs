@@ -444,3 +444,30 @@ async fn restarting_drowsy_stops_nothing() {
     assert_eq!(env.sim.guest_status(105), Some("running"));
     assert_eq!(env.sim.guest_status(106), Some("stopped"));
 }
+
+#[tokio::test]
+async fn an_upload_is_held_through_a_wake_and_arrives_whole() {
+    let env = SimEnv::start(vec![
+        GuestSpec::lxc(105, "wiki").boot_delay(Duration::from_millis(200))
+    ])
+    .await;
+    let d = Drowsy::start(&config(
+        &env,
+        "  idle_timeout: 1m\n",
+        &route("wiki", 105, &env),
+    ))
+    .await;
+    let body = vec![b'u'; 3 * 1024 * 1024];
+    let req = Request::post("/upload")
+        .header("host", "wiki.lan")
+        .body(full(body))
+        .expect("request");
+    let (s, h, body) = send(d.http(), req).await;
+    assert_eq!(s, StatusCode::OK, "{body:?}");
+    assert!(h.contains_key("x-drowsy-wake"));
+    let v = json_of(&body);
+    assert_eq!(
+        (v["method"].as_str(), v["body_len"].as_u64()),
+        (Some("POST"), Some(3 * 1024 * 1024))
+    );
+}

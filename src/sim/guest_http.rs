@@ -94,7 +94,7 @@ async fn connection(stream: TcpStream, identity: Arc<Identity>, token: Cancellat
     let service = hyper::service::service_fn(move |req| {
         let identity = identity.clone();
         let token = service_token.clone();
-        async move { Ok::<_, Infallible>(route(req, identity, token)) }
+        async move { Ok::<_, Infallible>(route(req, identity, token).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -105,7 +105,7 @@ async fn connection(stream: TcpStream, identity: Arc<Identity>, token: Cancellat
     }
 }
 
-fn route(
+async fn route(
     req: Request<Incoming>,
     identity: Arc<Identity>,
     token: CancellationToken,
@@ -117,11 +117,13 @@ fn route(
             query_u64(&req, "interval_ms", 100),
         ),
         "/bytes" => bytes(query_u64(&req, "n", 1024)),
-        _ => echo(&req, &identity),
+        _ => echo(req, &identity).await,
     }
 }
 
-fn echo(req: &Request<Incoming>, identity: &Identity) -> Response<Body> {
+/// Names the guest and echoes the request, with the size of its body
+/// (read whole: the bodies tests send here are small).
+async fn echo(req: Request<Incoming>, identity: &Identity) -> Response<Body> {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -138,12 +140,20 @@ fn echo(req: &Request<Incoming>, identity: &Identity) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    let (method, path) = (req.method().as_str().to_string(), path.to_string());
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let body = serde_json::json!({
         "guest": identity.name,
         "vmid": identity.vmid,
-        "method": req.method().as_str(),
+        "method": method,
         "path": path,
         "headers": headers,
+        "body_len": body_len,
     });
     let mut resp = Response::new(full(body.to_string()));
     resp.headers_mut()
