@@ -457,6 +457,7 @@ async fn admin_serves_health_and_metrics() {
     let (s, _, body) = get(admin, "localhost", "/metrics").await;
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("drowsy_inflight{route=\"a\"} 0"), "{text}");
     assert!(
         text.contains("drowsy_requests_total{route=\"a\",code=\"200\"} 1"),
         "{text}"

@@ -11,7 +11,7 @@ mod probe;
 pub mod registry;
 pub mod state;
 
-pub use activity::UseGuard;
+pub use activity::{Activity, UseGuard};
 pub use admit::{admit, Admit};
 pub use gate::Gate;
 pub use registry::Gates;

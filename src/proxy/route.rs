@@ -6,10 +6,11 @@ use super::forward::{BackendClient, Upstream};
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
 use crate::config::{Config, GuestRef, RouteSettings, Scheme, Target};
-use crate::idle::{Gate, Gates};
+use crate::idle::{Activity, Gate, Gates, UseGuard};
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub struct Route {
     /// `drowsy_requests_total` per status code (100–599), created on first
     /// use, so counting a request is one atomic add.
     codes: Vec<OnceLock<Counter>>,
+    /// In-flight accounting for routes without a gate (a gate counts its own).
+    activity: Arc<Activity>,
+    inflight: Gauge,
 }
 
 pub enum RouteKind {
@@ -103,7 +107,17 @@ impl Route {
                 }),
             metrics: metrics.clone(),
             codes: (100..600).map(|_| OnceLock::new()).collect(),
+            activity: Arc::new(Activity::default()),
+            inflight: metrics.inflight.get_or_create_owned(&RouteLabel {
+                route: settings.name.clone(),
+            }),
         })
+    }
+
+    /// Counts a request of a route without a gate in `drowsy_inflight`
+    /// for as long as it (or its stream or upgrade) lasts.
+    pub fn enter(&self) -> UseGuard {
+        self.activity.enter(true, Some(self.inflight.clone()))
     }
 
     /// Counts one answered request in the route's metrics.

@@ -139,7 +139,7 @@ async fn dispatch(
                 waited_ms,
             } => (ip, Some(guard), waited_ms),
         },
-        None => (None, None, None),
+        None => (None, Some(route.enter()), None),
     };
     let upstream = match (&route.kind, ip) {
         (RouteKind::Static(upstream), _) => Ok(upstream.clone()),
