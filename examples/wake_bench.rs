@@ -373,12 +373,15 @@ async fn overhead(n: usize, lo: u64, hi: u64) -> Result<(), Error> {
     let cfg = drowsy::config::load(&cfg_path).map_err(|e| e.to_string())?;
     let running = Running::start(&cfg).await?;
     let http = running.http_addr().ok_or("no http")?;
-    let gate = running
-        .gates()
-        .and_then(|g| g.for_route("bench").cloned())
-        .ok_or("no gate")?;
-    let mut states = gate.watch_state();
-    tokio::time::timeout(DEADLINE, states.wait_for(|s| *s == GuestState::Stopped)).await??;
+    let gates = running.gates().ok_or("no gates")?;
+    gates.settled(DEADLINE).await;
+    let gate = gates.for_route("bench").ok_or("no gate")?;
+    let mut states = gate.watch();
+    tokio::time::timeout(
+        DEADLINE,
+        states.wait_for(|s| s.state == GuestState::Stopped),
+    )
+    .await??;
 
     struct Sample {
         ttfb: f64,
@@ -391,7 +394,11 @@ async fn overhead(n: usize, lo: u64, hi: u64) -> Result<(), Error> {
         if gate.state() == GuestState::Running {
             gate.sleep_now().await?;
         }
-        tokio::time::timeout(DEADLINE, states.wait_for(|s| *s == GuestState::Stopped)).await??;
+        tokio::time::timeout(
+            DEADLINE,
+            states.wait_for(|s| s.state == GuestState::Stopped),
+        )
+        .await??;
         if lo != hi {
             // Same address and port, another boot time; the guest is off.
             sim.add_guest(guest_spec(guest.port(), boot_of(i, n, lo, hi), false));

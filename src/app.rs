@@ -8,7 +8,6 @@ use crate::config::{self, Config, ProxmoxSettings, PveAuth};
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use crate::proxy::{self, Proxy, StartError};
-use arc_swap::ArcSwapOption;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Running {
     pub proxy: Proxy,
-    gates: ArcSwapOption<Gates>,
+    gates: Option<Arc<Gates>>,
     pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
@@ -37,10 +36,9 @@ impl Running {
             true => None,
             false => Some(Arc::new(Clusters::start(config, &metrics)?)),
         };
-        let gates = clusters
-            .as_ref()
-            .map(|c| Arc::new(Gates::start(config, c, &metrics)));
-        let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), gates.clone()).await?;
+        let gates = clusters.as_ref().map(|c| Gates::start(config, c, &metrics));
+        let plan = gates.as_ref().map(|g| g.plan(config));
+        let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), plan.as_ref()).await?;
         let stop = CancellationToken::new();
         let mut admin_addr = None;
         if let Some(addr) = config.listen.admin {
@@ -55,7 +53,7 @@ impl Running {
         }
         Ok(Running {
             proxy,
-            gates: ArcSwapOption::new(gates),
+            gates,
             clusters,
             admin_addr,
             metrics,
@@ -75,7 +73,7 @@ impl Running {
     }
 
     pub fn gates(&self) -> Option<Arc<Gates>> {
-        self.gates.load_full()
+        self.gates.clone()
     }
 
     /// `changed()` fires after each applied reload.
@@ -114,22 +112,33 @@ impl Running {
     }
 
     /// Swaps routes and settings in. Unchanged routes keep their guest's
-    /// state and their open connections. Listener addresses and the
-    /// `proxmox` section need a restart; a change to them is logged.
+    /// state and their open connections; guests keep their gates, with the
+    /// new settings. Everything is built before anything changes, so a
+    /// config that fails late (a TCP port taken) leaves the running one
+    /// whole. Listener addresses and the `proxmox` section need a restart;
+    /// a change to them is logged.
     pub async fn reload(&self, new: Config) -> Result<(), String> {
         let _one_at_a_time = self.reloading.lock().await;
+        let plan = self.gates.as_ref().map(|g| g.plan(&new));
+        let prepared = self
+            .proxy
+            .prepare(&new, plan.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
         for warning in restart_needed(&self.lock_config(), &new) {
             tracing::warn!("{warning} changed; restart drowsy to apply it");
+        }
+        let retired = match (&self.gates, plan) {
+            (Some(gates), Some(plan)) => Some(gates.commit(plan)),
+            _ => None,
+        };
+        self.proxy.apply(prepared);
+        if let (Some(gates), Some(retired)) = (&self.gates, retired) {
+            gates.retire(retired);
         }
         if let Some(clusters) = &self.clusters {
             clusters.set_needed(&new);
         }
-        let gates = self.gates().map(|g| Arc::new(g.reload(&new)));
-        self.proxy
-            .reload(&new, gates.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.gates.store(gates);
         *self.lock_config() = new;
         self.reloads.send_modify(|n| *n += 1);
         Ok(())
@@ -165,7 +174,7 @@ impl Running {
     pub async fn shutdown(&self) {
         self.proxy.shutdown().await;
         self.stop.cancel();
-        if let Some(gates) = self.gates() {
+        if let Some(gates) = &self.gates {
             gates.shutdown().await;
         }
         if let Some(clusters) = &self.clusters {

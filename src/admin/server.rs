@@ -2,6 +2,7 @@
 
 use crate::admin::metrics::Metrics;
 use crate::idle::gate::WaitError;
+use crate::idle::Bound;
 use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
@@ -140,16 +141,37 @@ async fn control(state: &AdminState, name: &str, action: &str) -> Response<RespB
     let Some(route) = find_route(state, name) else {
         return pages::plain(StatusCode::NOT_FOUND, format!("no route named {name}"));
     };
-    let Some(gate) = route.gate.clone().filter(|g| !g.passthrough()) else {
-        return pages::plain(
-            StatusCode::CONFLICT,
-            format!("route {name} does not sleep (set idle_timeout to make it)"),
-        );
+    let gate = match route.binding.as_ref().map(|b| b.bound_full()).as_deref() {
+        Some(Bound::Guest {
+            gate: Some(gate), ..
+        }) => gate.clone(),
+        Some(Bound::Guest { gate: None, .. }) => {
+            return pages::plain(
+                StatusCode::CONFLICT,
+                format!("route {name} does not sleep (set idle_timeout to make it)"),
+            )
+        }
+        Some(Bound::Pending) => {
+            return pages::plain(
+                StatusCode::CONFLICT,
+                format!("route {name}: the Proxmox cluster has not been read yet"),
+            )
+        }
+        _ => {
+            return pages::plain(
+                StatusCode::CONFLICT,
+                format!("route {name} does not reach a Proxmox guest"),
+            )
+        }
+    };
+    let wake_timeout = match &route.hold {
+        Some(h) => h.wake_timeout,
+        None => gate.settings().wake_timeout,
     };
     let started = std::time::Instant::now();
     let result = match action {
         "wake" => gate
-            .wait_ready(gate.settings.wake_timeout)
+            .wait_ready(wake_timeout)
             .await
             .map(|_| ())
             .map_err(|e| match e {
@@ -193,7 +215,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
         });
-        if let Some(gate) = route.gate.as_ref().filter(|g| !g.passthrough()) {
+        if let Some(gate) = route.binding.as_ref().and_then(|b| b.gate()) {
             let g = gate.snapshot();
             v["sleeps"] = true.into();
             v["state"] = g.state.as_str().into();

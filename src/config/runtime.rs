@@ -264,6 +264,9 @@ pub enum LoadingPage {
 pub struct SleepSettings {
     /// `None` means `never`: the guest is woken on demand but never put to sleep.
     pub idle_timeout: Option<Duration>,
+    /// A dependency-only route without an `idle_timeout` of its own: its
+    /// guest sleeps after its dependents, by their longest timeout.
+    pub idle_from_dependents: bool,
     pub wake_timeout: Duration,
     pub stop_method: StopMethod,
     pub stop_timeout: Duration,

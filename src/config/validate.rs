@@ -582,7 +582,84 @@ fn routes(
         });
     }
     check_cycles(ctx, &out);
+    check_shared_guests(ctx, &out, clusters);
     out
+}
+
+/// The guest a route names, as far as the file alone tells: its cluster
+/// (the only one, when one is configured) and its key. A backend's host is
+/// included, since it may be a guest too.
+fn written_guest(
+    r: &RouteSettings,
+    clusters: &[ProxmoxSettings],
+) -> Option<(Option<Arc<str>>, GuestKey)> {
+    let only = || match clusters {
+        [one] => Some(one.name.clone()),
+        _ => None,
+    };
+    match &r.target {
+        Target::Guest { guest, .. } | Target::DependencyOnly { guest, .. } => {
+            Some((guest.cluster.clone().or_else(only), guest.key.clone()))
+        }
+        Target::Backend { url } => match url.host.parse::<IpAddr>() {
+            Ok(ip) => Some((only(), GuestKey::Ip(ip))),
+            Err(_) => Some((only(), GuestKey::Name(url.host.to_ascii_lowercase()))),
+        },
+    }
+}
+
+/// The sleep settings that belong to the guest rather than to a route: a
+/// guest sleeps by one idle timeout and one stop method, whichever route
+/// reaches it.
+fn guest_level(s: &SleepSettings) -> impl PartialEq + std::fmt::Debug {
+    (
+        (!s.idle_from_dependents).then_some(s.idle_timeout),
+        s.stop_method,
+        s.stop_timeout,
+        s.wake_retry_after,
+    )
+}
+
+/// Routes that name one guest share its gate (DESIGN.md §5): their
+/// guest-level sleep settings must agree. Names that only Proxmox can tell
+/// apart (a name and a vmid of the same guest) are checked at run time.
+fn check_shared_guests(ctx: &mut Ctx, routes: &[RouteSettings], clusters: &[ProxmoxSettings]) {
+    let mut first: HashMap<(Option<Arc<str>>, GuestKey), &RouteSettings> = HashMap::new();
+    for r in routes {
+        let (Some(sleep), Some(id)) = (&r.sleep, written_guest(r, clusters)) else {
+            continue;
+        };
+        let Some(other) = first.get(&id).copied() else {
+            first.insert(id, r);
+            continue;
+        };
+        let Some(theirs) = &other.sleep else {
+            continue;
+        };
+        if guest_level(sleep) == guest_level(theirs) {
+            continue;
+        }
+        let target = |r: &RouteSettings| match r.target {
+            Target::Backend { .. } => "backend",
+            _ => "guest",
+        };
+        let there = ctx
+            .loc
+            .value(&path!["routes", &*other.name, target(other)])
+            .map(|p| format!(" ({}:{}:{})", ctx.file.display(), p.line, p.col))
+            .unwrap_or_default();
+        ctx.err(
+            &path!["routes", &*r.name, target(r)],
+            format!(
+                "names the same guest as route `{}`{there}, with other sleep settings",
+                other.name
+            ),
+            Some(
+                "a guest sleeps by one idle_timeout, stop_method, stop_timeout and wake_retry_after: set them once, in one route or in defaults"
+                    .into(),
+            ),
+        );
+    }
 }
 
 fn route_hosts(
@@ -967,6 +1044,7 @@ fn sleep_settings(
         .unwrap_or(10_000);
     Some(SleepSettings {
         idle_timeout: idle.and_then(|i| i.0),
+        idle_from_dependents: dependency && idle.is_none(),
         wake_timeout,
         stop_method: match pick(r.stop_method, d.stop_method) {
             Some(RawStopMethod::Stop) => StopMethod::Stop,
@@ -1038,6 +1116,17 @@ fn no_wake(ctx: &mut Ctx, at: &[Seg], r: &RawRoute) -> NoWake {
                 &[at.to_vec(), path!["no_wake", "paths", i]].concat(),
                 format!("`{p}` must start with `/`"),
                 None,
+            );
+        }
+    }
+    for (i, ua) in nw.user_agents.iter().enumerate() {
+        if ua.trim().is_empty() {
+            // An empty substring is in every User-Agent: the route would
+            // never wake.
+            ctx.err(
+                &[at.to_vec(), path!["no_wake", "user_agents", i]].concat(),
+                "an empty user agent matches every request",
+                Some("remove it, or write part of the agent's name, e.g. Uptime-Kuma".into()),
             );
         }
     }

@@ -28,10 +28,21 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     if s.eq_ignore_ascii_case("never") {
         return Ok(None);
     }
-    humantime::parse_duration(s).map(Some).map_err(|e| {
+    let d = humantime::parse_duration(s).map_err(|e| {
         format!("invalid duration `{s}` ({e}); write e.g. 500ms, 90s, 15m, 2h or never")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{s}` is longer than 10 years; write `never` to turn the timer off"
+        ));
+    }
+    Ok(Some(d))
 }
+
+/// The longest duration a setting accepts. Timers add durations to the
+/// current instant; a far larger one would overflow it and abort the
+/// process, and anything longer than this means `never` anyway.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for DurationSetting {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -130,6 +141,18 @@ mod tests {
         assert_eq!(parse_duration("Never"), Ok(None));
         assert!(parse_duration("15 minutes please").is_err());
         assert!(parse_duration("15").unwrap_err().contains("90s"));
+    }
+
+    // A duration is added to the current instant by the timers; one too
+    // large for that used to abort the process.
+    #[test]
+    fn huge_durations_are_refused_with_a_hint() {
+        assert!(parse_duration("100000000y").unwrap_err().contains("never"));
+        assert!(parse_duration("11y").is_err());
+        assert_eq!(
+            parse_duration("9y"),
+            Ok(Some(Duration::from_secs(9 * 31_557_600)))
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! guest is idle when no guard is held and the last one was dropped
 //! `idle_timeout` ago. Only atomics on this path.
 
+use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use prometheus_client::metrics::gauge::Gauge;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ impl Default for Activity {
 impl Activity {
     /// Takes a guard. `counts` is false for `no_wake` requests: they keep
     /// the guest from being stopped under them but do not extend its time.
-    /// SeqCst pairs with the fence in [`Activity::try_fence`].
+    /// SeqCst: the guard is counted before the caller reads the guest's
+    /// state, the mirror of the owner's fence (see `fence.rs`).
     pub fn enter(self: &Arc<Self>, counts: bool, gauge: Option<Gauge>) -> UseGuard {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         if let Some(g) = &gauge {
@@ -44,6 +45,11 @@ impl Activity {
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// The count the stop fence reads.
+    pub(super) fn inflight_counter(&self) -> &AtomicUsize {
+        &self.inflight
     }
 
     /// Records use now (a wake, or a guest found running at startup).

@@ -5,8 +5,8 @@
 use super::activity::UseGuard;
 use super::gate::{Gate, WaitError};
 use super::page;
-use super::state::Progress;
-use crate::config::{LoadingPage, NoWake};
+use super::state::Phase;
+use crate::config::{LoadingPage, NoWake, SleepSettings};
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub enum Admit {
@@ -78,10 +78,29 @@ fn wants_loading_page<B>(setting: LoadingPage, req: &Request<B>) -> bool {
     }
 }
 
+/// How long and how a route holds its requests while the guest wakes: the
+/// route's own sleep settings, else its guest's.
+pub struct HoldPolicy {
+    pub loading_page: LoadingPage,
+    pub max_held_requests: usize,
+    pub wake_timeout: Duration,
+}
+
+impl HoldPolicy {
+    pub fn of(s: &SleepSettings) -> Self {
+        HoldPolicy {
+            loading_page: s.loading_page,
+            max_held_requests: s.max_held_requests,
+            wake_timeout: s.wake_timeout,
+        }
+    }
+}
+
 pub async fn admit<B>(
     gate: &Arc<Gate>,
     route: &Arc<str>,
     no_wake: &NoWake,
+    own: Option<&HoldPolicy>,
     req: &Request<B>,
 ) -> Admit {
     let quiet = is_no_wake(no_wake, req);
@@ -90,13 +109,6 @@ pub async fn admit<B>(
     if let Some(ip) = gate.ready() {
         return Admit::Forward {
             ip,
-            guard,
-            waited_ms: None,
-        };
-    }
-    if gate.passthrough() {
-        return Admit::Forward {
-            ip: None,
             guard,
             waited_ms: None,
         };
@@ -111,22 +123,30 @@ pub async fn admit<B>(
         drop(guard);
         return Admit::Respond(Box::new(events(gate)));
     }
-    if wants_loading_page(gate.settings.loading_page, req) {
+    let guest_policy;
+    let policy = match own {
+        Some(p) => p,
+        None => {
+            guest_policy = HoldPolicy::of(&gate.gate_settings().sleep);
+            &guest_policy
+        }
+    };
+    if wants_loading_page(policy.loading_page, req) {
         drop(guard);
         gate.request_wake();
         return Admit::Respond(Box::new(loading(route, gate.backoff_error().as_deref())));
     }
-    let Some(_slot) = gate.try_hold() else {
+    let Some(_slot) = gate.try_hold(policy.max_held_requests) else {
         return Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
-                gate.settings.max_held_requests
+                policy.max_held_requests
             ),
             gate.retry_after_secs(),
         )));
     };
     let start = Instant::now();
-    match gate.wait_ready(gate.settings.wake_timeout).await {
+    match gate.wait_ready(policy.wake_timeout).await {
         Ok(ip) => Admit::Forward {
             ip,
             guard,
@@ -139,7 +159,7 @@ pub async fn admit<B>(
         Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: the guest did not wake within {}",
-                humantime::format_duration(gate.settings.wake_timeout)
+                humantime::format_duration(policy.wake_timeout)
             ),
             gate.retry_after_secs(),
         ))),
@@ -162,15 +182,18 @@ fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
 }
 
 /// One server-sent event for a progress step.
-fn sse(p: &Progress) -> Bytes {
-    let data = serde_json::json!({ "phase": p.phase.event(), "message": p.phase.message() });
-    Bytes::from(format!("event: {}\ndata: {data}\n\n", p.phase.event()))
+fn sse(phase: &Phase) -> Bytes {
+    let data = serde_json::json!({ "phase": phase.event(), "message": phase.message() });
+    Bytes::from(format!("event: {}\ndata: {data}\n\n", phase.event()))
 }
 
 /// `GET /.drowsy/events`: the wake's progress, live, until ready or failed.
+/// Only failures of this wake (or a later one) are reported, never the
+/// stale one of an earlier wake.
 fn events(gate: &Arc<Gate>) -> Response<RespBody> {
     let (tx, rx) = mpsc::channel(16);
-    let mut progress = gate.progress();
+    let mut signal = gate.watch();
+    let mark = signal.borrow_and_update().mark();
     let failed = gate.backoff_error();
     if failed.is_none() {
         gate.request_wake();
@@ -178,27 +201,37 @@ fn events(gate: &Arc<Gate>) -> Response<RespBody> {
     let gate = gate.clone();
     tokio::spawn(async move {
         if let Some(why) = failed {
-            let p = Progress {
-                seq: 0,
-                phase: super::state::Phase::Failed(why),
-            };
-            let _ = tx.send(sse(&p)).await;
+            let _ = tx.send(sse(&Phase::Failed(why))).await;
             return;
         }
+        let mut last: Option<Phase> = None;
         loop {
-            let p = progress.borrow_and_update().clone();
-            let done = gate.ready().is_some() || matches!(p.phase, super::state::Phase::Failed(_));
-            let p = match gate.ready() {
-                Some(_) if !matches!(p.phase, super::state::Phase::Ready { .. }) => Progress {
-                    seq: p.seq,
-                    phase: super::state::Phase::Ready { ms: 0 },
-                },
-                _ => p,
+            let (phase, done) = {
+                let sig = signal.borrow_and_update();
+                if gate.ready().is_some() {
+                    let ms = match sig.phase {
+                        Phase::Ready { ms } => ms,
+                        _ => 0,
+                    };
+                    (Phase::Ready { ms }, true)
+                } else if let Some(why) = sig.failure_since(mark) {
+                    (Phase::Failed(why.clone()), true)
+                } else {
+                    match &sig.phase {
+                        // A failure of an earlier wake, or a ready that
+                        // no longer holds: wait for what comes next.
+                        Phase::Failed(_) | Phase::Ready { .. } => (Phase::Idle, false),
+                        p => (p.clone(), false),
+                    }
+                }
             };
-            if tx.send(sse(&p)).await.is_err() || done {
-                return;
+            if last.as_ref() != Some(&phase) {
+                if tx.send(sse(&phase)).await.is_err() || done {
+                    return;
+                }
+                last = Some(phase);
             }
-            if progress.changed().await.is_err() {
+            if signal.changed().await.is_err() {
                 return;
             }
         }

@@ -1,29 +1,37 @@
-//! One guest's gate: the state the request path reads (atomics only) and
-//! the commands it sends to the guest's owner task, which alone makes
-//! transitions (see `owner.rs`).
+//! One guest's gate: the state the request path reads (atomics only), the
+//! signal waiters follow, and the requests it passes to the guest's owner
+//! task, which alone makes transitions (see `owner.rs`). There is one gate
+//! per real guest (cluster and vmid), shared by every route that reaches
+//! it, and it lives across reloads: only its settings are swapped.
 
 use super::activity::{Activity, UseGuard};
-use super::state::{GuestState, Phase, Progress};
+use super::fence;
+use super::state::{GuestState, Phase};
+use super::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::admin::metrics::{Metrics, RouteLabel, RouteResultLabel, RouteStateLabel, WakeResult};
-use crate::config::{GuestRef, SleepSettings};
-use arc_swap::ArcSwap;
-use arc_swap::ArcSwapOption;
+use crate::config::SleepSettings;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-pub enum Cmd {
-    /// Someone needs the guest: wake it unless it is up.
-    Wake,
-    /// A manual sleep from the admin API.
-    Sleep(oneshot::Sender<Result<(), String>>),
-    /// A dependent went to sleep: check whether this guest may follow.
-    Recheck,
+/// A guest for good: its cluster and vmid. Routes may name it by name, IP
+/// or vmid; once found, it is this.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuestId {
+    pub cluster: Arc<str>,
+    pub vmid: u32,
+}
+
+impl std::fmt::Display for GuestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.vmid)
+    }
 }
 
 /// Why a held request was not released.
@@ -40,6 +48,44 @@ impl std::fmt::Display for WaitError {
             WaitError::Timeout => f.write_str("it did not wake within wake_timeout"),
         }
     }
+}
+
+/// Everything waiters and the loading page follow, changed as one value so
+/// nobody sees a state without the phase and failure that go with it.
+#[derive(Clone, Debug)]
+pub struct Signal {
+    /// Bumped on every change of state, address or phase.
+    pub seq: u64,
+    pub state: GuestState,
+    pub phase: Phase,
+    /// Wakes begun so far (the current one, while `starting`).
+    pub attempt: u64,
+    /// The last failed wake: its attempt number and reason.
+    pub failed: Option<(u64, Arc<str>)>,
+}
+
+impl Signal {
+    /// Where a waiter arriving now stands: failures of the wake under way,
+    /// or of later ones, concern it; earlier ones do not.
+    pub(super) fn mark(&self) -> WaitMark {
+        WaitMark {
+            attempt: self.attempt,
+            waking: self.state == GuestState::Starting,
+        }
+    }
+
+    /// The failure, if any, that concerns a waiter that arrived at `mark`.
+    pub(super) fn failure_since(&self, mark: WaitMark) -> Option<&Arc<str>> {
+        let (attempt, why) = self.failed.as_ref()?;
+        let relevant = *attempt > mark.attempt || (mark.waking && *attempt == mark.attempt);
+        relevant.then_some(why)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct WaitMark {
+    attempt: u64,
+    waking: bool,
 }
 
 pub(super) struct GateMetrics {
@@ -83,6 +129,19 @@ impl GateMetrics {
                 .collect(),
         }
     }
+
+    fn show_state(&self, s: GuestState) {
+        for (gauge, candidate) in self.states.iter().zip(GuestState::ALL) {
+            gauge.set(i64::from(candidate == s));
+        }
+    }
+}
+
+/// The route whose name labels the guest's metrics and log lines (the first
+/// route in the file that reaches it), with its metric handles.
+pub(super) struct Label {
+    pub name: Arc<str>,
+    pub metrics: GateMetrics,
 }
 
 /// What `/api/routes` shows about past wakes.
@@ -91,118 +150,253 @@ pub(super) struct Stats {
     pub last_error: Option<(Instant, Arc<str>)>,
 }
 
+/// What the owner is asked to do. Wakes and rechecks are flags, so a flood
+/// of requests costs nothing more than one of them.
+pub(super) struct Requests {
+    pub wake: AtomicBool,
+    pub recheck: AtomicBool,
+    pub kick: Notify,
+    pub sleep: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Settings only a reload changes, swapped in as one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateSettings {
+    pub sleep: SleepSettings,
+    /// Ports that must accept connections for the guest to be ready (those
+    /// of every route that reaches it).
+    pub probe_ports: Vec<u16>,
+}
+
 pub struct Gate {
-    /// The route whose name labels this guest's metrics and messages (the
-    /// first route naming it).
-    pub label: Arc<str>,
-    pub guest: GuestRef,
-    /// Set for a plain backend's host: the gate stays out of the way until
-    /// that host turns out to be a guest.
-    pub optional: bool,
-    pub settings: SleepSettings,
-    /// The port that must accept connections for the guest to be ready.
-    pub probe_port: Option<u16>,
+    pub id: GuestId,
+    label: ArcSwap<Label>,
+    settings: ArcSwap<GateSettings>,
     pub activity: Arc<Activity>,
     pub(super) state: AtomicU8,
+    /// The guest's last known address; kept while it sleeps, since a DHCP
+    /// guest usually gets the same lease back and probing starts there.
     pub(super) address: ArcSwapOption<IpAddr>,
-    pub(super) progress: watch::Sender<Progress>,
-    /// Every state change, for those who wait on one (tests, the admin API).
-    states: watch::Sender<GuestState>,
-    pub(super) cmd: mpsc::UnboundedSender<Cmd>,
+    signal: watch::Sender<Signal>,
+    pub(super) requests: Requests,
     pub(super) stats: Mutex<Stats>,
     pub(super) wakes: AtomicU64,
     pub(super) last_wake_ms: AtomicU64,
-    /// Linked after all gates exist, and again on reload.
+    held: AtomicUsize,
+    /// Bumped each time the guest is stopped: connections pooled before
+    /// are dead (a hard stop sends no FIN) and must not be reused.
+    pool_epoch: AtomicU64,
+    /// Turns of the owner's loop; a diagnostic of how busy it is.
+    pub(super) turns: AtomicU64,
     pub(super) deps: ArcSwap<Vec<Arc<Gate>>>,
     pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
-    pub(super) metrics: GateMetrics,
 }
 
 impl Gate {
     pub(super) fn new(
+        id: GuestId,
         label: Arc<str>,
-        guest: GuestRef,
-        optional: bool,
-        settings: SleepSettings,
-        probe_port: Option<u16>,
+        settings: GateSettings,
         metrics: &Metrics,
-    ) -> (Arc<Gate>, mpsc::UnboundedReceiver<Cmd>) {
-        let (cmd, rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Gate {
+    ) -> (
+        Arc<Gate>,
+        mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+    ) {
+        let (sleep, rx) = mpsc::channel(4);
+        let label = Label {
             metrics: GateMetrics::new(metrics, &label),
-            label,
-            guest,
-            optional,
-            settings,
-            probe_port,
+            name: label,
+        };
+        label.metrics.show_state(GuestState::Unknown);
+        let gate = Arc::new(Gate {
+            id,
+            label: ArcSwap::from_pointee(label),
+            settings: ArcSwap::from_pointee(settings),
             activity: Arc::new(Activity::default()),
             state: AtomicU8::new(GuestState::Unknown as u8),
             address: ArcSwapOption::empty(),
-            progress: watch::channel(Progress {
+            signal: watch::channel(Signal {
                 seq: 0,
+                state: GuestState::Unknown,
                 phase: Phase::Idle,
+                attempt: 0,
+                failed: None,
             })
             .0,
-            states: watch::channel(GuestState::Unknown).0,
-            cmd,
+            requests: Requests {
+                wake: AtomicBool::new(false),
+                recheck: AtomicBool::new(false),
+                kick: Notify::new(),
+                sleep,
+            },
             stats: Mutex::new(Stats::default()),
             wakes: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            pool_epoch: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             deps: ArcSwap::from_pointee(Vec::new()),
             dependents: ArcSwap::from_pointee(Vec::new()),
         });
-        gate.set_state(GuestState::Unknown);
         (gate, rx)
+    }
+
+    /// The route name that labels this guest's metrics and messages.
+    pub fn label(&self) -> Arc<str> {
+        self.label.load().name.clone()
+    }
+
+    pub(super) fn metrics(&self) -> arc_swap::Guard<Arc<Label>> {
+        self.label.load()
+    }
+
+    /// Moves the guest's metrics to another route name (after a reload).
+    pub(super) fn relabel(&self, name: &Arc<str>, metrics: &Metrics) {
+        if self.label.load().name == *name {
+            return;
+        }
+        let label = Label {
+            metrics: GateMetrics::new(metrics, name),
+            name: name.clone(),
+        };
+        label.metrics.show_state(self.state());
+        self.label.store(Arc::new(label));
+    }
+
+    pub fn settings(&self) -> Arc<SleepSettings> {
+        Arc::new(self.settings.load().sleep.clone())
+    }
+
+    pub(super) fn gate_settings(&self) -> arc_swap::Guard<Arc<GateSettings>> {
+        self.settings.load()
+    }
+
+    /// A reload's new settings, taking effect at once (the owner re-reads
+    /// them on its next turn).
+    pub(super) fn set_settings(&self, new: GateSettings) {
+        if **self.settings.load() != new {
+            self.settings.store(Arc::new(new));
+            self.recheck();
+        }
     }
 
     pub fn state(&self) -> GuestState {
         GuestState::from_u8(self.state.load(Ordering::SeqCst))
     }
 
+    /// The state and what goes with it, live (tests, the admin API, the
+    /// loading page).
+    pub fn watch(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
+    }
+
     pub(super) fn set_state(&self, s: GuestState) {
-        self.state.store(s as u8, Ordering::SeqCst);
-        self.states.send_replace(s);
-        for (gauge, candidate) in self.metrics.states.iter().zip(GuestState::ALL) {
-            gauge.set(i64::from(candidate == s));
+        self.transition(Some(s), |_| {});
+    }
+
+    /// One change: the state (when given) and whatever `f` changes of the
+    /// signal, seen by waiters as one step.
+    fn transition(&self, state: Option<GuestState>, f: impl FnOnce(&mut Signal)) {
+        let was = state.map(|s| fence::announce(&self.state, s));
+        self.signal.send_modify(|sig| {
+            sig.seq += 1;
+            if let Some(s) = state {
+                sig.state = s;
+            }
+            f(sig);
+        });
+        let (Some(was), Some(s)) = (was, state) else {
+            return;
+        };
+        self.label.load().metrics.show_state(s);
+        if was.is_awake() && !s.is_awake() {
+            // Dependencies wait for their dependents to sleep: tell them.
+            for dep in self.deps.load().iter() {
+                dep.recheck();
+            }
         }
     }
 
+    /// Announces a stop (the fence); `false` when something is in flight.
+    /// The caller takes the announcement back then.
+    pub(super) fn announce_stop(&self) -> bool {
+        let clear = fence::announce_stop(&self.state, self.activity.inflight_counter());
+        self.signal.send_modify(|sig| {
+            sig.seq += 1;
+            sig.state = GuestState::Stopping;
+        });
+        self.label.load().metrics.show_state(GuestState::Stopping);
+        clear
+    }
+
     pub(super) fn publish(&self, phase: Phase) {
-        self.progress.send_modify(|p| {
-            p.seq += 1;
-            p.phase = phase;
+        self.transition(None, |sig| sig.phase = phase);
+    }
+
+    /// A wake begins: a new attempt, `starting`, announced before the
+    /// dependencies are read (the dependency fence).
+    pub(super) fn begin_wake(&self) {
+        self.transition(Some(GuestState::Starting), |sig| {
+            sig.attempt += 1;
+            sig.phase = Phase::Starting;
         });
     }
 
-    pub fn watch_state(&self) -> watch::Receiver<GuestState> {
-        self.states.subscribe()
+    /// The current wake failed; the guest is left in `state`.
+    pub(super) fn fail(&self, why: &Arc<str>, state: GuestState) {
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.last_error = Some((Instant::now(), why.clone()));
+        }
+        self.transition(Some(state), |sig| {
+            sig.failed = Some((sig.attempt, why.clone()));
+            sig.phase = Phase::Failed(why.clone());
+        });
     }
 
-    pub fn progress(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
+    /// The wake succeeded.
+    pub(super) fn ready_now(&self, ms: u64) {
+        self.transition(Some(GuestState::Running), |sig| {
+            sig.phase = Phase::Ready { ms };
+        });
     }
 
-    /// Takes a use guard (also counted in the route's in-flight gauge).
+    pub(super) fn set_address(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        if self.address.load().as_deref() != Some(&ip) {
+            self.address.store(Some(Arc::new(ip)));
+            self.transition(None, |_| {});
+        }
+    }
+
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address.load().as_deref().copied()
+    }
+
+    /// Takes a use guard (also counted in the guest's in-flight gauge).
     pub fn enter(&self, counts: bool) -> UseGuard {
         self.activity
-            .enter(counts, Some(self.metrics.inflight.clone()))
+            .enter(counts, Some(self.label.load().metrics.inflight.clone()))
     }
 
-    /// Ready to forward to: running, and (when it is probed) its address known.
+    /// Ready to forward to: running, its dependencies running, and (when it
+    /// is probed) its address known. Call it after taking a guard.
     pub fn ready(&self) -> Option<Option<IpAddr>> {
-        if self.state() != GuestState::Running {
+        if !fence::admitted(&self.state) || !self.deps_up() {
             return None;
         }
         match self.address.load().as_deref() {
             Some(ip) => Some(Some(*ip)),
-            None if self.probe_port.is_none() => Some(None),
+            None if self.settings.load().probe_ports.is_empty() => Some(None),
             None => None,
         }
     }
 
-    /// An optional gate whose host never turned out to be a guest.
-    pub fn passthrough(&self) -> bool {
-        self.optional && self.state() == GuestState::Unknown
+    /// Every dependency (and theirs) runs.
+    pub(super) fn deps_up(&self) -> bool {
+        self.deps
+            .load()
+            .iter()
+            .all(|d| d.state() == GuestState::Running && d.deps_up())
     }
 
     /// The error of a failed wake, while the retry back-off lasts.
@@ -212,7 +406,9 @@ impl Gate {
         }
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         match &stats.last_error {
-            Some((at, why)) if at.elapsed() < self.settings.wake_retry_after => Some(why.clone()),
+            Some((at, why)) if at.elapsed() < self.settings.load().sleep.wake_retry_after => {
+                Some(why.clone())
+            }
             _ => None,
         }
     }
@@ -220,23 +416,33 @@ impl Gate {
     /// Seconds for `Retry-After` on a 503 of this gate (at least 1).
     pub fn retry_after_secs(&self) -> u32 {
         self.settings
+            .load()
+            .sleep
             .wake_retry_after
             .as_secs()
             .clamp(1, u32::MAX as u64) as u32
     }
 
+    /// Asks the owner to wake the guest (and its dependencies) unless all
+    /// is up. Any number of calls before the owner looks make one wake.
     pub fn request_wake(&self) {
         if self.ready().is_none() {
-            // The owner only stops with the process; a send error then is moot.
-            let _ = self.cmd.send(Cmd::Wake);
+            self.requests.wake.store(true, Ordering::SeqCst);
+            self.requests.kick.notify_one();
         }
     }
 
-    /// Wakes the guest if needed and waits until it is ready, it fails, or
-    /// `timeout` passes. Giving up does not cancel the wake.
+    /// Asks the owner to look again at whether the guest may sleep.
+    pub(super) fn recheck(&self) {
+        self.requests.recheck.store(true, Ordering::SeqCst);
+        self.requests.kick.notify_one();
+    }
+
+    /// Wakes the guest if needed and waits until it is ready, its wake
+    /// fails, or `timeout` passes. Giving up does not cancel the wake.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Option<IpAddr>, WaitError> {
-        let mut rx = self.progress.subscribe();
-        let seq0 = rx.borrow_and_update().seq;
+        let mut rx = self.signal.subscribe();
+        let mark = rx.borrow_and_update().mark();
         if let Some(ready) = self.ready() {
             return Ok(ready);
         }
@@ -244,62 +450,83 @@ impl Gate {
             return Err(WaitError::Failed(why));
         }
         self.request_wake();
-        let outcome = tokio::time::timeout(timeout, async {
-            let p = rx
-                .wait_for(|p| {
-                    self.ready().is_some() || (p.seq > seq0 && matches!(p.phase, Phase::Failed(_)))
-                })
-                .await
-                .map_err(|_| WaitError::Failed("drowsy is shutting down".into()))?;
-            Ok::<Phase, WaitError>(p.phase.clone())
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(ready) = self.ready() {
+                    return Ok(ready);
+                }
+                if let Some(why) = rx.borrow_and_update().failure_since(mark) {
+                    return Err(WaitError::Failed(why.clone()));
+                }
+                if rx.changed().await.is_err() {
+                    return Err(WaitError::Failed("drowsy is shutting down".into()));
+                }
+            }
         })
         .await;
-        match outcome {
-            Err(_) => Err(WaitError::Timeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(phase)) => match (phase, self.ready()) {
-                (_, Some(ready)) => Ok(ready),
-                (Phase::Failed(why), None) => Err(WaitError::Failed(why)),
-                _ => Err(WaitError::Failed("the wake did not complete".into())),
-            },
-        }
+        waited.unwrap_or(Err(WaitError::Timeout))
     }
 
     /// Asks the owner to put the guest to sleep now.
     pub async fn sleep_now(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Cmd::Sleep(tx))
-            .map_err(|_| "drowsy is shutting down".to_string())?;
+        self.requests
+            .sleep
+            .try_send(tx)
+            .map_err(|_| "a sleep of this guest is already under way".to_string())?;
         rx.await
             .unwrap_or_else(|_| Err("drowsy is shutting down".into()))
     }
 
-    /// Held-request accounting against `max_held_requests`.
-    pub fn try_hold(self: &Arc<Self>) -> Option<HeldSlot> {
-        let held = self.metrics.held.inc();
-        if held as usize >= self.settings.max_held_requests {
-            self.metrics.held.dec();
+    /// Held-request accounting against `limit` (`max_held_requests`).
+    pub fn try_hold(self: &Arc<Self>, limit: usize) -> Option<HeldSlot> {
+        if self.held.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.held.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        Some(HeldSlot(self.clone()))
+        let gauge = self.label.load().metrics.held.clone();
+        gauge.inc();
+        Some(HeldSlot {
+            gate: self.clone(),
+            gauge,
+        })
     }
 
     pub fn deps(&self) -> Arc<Vec<Arc<Gate>>> {
         self.deps.load_full()
     }
 
+    /// After `announce_stop`: is a dependent awake or waking?
     pub(super) fn dependents_awake(&self) -> bool {
-        self.dependents
+        let dependents: Vec<Arc<Gate>> = self
+            .dependents
             .load()
             .iter()
             .filter_map(Weak::upgrade)
-            .any(|d| d.state().is_awake())
+            .collect();
+        fence::any_awake(dependents.iter().map(|d| &d.state))
+    }
+
+    /// Which generation of backend connections is current (see
+    /// `pool_epoch`).
+    pub fn pool_epoch(&self) -> u64 {
+        self.pool_epoch.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn stopped(&self) {
+        self.pool_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many turns the owner's loop has made (a measure of how busy it
+    /// is while nothing happens).
+    pub fn owner_turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
     }
 
     /// For `/api/routes`.
     pub fn snapshot(&self) -> GateSnapshot {
         let state = self.state();
+        let settings = self.settings.load();
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let to_unix = |at: Instant| {
@@ -311,7 +538,7 @@ impl Gate {
             wall.and_then(|w| w.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs_f64())
         };
-        let sleeps_at = match (state, self.settings.idle_timeout) {
+        let sleeps_at = match (state, settings.sleep.idle_timeout) {
             (GuestState::Running, Some(idle)) => self
                 .activity
                 .idle_at(idle)
@@ -326,7 +553,7 @@ impl Gate {
         GateSnapshot {
             state,
             inflight: self.activity.inflight(),
-            held: self.metrics.held.get().max(0) as u64,
+            held: self.held.load(Ordering::SeqCst) as u64,
             last_active: to_unix(self.activity.last_active()),
             sleeps_at,
             wakes: self.wakes.load(Ordering::Relaxed),
@@ -334,7 +561,7 @@ impl Gate {
                 0 => None,
                 ms => Some(ms),
             },
-            address: self.address.load().as_deref().copied(),
+            address: self.address(),
             last_error: error,
         }
     }
@@ -354,10 +581,14 @@ pub struct GateSnapshot {
 }
 
 /// One held request, counted in `drowsy_held_requests` while it waits.
-pub struct HeldSlot(Arc<Gate>);
+pub struct HeldSlot {
+    gate: Arc<Gate>,
+    gauge: Gauge,
+}
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
-        self.0.metrics.held.dec();
+        self.gauge.dec();
+        self.gate.held.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -1,18 +1,26 @@
 //! The idle gate (DESIGN.md §5), between the router and the forwarder: per
 //! guest, use accounting, single-flight wake, readiness probing, holding
 //! requests, the loading page, and putting idle guests to sleep.
+//!
+//! Routes hold a [`Binding`] to the guest they name; the [`Gates`] registry
+//! resolves it once to a real guest and gives every guest that sleeps one
+//! [`Gate`], which outlives reloads.
 
 mod activity;
 pub mod admit;
+pub mod binding;
+mod fence;
 pub mod gate;
 mod owner;
 pub mod page;
 mod probe;
 pub mod registry;
 pub mod state;
+mod sync;
 
 pub use activity::{Activity, UseGuard};
-pub use admit::{admit, Admit};
-pub use gate::Gate;
-pub use registry::Gates;
+pub use admit::{admit, Admit, HoldPolicy};
+pub use binding::{Binding, Bound, Want};
+pub use gate::{Gate, GuestId};
+pub use registry::{Gates, Plan, Retired};
 pub use state::GuestState;

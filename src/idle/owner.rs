@@ -1,22 +1,23 @@
 //! The owner task of one guest: the only place that changes its state. It
 //! reacts to wake requests, the idle timer, dependents going to sleep, and
-//! outside starts and stops seen by the poller.
+//! outside starts and stops seen by the poller. Every step races against
+//! cancellation, so shutdown and reloads never wait for a slow guest.
 
-use super::gate::{Cmd, Gate};
+use super::gate::{Gate, GuestId};
 use super::probe;
 use super::state::{GuestState, Phase};
+use super::sync::Ordering;
 use crate::config::StopMethod;
 use crate::proxmox::power::{self, LiveStatus, PowerAction};
 use crate::proxmox::{Clusters, Guest, PveClient};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-/// How often an idle check is repeated while something is in flight or a
-/// dependent is awake.
+/// How often an idle check is repeated while something is in flight.
 const RECHECK: Duration = Duration::from_secs(1);
 /// Extra time for a stop task beyond `stop_timeout` (the task itself needs
 /// to start and report).
@@ -30,128 +31,134 @@ const STALE_IP_AFTER: Duration = Duration::from_secs(2);
 /// up to ~10 s on a real cluster), the live status is asked this often.
 const VERIFY_EVERY: Duration = Duration::from_secs(2);
 
+type SleepReply = oneshot::Sender<Result<(), String>>;
+
 pub struct Owner {
     gate: Arc<Gate>,
     clusters: Arc<Clusters>,
-    /// `(cluster, vmid)` once the guest has been found.
-    resolved: Option<(Arc<str>, u32)>,
-    /// Successful polls of the guest's cluster, once it is known.
+    /// Successful polls of the guest's cluster.
     polls: Option<watch::Receiver<u64>>,
     /// When the live status was last asked because the cache disagreed.
     last_verify: Option<Instant>,
 }
 
+/// Runs `step` unless `stop` fires first; `None` when it did.
+async fn unless<T>(stop: &CancellationToken, step: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        r = step => Some(r),
+    }
+}
+
 impl Owner {
     pub fn new(gate: Arc<Gate>, clusters: Arc<Clusters>) -> Self {
+        let polls = clusters.poller(&gate.id.cluster).map(|p| p.polls());
         Owner {
             gate,
             clusters,
-            resolved: None,
-            polls: None,
+            polls,
             last_verify: None,
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: CancellationToken) {
-        let mut generation = self.clusters.cache.subscribe();
+    fn id(&self) -> &GuestId {
+        &self.gate.id
+    }
+
+    pub async fn run(mut self, mut sleeps: mpsc::Receiver<SleepReply>, stop: CancellationToken) {
         self.adopt_from_cache();
+        let mut generation = self.clusters.cache.subscribe();
         loop {
+            self.gate.turns.fetch_add(1, Ordering::Relaxed);
             let check_at = self.next_check();
-            let watching_cache = self.gate.state() == GuestState::Unknown
-                || (self.gate.state() == GuestState::Running && self.gate.address.load().is_none());
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
-                    None => return,
+            let watching_cache = self.gate.state() == GuestState::Unknown;
+            let done = tokio::select! {
+                _ = stop.cancelled() => true,
+                reply = sleeps.recv() => match reply {
+                    Some(reply) => {
+                        let result = unless(&stop, self.manual_sleep()).await;
+                        let _ = reply.send(result.unwrap_or_else(|| Err("drowsy is shutting down".into())));
+                        false
+                    }
+                    None => true,
                 },
-                _ = sleep_until(check_at) => self.idle_check().await,
+                _ = self.gate.requests.kick.notified() => unless(&stop, self.requested()).await.is_none(),
+                _ = sleep_until(check_at) => unless(&stop, self.idle_check()).await.is_none(),
                 polled = next_poll(&mut self.polls) => {
-                    if polled {
-                        self.reconcile().await;
-                    } else {
+                    if !polled {
                         self.polls = None;
                     }
+                    unless(&stop, self.reconcile()).await.is_none()
                 }
                 r = generation.changed(), if watching_cache => {
-                    if r.is_err() {
-                        return;
-                    }
                     self.adopt_from_cache();
+                    r.is_err()
                 }
+            };
+            if done {
+                break;
             }
+        }
+        if self.gate.state() == GuestState::Starting {
+            // Held requests learn at once that no wake will come.
+            self.gate.fail(
+                &Arc::from("drowsy stopped managing this guest"),
+                GuestState::Unknown,
+            );
         }
     }
 
-    async fn handle(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Wake => {
-                if self.gate.ready().is_none() && self.gate.backoff_error().is_none() {
-                    self.wake().await;
-                }
-            }
-            Cmd::Sleep(reply) => {
-                let result = match self.gate.state() {
-                    GuestState::Running => self.sleep(true).await,
-                    other => Err(format!("the guest is {}, not running", other.as_str())),
-                };
-                let _ = reply.send(result);
-            }
-            Cmd::Recheck => self.idle_check().await,
+    /// Wake and recheck requests, coalesced into flags.
+    async fn requested(&mut self) {
+        if self.gate.requests.wake.swap(false, Ordering::SeqCst)
+            && self.gate.ready().is_none()
+            && self.gate.backoff_error().is_none()
+        {
+            self.wake().await;
+        }
+        if self.gate.requests.recheck.swap(false, Ordering::SeqCst) {
+            self.idle_check().await;
         }
     }
 
-    /// At startup and while the cache is still filling: take the guest's
-    /// state from the cache, starting or stopping nothing (DESIGN.md §5).
+    /// At startup (and while the cache has not shown the guest): take the
+    /// guest's state from the cache, starting or stopping nothing
+    /// (DESIGN.md §5).
     fn adopt_from_cache(&mut self) {
-        let guest = match self.clusters.resolve(&self.gate.guest) {
-            Ok(Some(g)) => g,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(route = %self.gate.label, error = %e, "cannot tell which guest this is");
-                return;
-            }
-        };
-        self.remember(&guest);
-        match self.gate.state() {
-            GuestState::Unknown => {
-                let state = if guest.status.is_running() {
-                    // Found running: counts as used now.
-                    self.gate.activity.touch();
-                    GuestState::Running
-                } else if matches!(guest.status.as_str(), "paused" | "suspended") {
-                    GuestState::Suspended
-                } else {
-                    GuestState::Stopped
-                };
-                self.set_address(&guest);
-                self.gate.set_state(state);
-                tracing::info!(route = %self.gate.label, guest = %guest.label(), state = state.as_str(), "guest found");
-            }
-            GuestState::Running => self.set_address(&guest),
-            _ => {}
+        if self.gate.state() != GuestState::Unknown {
+            return;
         }
+        let Some(guest) = self.guest() else { return };
+        let state = if guest.status.is_running() {
+            // Found running: counts as used now.
+            self.gate.activity.touch();
+            GuestState::Running
+        } else if matches!(guest.status.as_str(), "paused" | "suspended") {
+            GuestState::Suspended
+        } else {
+            GuestState::Stopped
+        };
+        self.gate.set_address(guest.ips.first().copied());
+        self.gate.set_state(state);
+        tracing::info!(route = %self.gate.label(), guest = %guest.label(), state = state.as_str(), "guest found");
     }
 
-    fn remember(&mut self, guest: &Guest) {
-        let key = (guest.cluster.clone(), guest.vmid);
-        if self.resolved.as_ref() != Some(&key) {
-            self.polls = self.clusters.poller(&guest.cluster).map(|p| p.polls());
-            self.resolved = Some(key);
-        }
+    fn guest(&self) -> Option<Guest> {
+        self.clusters.cache.get(&self.id().cluster, self.id().vmid)
     }
 
     /// After each poll: when the cache disagrees with the gate's state, the
     /// guest may have been started or stopped from outside. The cache lags,
     /// so the live status decides, asked at most every `VERIFY_EVERY`.
     async fn reconcile(&mut self) {
-        let Some((cluster, vmid)) = &self.resolved else {
-            return;
-        };
-        let Some(cached) = self.clusters.cache.get(cluster, *vmid) else {
-            return;
-        };
+        if self.gate.state() == GuestState::Unknown {
+            self.adopt_from_cache();
+        }
+        let Some(cached) = self.guest() else { return };
         let running = cached.status.is_running();
+        if self.gate.state() == GuestState::Running && self.gate.address().is_none() {
+            self.gate.set_address(cached.ips.first().copied());
+        }
         if !contradicts(self.gate.state(), running)
             || self.last_verify.is_some_and(|t| t.elapsed() < VERIFY_EVERY)
         {
@@ -161,164 +168,151 @@ impl Owner {
         self.outside_change(running).await;
     }
 
-    fn set_address(&self, guest: &Guest) {
-        if let Some(ip) = guest.ips.first() {
-            self.gate.address.store(Some(Arc::new(*ip)));
-        }
-    }
-
+    /// When the guest may next be idle enough to sleep: never while it is
+    /// not running, has no timeout, or a dependent is awake (a dependent
+    /// leaving its awake states asks for a recheck).
     fn next_check(&self) -> Option<Instant> {
         if self.gate.state() != GuestState::Running {
             return None;
         }
-        let idle = self.gate.settings.idle_timeout?;
-        Some(
-            self.gate
-                .activity
-                .idle_at(idle)
-                .unwrap_or_else(|| Instant::now() + RECHECK.min(idle)),
-        )
+        let idle = self.gate.gate_settings().sleep.idle_timeout?;
+        if self.gate.dependents_awake() {
+            return None;
+        }
+        Some(match self.gate.activity.idle_at(idle) {
+            Some(at) => at.max(Instant::now()),
+            None => Instant::now() + RECHECK.min(idle),
+        })
     }
 
     async fn idle_check(&mut self) {
-        let Some(idle) = self.gate.settings.idle_timeout else {
+        let Some(idle) = self.gate.gate_settings().sleep.idle_timeout else {
             return;
         };
-        if self.gate.state() != GuestState::Running {
+        if self.gate.state() != GuestState::Running || self.gate.dependents_awake() {
             return;
         }
         match self.gate.activity.idle_at(idle) {
             Some(at) if at <= Instant::now() => {}
             _ => return,
         }
-        if self.gate.dependents_awake() {
-            return;
-        }
-        if let Err(e) = self.sleep(false).await {
-            tracing::debug!(route = %self.gate.label, reason = %e, "not going to sleep");
+        if let Err(e) = self.sleep("idle").await {
+            tracing::debug!(route = %self.gate.label(), reason = %e, "not going to sleep");
         }
     }
 
-    fn cluster(&self, guest: &Guest) -> Result<&Arc<PveClient>, String> {
+    fn client(&self) -> Result<Arc<PveClient>, String> {
         self.clusters
-            .client(&guest.cluster)
-            .ok_or_else(|| format!("cluster {} is not configured", guest.cluster))
+            .client(&self.id().cluster)
+            .cloned()
+            .ok_or_else(|| format!("cluster {} is not configured", self.id().cluster))
     }
 
     /// The guest as the cache knows it now (its node may have changed).
-    async fn find_guest(&mut self) -> Result<Guest, String> {
-        let mut generation = self.clusters.cache.subscribe();
-        loop {
-            match self.clusters.resolve(&self.gate.guest) {
-                Ok(Some(g)) => {
-                    self.remember(&g);
-                    return Ok(g);
-                }
-                Ok(None) if self.clusters.cache.snapshot().guests().is_empty() => {
-                    // The first poll has not arrived yet: wait for it.
-                    if let Some((cluster, e)) = self.clusters.outages().into_iter().next() {
-                        return Err(format!("Proxmox cluster {cluster} is unreachable: {e}"));
-                    }
-                    if generation.changed().await.is_err() {
-                        return Err("drowsy is shutting down".into());
-                    }
-                }
-                Ok(None) => return Err(format!("no guest matches {}", self.gate.guest.key)),
-                Err(e) => return Err(e.to_string()),
-            }
+    fn find_guest(&self) -> Result<Guest, String> {
+        if let Some(g) = self.guest() {
+            return Ok(g);
         }
+        Err(match self.clusters.outages().into_iter().next() {
+            Some((cluster, e)) => format!("Proxmox cluster {cluster} is unreachable: {e}"),
+            None => format!("guest {} is no longer in the cluster", self.id()),
+        })
     }
 
     async fn wake(&mut self) {
         let started = Instant::now();
         let was = self.gate.state();
-        self.gate.set_state(GuestState::Starting);
-        self.gate.publish(Phase::Starting);
-        tracing::info!(route = %self.gate.label, "waking guest");
-        let limit = self.gate.settings.wake_timeout;
+        self.gate.begin_wake();
+        tracing::info!(route = %self.gate.label(), "waking guest");
+        let limit = self.gate.gate_settings().sleep.wake_timeout;
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "the guest did not answer within wake_timeout ({})",
-                humantime::format_duration(limit)
-            )),
+            Err(_) => Err(WakeError::Timeout(limit)),
         };
         let elapsed = started.elapsed();
+        let label = self.gate.metrics();
         match result {
             Ok(ip) => {
-                if let Some(ip) = ip {
-                    self.gate.address.store(Some(Arc::new(ip)));
-                }
+                self.gate.set_address(ip);
                 self.gate.activity.touch();
                 let ms = elapsed.as_millis() as u64;
                 self.gate.wakes.fetch_add(1, Ordering::Relaxed);
                 self.gate.last_wake_ms.store(ms.max(1), Ordering::Relaxed);
-                self.gate.metrics.wakes_ok.inc();
-                self.gate
-                    .metrics
-                    .wake_duration
-                    .observe(elapsed.as_secs_f64());
-                self.gate.set_state(GuestState::Running);
-                self.gate.publish(Phase::Ready { ms });
-                tracing::info!(route = %self.gate.label, ms, "guest is ready");
+                label.metrics.wakes_ok.inc();
+                label.metrics.wake_duration.observe(elapsed.as_secs_f64());
+                self.gate.ready_now(ms);
+                tracing::info!(route = %label.name, ms, "guest is ready");
             }
-            Err(why) => {
-                let timeout = why.contains("wake_timeout");
-                if timeout {
-                    self.gate.metrics.wakes_timeout.inc();
-                } else {
-                    self.gate.metrics.wakes_error.inc();
-                }
-                let why: Arc<str> = Arc::from(why);
-                if let Ok(mut stats) = self.gate.stats.lock() {
-                    stats.last_error = Some((Instant::now(), why.clone()));
-                }
-                self.gate.set_state(GuestState::Error);
-                self.gate.publish(Phase::Failed(why.clone()));
-                tracing::warn!(route = %self.gate.label, error = %why, "wake failed");
+            Err(e) => {
+                let counter = match e {
+                    WakeError::Timeout(_) => &label.metrics.wakes_timeout,
+                    _ => &label.metrics.wakes_error,
+                };
+                counter.inc();
+                let why: Arc<str> = Arc::from(e.to_string());
+                // A running guest whose dependencies could not be woken
+                // stays running; its requests get the error.
+                let state = match (was, e) {
+                    (GuestState::Running, WakeError::Dependency(_)) => GuestState::Running,
+                    _ => GuestState::Error,
+                };
+                self.gate.fail(&why, state);
+                tracing::warn!(route = %label.name, error = %why, "wake failed");
             }
         }
     }
 
     /// Dependencies, start (or resume), then readiness. Returns the address.
-    async fn wake_steps(&mut self, was: GuestState) -> Result<Option<IpAddr>, String> {
+    async fn wake_steps(&mut self, was: GuestState) -> Result<Option<IpAddr>, WakeError> {
         self.wake_dependencies().await?;
-        let guest = self.find_guest().await?;
-        let client = self.cluster(&guest)?.clone();
-        let budget = self.gate.settings.wake_timeout;
+        let guest = self.find_guest().map_err(WakeError::Other)?;
+        if was != GuestState::Running {
+            self.power_on(&guest, was).await.map_err(WakeError::Other)?;
+            self.gate.publish(Phase::Started);
+        }
+        self.wait_for_service(&guest)
+            .await
+            .map_err(WakeError::Other)
+    }
+
+    async fn power_on(&self, guest: &Guest, was: GuestState) -> Result<(), String> {
+        let client = self.client()?;
+        let budget = self.gate.gate_settings().sleep.wake_timeout;
         let first = if was == GuestState::Suspended {
             PowerAction::Resume
         } else {
             PowerAction::Start
         };
-        match power::run(&client, &guest, first, budget).await {
-            Ok(_) => {}
+        match power::run(&client, guest, first, budget).await {
+            Ok(_) => Ok(()),
             Err(e) if power::is_already_running(&e) => {
                 // Running already (started from outside, or only paused).
                 if matches!(
-                    power::live_status(&client, &guest).await,
+                    power::live_status(&client, guest).await,
                     Ok(LiveStatus::Paused)
                 ) {
-                    power::run(&client, &guest, PowerAction::Resume, budget)
+                    power::run(&client, guest, PowerAction::Resume, budget)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
+                Ok(())
             }
             Err(e) if first == PowerAction::Resume => {
-                tracing::debug!(route = %self.gate.label, error = %e, "resume failed, starting instead");
-                power::run(&client, &guest, PowerAction::Start, budget)
+                tracing::debug!(route = %self.gate.label(), error = %e, "resume failed, starting instead");
+                power::run(&client, guest, PowerAction::Start, budget)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
-        self.gate.publish(Phase::Started);
-        self.wait_for_service(&guest).await
     }
 
-    async fn wake_dependencies(&self) -> Result<(), String> {
+    /// Waits for every dependency, in parallel. The gate is already
+    /// `starting` (announced), so a dependency that is up now stays up.
+    async fn wake_dependencies(&self) -> Result<(), WakeError> {
         let deps = self.gate.deps();
-        let timeout = self.gate.settings.wake_timeout;
+        let timeout = self.gate.gate_settings().sleep.wake_timeout;
         let results = futures_util::future::join_all(
             deps.iter()
                 .map(|d| async move { (d, d.wait_ready(timeout).await) }),
@@ -326,29 +320,36 @@ impl Owner {
         .await;
         for (dep, result) in results {
             match result {
-                Ok(_) => self.gate.publish(Phase::DependencyReady(dep.label.clone())),
-                Err(e) => return Err(format!("dependency {} failed: {e}", dep.label)),
+                Ok(_) => self.gate.publish(Phase::DependencyReady(dep.label())),
+                Err(e) => {
+                    return Err(WakeError::Dependency(format!(
+                        "dependency {} failed: {e}",
+                        dep.label()
+                    )))
+                }
             }
         }
         Ok(())
     }
 
-    /// Probes the backend port at a growing interval, looking the IP up
+    /// Probes the guest's ports at a growing interval, looking the IP up
     /// again when it is unknown or stops answering (DHCP, guest agent).
     async fn wait_for_service(&self, guest: &Guest) -> Result<Option<IpAddr>, String> {
-        let Some(port) = self.gate.probe_port else {
-            return Ok(guest.ips.first().copied());
-        };
+        let ports = self.gate.gate_settings().probe_ports.clone();
+        let mut ip = guest.ips.first().copied().or(self.gate.address());
+        if ports.is_empty() {
+            return Ok(ip);
+        }
         let poller = self
             .clusters
             .poller(&guest.cluster)
             .ok_or_else(|| format!("cluster {} is not configured", guest.cluster))?;
-        let mut ip = guest.ips.first().copied();
         let mut interval = probe::FIRST_INTERVAL;
         let mut last_refresh: Option<Instant> = None;
         let mut failing_since = Instant::now();
         let mut announced = false;
         let probing_since = Instant::now();
+        let mut up = vec![false; ports.len()];
         loop {
             let stale = ip.is_none() || failing_since.elapsed() >= STALE_IP_AFTER;
             if stale && last_refresh.is_none_or(|t| t.elapsed() >= IP_REFRESH_EVERY) {
@@ -358,6 +359,7 @@ impl Owner {
                     if let Some(new) = g.ips.first().copied() {
                         if Some(new) != ip {
                             failing_since = Instant::now();
+                            up.iter_mut().for_each(|u| *u = false);
                         }
                         ip = Some(new);
                     }
@@ -368,7 +370,12 @@ impl Owner {
                     announced = true;
                     self.gate.publish(Phase::WaitingForService);
                 }
-                if probe::accepts(SocketAddr::new(addr, port)).await {
+                for (port, ok) in ports.iter().zip(up.iter_mut()) {
+                    if !*ok {
+                        *ok = probe::accepts(SocketAddr::new(addr, *port)).await;
+                    }
+                }
+                if up.iter().all(|ok| *ok) {
                     return Ok(Some(addr));
                 }
             }
@@ -377,32 +384,47 @@ impl Owner {
         }
     }
 
+    /// An admin's sleep: the guest must run and nothing be in flight; its
+    /// dependents are not asked (they wake it again when they need it).
+    async fn manual_sleep(&mut self) -> Result<(), String> {
+        match self.gate.state() {
+            GuestState::Running => self.sleep("manual").await,
+            other => Err(format!("the guest is {}, not running", other.as_str())),
+        }
+    }
+
     /// Moves to `stopping` (the fence), then stops the guest. A request that
     /// took a guard before the fence keeps the guest up; one that comes
-    /// after is held and wakes it again once the stop is done.
-    async fn sleep(&mut self, manual: bool) -> Result<(), String> {
-        self.gate.set_state(GuestState::Stopping);
-        let inflight = self.gate.activity.inflight();
-        if inflight > 0 {
+    /// after is held and wakes it again once the stop is done. An idle
+    /// sleep also gives way to a dependent that started waking meanwhile.
+    async fn sleep(&mut self, reason: &'static str) -> Result<(), String> {
+        let clear = self.gate.announce_stop();
+        let refusal = if !clear {
+            Some(format!(
+                "{} requests or connections are in flight",
+                self.gate.activity.inflight()
+            ))
+        } else if reason == "idle" && self.gate.dependents_awake() {
+            Some("a route that depends on it is awake".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
             self.gate.set_state(GuestState::Running);
-            return Err(format!("{inflight} requests or connections are in flight"));
+            return Err(why);
         }
         self.gate.publish(Phase::Stopping);
-        let reason = if manual { "manual" } else { "idle" };
-        tracing::info!(route = %self.gate.label, reason, "putting guest to sleep");
+        tracing::info!(route = %self.gate.label(), reason, "putting guest to sleep");
         match self.stop_guest().await {
             Ok(state) => {
-                self.gate.address.store(None);
-                self.gate.metrics.sleeps.inc();
+                self.gate.stopped();
+                self.gate.metrics().metrics.sleeps.inc();
                 self.gate.set_state(state);
                 self.gate.publish(Phase::Stopped);
-                for dep in self.gate.deps().iter() {
-                    let _ = dep.cmd.send(Cmd::Recheck);
-                }
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(route = %self.gate.label, error = %e, "could not put the guest to sleep");
+                tracing::warn!(route = %self.gate.label(), error = %e, "could not put the guest to sleep");
                 self.gate.activity.touch();
                 self.gate.set_state(GuestState::Running);
                 self.gate.publish(Phase::Idle);
@@ -412,9 +434,9 @@ impl Owner {
     }
 
     async fn stop_guest(&mut self) -> Result<GuestState, String> {
-        let guest = self.find_guest().await?;
-        let client = self.cluster(&guest)?.clone();
-        let s = &self.gate.settings;
+        let guest = self.find_guest()?;
+        let client = self.client()?;
+        let s = self.gate.gate_settings().sleep.clone();
         let (action, after) = match s.stop_method {
             StopMethod::Shutdown => (
                 PowerAction::Shutdown {
@@ -433,35 +455,67 @@ impl Owner {
 
     /// The poller saw the guest start or stop. Its view lags, so the live
     /// status decides; drowsy follows the change rather than fighting it.
+    /// A guest started from outside is probed before requests go to it.
     async fn outside_change(&mut self, running: bool) {
         let state = self.gate.state();
         if !contradicts(state, running) {
             return;
         }
-        let Ok(guest) = self.find_guest().await else {
-            return;
-        };
-        let Ok(client) = self.cluster(&guest).cloned() else {
-            return;
-        };
+        let Ok(guest) = self.find_guest() else { return };
+        let Ok(client) = self.client() else { return };
         match (state, power::live_status(&client, &guest).await) {
             (GuestState::Running, Ok(LiveStatus::Stopped | LiveStatus::Paused)) => {
-                tracing::info!(route = %self.gate.label, "guest was stopped from outside");
-                self.gate.address.store(None);
+                tracing::info!(route = %self.gate.label(), "guest was stopped from outside");
+                self.gate.stopped();
                 self.gate.set_state(GuestState::Stopped);
                 self.gate.publish(Phase::Stopped);
             }
             (GuestState::Running, _) => {}
             (_, Ok(LiveStatus::Running)) => {
-                tracing::info!(route = %self.gate.label, "guest was started from outside");
-                // Counts as use from now. Without a known address the next
-                // request goes through a wake, which probes readiness.
-                self.set_address(&guest);
-                self.gate.activity.touch();
-                self.gate.set_state(GuestState::Running);
-                self.gate.publish(Phase::Ready { ms: 0 });
+                tracing::info!(route = %self.gate.label(), "guest was started from outside");
+                self.follow_outside_start(&guest).await;
             }
             _ => {}
+        }
+    }
+
+    /// Like a wake without the start: `starting` (requests are held), then
+    /// the probe. Not counted as a wake of drowsy's.
+    async fn follow_outside_start(&mut self, guest: &Guest) {
+        self.gate.begin_wake();
+        self.gate.publish(Phase::Started);
+        let limit = self.gate.gate_settings().sleep.wake_timeout;
+        match tokio::time::timeout(limit, self.wait_for_service(guest)).await {
+            Ok(Ok(ip)) => {
+                self.gate.set_address(ip);
+                // Counts as use from now.
+                self.gate.activity.touch();
+                self.gate.ready_now(0);
+            }
+            Ok(Err(why)) => self.gate.fail(&Arc::from(why), GuestState::Error),
+            Err(_) => self.gate.fail(
+                &Arc::from(WakeError::Timeout(limit).to_string()),
+                GuestState::Error,
+            ),
+        }
+    }
+}
+
+enum WakeError {
+    Timeout(Duration),
+    Dependency(String),
+    Other(String),
+}
+
+impl std::fmt::Display for WakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WakeError::Timeout(limit) => write!(
+                f,
+                "the guest did not answer within wake_timeout ({})",
+                humantime::format_duration(*limit)
+            ),
+            WakeError::Dependency(why) | WakeError::Other(why) => f.write_str(why),
         }
     }
 }
@@ -479,7 +533,7 @@ fn contradicts(state: GuestState, running: bool) -> bool {
 }
 
 /// The next successful poll; `false` when the poller is gone. Never
-/// resolves while the cluster is not known yet.
+/// resolves without a poller.
 async fn next_poll(polls: &mut Option<watch::Receiver<u64>>) -> bool {
     match polls {
         Some(rx) => rx.changed().await.is_ok(),

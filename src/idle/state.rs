@@ -102,10 +102,3 @@ impl Phase {
         }
     }
 }
-
-/// The latest phase, numbered so waiters can tell a new event from an old one.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    pub seq: u64,
-    pub phase: Phase,
-}

@@ -167,6 +167,9 @@ fn unique<'a>(key: &GuestKey, found: Vec<&'a Guest>) -> Result<Option<&'a Guest>
 
 pub struct ClusterCache {
     snap: ArcSwap<Snapshot>,
+    /// Clusters read at least once: a guest missing from them is missing
+    /// indeed, not just not read yet.
+    polled: Mutex<Vec<Arc<str>>>,
     /// Serializes writers; readers only load the snapshot.
     write: Mutex<()>,
     generation: watch::Sender<u64>,
@@ -192,6 +195,7 @@ impl ClusterCache {
     pub fn new() -> Self {
         ClusterCache {
             snap: ArcSwap::from_pointee(Snapshot::default()),
+            polled: Mutex::new(Vec::new()),
             write: Mutex::new(()),
             generation: watch::channel(0).0,
             changes: broadcast::channel(1024).0,
@@ -274,6 +278,25 @@ impl ClusterCache {
             // No receiver is fine: nobody listens yet.
             let _ = self.changes.send(e);
         }
+    }
+
+    /// Records a complete read of `cluster`; the first one counts as a
+    /// change (watchers learn that what is missing is missing).
+    pub fn mark_polled(&self, cluster: &Arc<str>) {
+        let mut polled = self.polled.lock().unwrap_or_else(|p| p.into_inner());
+        if !polled.contains(cluster) {
+            polled.push(cluster.clone());
+            drop(polled);
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    pub fn was_polled(&self, cluster: &str) -> bool {
+        self.polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| &**c == cluster)
     }
 
     /// Sets one guest's IPs (on-demand refresh); returns the updated guest.

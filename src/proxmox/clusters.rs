@@ -63,6 +63,18 @@ impl Clusters {
         self.clusters.iter().find(|c| &**c.client.cluster() == name)
     }
 
+    /// Whether `cluster` (or, for `None`, every cluster) has been read
+    /// once.
+    pub fn polled(&self, cluster: Option<&str>) -> bool {
+        match cluster {
+            Some(c) => self.cache.was_polled(c),
+            None => self
+                .clusters
+                .iter()
+                .all(|c| self.cache.was_polled(c.client.cluster())),
+        }
+    }
+
     pub fn resolve(&self, r: &GuestRef) -> Result<Option<Guest>, LookupError> {
         self.cache.resolve(r)
     }

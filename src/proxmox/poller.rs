@@ -220,6 +220,7 @@ async fn poll_once(shared: &Shared, state: &mut LoopState) {
     shared
         .cache
         .update_cluster(&cluster, |old| merge(guests, old, &found));
+    shared.cache.mark_polled(&cluster);
     shared.polls.send_modify(|n| *n += 1);
 }
 

@@ -13,13 +13,13 @@ pub mod tls;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
-use crate::idle::Gates;
+use crate::idle::Plan;
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use listener::Entrypoint;
 use route::RouteTable;
 use service::Shared;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub struct Proxy {
     loops: tokio::sync::Mutex<JoinSet<()>>,
     /// TCP route listeners by address: the route's name and the token that
     /// stops its accept loop.
-    tcp: std::sync::Mutex<HashMap<SocketAddr, (Arc<str>, CancellationToken)>>,
+    tcp: std::sync::Mutex<HashMap<SocketAddr, CancellationToken>>,
     shutdown_timeout: Duration,
 }
 
@@ -71,10 +71,9 @@ impl Proxy {
         config: &Config,
         metrics: Arc<Metrics>,
         clusters: Option<Arc<Clusters>>,
-        gates: Option<Arc<Gates>>,
+        plan: Option<&Plan>,
     ) -> Result<Proxy, StartError> {
-        let table =
-            RouteTable::build(config, &metrics, gates.as_deref()).map_err(StartError::Routes)?;
+        let table = RouteTable::build(config, &metrics, plan).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -123,7 +122,10 @@ impl Proxy {
             tcp: std::sync::Mutex::new(HashMap::new()),
             shutdown_timeout: l.shutdown_timeout,
         };
-        proxy.sync_tcp_routes(config).await?;
+        for addr in tcp_routes(config) {
+            let listener = bind(addr, "a TCP route's listen").await?;
+            proxy.serve_tcp(addr, listener);
+        }
         Ok(proxy)
     }
 
@@ -131,54 +133,68 @@ impl Proxy {
         &self.shared
     }
 
-    /// Applies a new config: a new route table (swapped in one store),
-    /// certificates read again, TCP route listeners opened and closed.
-    /// Open connections keep going.
-    pub async fn reload(&self, config: &Config, gates: Option<&Gates>) -> Result<(), StartError> {
+    /// Builds what a new config needs (the route table, listeners for new
+    /// TCP routes) without changing what serves; an error leaves nothing
+    /// behind. [`Proxy::apply`] then swaps it in.
+    pub async fn prepare(
+        &self,
+        config: &Config,
+        plan: Option<&Plan>,
+    ) -> Result<Prepared, StartError> {
         let table =
-            RouteTable::build(config, &self.shared.metrics, gates).map_err(StartError::Routes)?;
-        self.shared.table.store(Arc::new(table));
-        self.sni.set(&config.tls);
-        self.sync_tcp_routes(config).await
+            RouteTable::build(config, &self.shared.metrics, plan).map_err(StartError::Routes)?;
+        let wanted = tcp_routes(config);
+        let mut opened = Vec::new();
+        for addr in &wanted {
+            let open = self
+                .tcp
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(addr);
+            if !open {
+                opened.push((*addr, bind(*addr, "a TCP route's listen").await?));
+            }
+        }
+        Ok(Prepared {
+            table,
+            tls: config.tls.clone(),
+            wanted,
+            opened,
+        })
     }
 
-    /// Makes the TCP accept loops match the config's TCP routes.
-    async fn sync_tcp_routes(&self, config: &Config) -> Result<(), StartError> {
-        let wanted: HashMap<SocketAddr, Arc<str>> = config
-            .routes
-            .iter()
-            .filter_map(|r| r.tcp_listen.map(|a| (a, r.name.clone())))
-            .collect();
-        let to_open: Vec<(SocketAddr, Arc<str>)> = {
-            let mut tcp = self.tcp.lock().unwrap_or_else(|p| p.into_inner());
-            tcp.retain(|addr, (name, stop)| {
-                let keep = wanted.get(addr) == Some(name);
+    /// Swaps a prepared config in: one store of the route table,
+    /// certificates, TCP route listeners. Open connections keep going.
+    pub fn apply(&self, prepared: Prepared) {
+        self.shared.table.store(Arc::new(prepared.table));
+        self.sni.set(&prepared.tls);
+        self.tcp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|addr, stop| {
+                let keep = prepared.wanted.contains(addr);
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
-            wanted
-                .iter()
-                .filter(|(addr, _)| !tcp.contains_key(*addr))
-                .map(|(a, n)| (*a, n.clone()))
-                .collect()
-        };
-        for (addr, name) in to_open {
-            let listener = bind(addr, "a TCP route's listen").await?;
-            let stop = self.stop.child_token();
-            tokio::spawn(tcp::accept_loop(
-                listener,
-                name.clone(),
-                self.shared.clone(),
-                stop.clone(),
-            ));
-            self.tcp
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr, (name, stop));
+        for (addr, listener) in prepared.opened {
+            self.serve_tcp(addr, listener);
         }
-        Ok(())
+    }
+
+    fn serve_tcp(&self, addr: SocketAddr, listener: TcpListener) {
+        let stop = self.stop.child_token();
+        tokio::spawn(tcp::accept_loop(
+            listener,
+            addr,
+            self.shared.clone(),
+            stop.clone(),
+        ));
+        self.tcp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, stop);
     }
 
     /// Stops accepting, lets in-flight requests and upgraded connections
@@ -202,4 +218,18 @@ impl Proxy {
         self.kill.cancel();
         loops.abort_all();
     }
+}
+
+/// The listen addresses of a config's TCP routes.
+fn tcp_routes(config: &Config) -> HashSet<SocketAddr> {
+    config.routes.iter().filter_map(|r| r.tcp_listen).collect()
+}
+
+/// A new config, built and ready to swap in.
+pub struct Prepared {
+    table: RouteTable,
+    tls: Vec<crate::config::TlsCertificate>,
+    wanted: HashSet<SocketAddr>,
+    /// Listeners for the new TCP routes' addresses.
+    opened: Vec<(SocketAddr, TcpListener)>,
 }

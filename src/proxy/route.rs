@@ -5,8 +5,8 @@ use super::forward::client::ClientCache;
 use super::forward::{BackendClient, Upstream};
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
-use crate::config::{Config, GuestRef, RouteSettings, Scheme, Target};
-use crate::idle::{Activity, Gate, Gates, UseGuard};
+use crate::config::{Config, RouteSettings, Scheme, Target};
+use crate::idle::{Activity, Binding, HoldPolicy, Plan, UseGuard};
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,8 +21,12 @@ pub struct Route {
     pub name: Arc<str>,
     pub settings: RouteSettings,
     pub kind: RouteKind,
-    /// The idle gate of the route's guest, when it sleeps.
-    pub gate: Option<Arc<Gate>>,
+    /// The guest the route reaches (for `guest:` routes, and backends whose
+    /// host may be a guest), with its idle gate when it sleeps.
+    pub binding: Option<Arc<Binding>>,
+    /// How the route holds requests during a wake, when it sets sleep
+    /// settings itself (else its guest's apply).
+    pub hold: Option<HoldPolicy>,
     pub client: BackendClient,
     metrics: Arc<Metrics>,
     duration: Histogram,
@@ -44,7 +48,6 @@ pub enum RouteKind {
 }
 
 pub struct GuestTarget {
-    pub guest: GuestRef,
     pub port: u16,
     pub scheme: Scheme,
     /// The upstream built for the guest's last known IP, reused while the IP
@@ -70,7 +73,7 @@ impl Route {
         settings: &RouteSettings,
         clients: &mut ClientCache,
         metrics: &Arc<Metrics>,
-        gates: Option<&Gates>,
+        plan: Option<&Plan>,
     ) -> Result<Self, String> {
         let kind = match &settings.target {
             Target::Backend { url } => RouteKind::Static(Upstream::new(
@@ -79,12 +82,7 @@ impl Route {
                 url.port,
                 &url.path_prefix,
             )?),
-            Target::Guest {
-                guest,
-                port,
-                scheme,
-            } => RouteKind::Guest(GuestTarget {
-                guest: guest.clone(),
+            Target::Guest { port, scheme, .. } => RouteKind::Guest(GuestTarget {
                 port: *port,
                 scheme: *scheme,
                 last: ArcSwapOption::empty(),
@@ -98,7 +96,8 @@ impl Route {
             name: settings.name.clone(),
             settings: settings.clone(),
             kind,
-            gate: gates.and_then(|g| g.for_route(&settings.name)).cloned(),
+            binding: plan.and_then(|p| p.binding(&settings.name)),
+            hold: settings.sleep.as_ref().map(HoldPolicy::of),
             client,
             duration: metrics
                 .request_duration_seconds
@@ -148,13 +147,13 @@ impl RouteTable {
     pub fn build(
         config: &Config,
         metrics: &Arc<Metrics>,
-        gates: Option<&Gates>,
+        plan: Option<&Plan>,
     ) -> Result<Self, String> {
         let mut clients = ClientCache::default();
         let mut hosts = HostTable::default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for settings in &config.routes {
-            let route = Arc::new(Route::build(settings, &mut clients, metrics, gates)?);
+            let route = Arc::new(Route::build(settings, &mut clients, metrics, plan)?);
             for pattern in &settings.hosts {
                 hosts.insert(pattern, route.clone());
             }

@@ -4,14 +4,12 @@
 
 use super::body::{AccessLog, RespBody};
 use super::conn::ConnInfo;
-use super::forward::Upstream;
 use super::forward::{self, ForwardCtx};
 use super::pages;
-use super::route::{GuestTarget, Route, RouteKind, RouteTable};
+use super::route::{Route, RouteKind, RouteTable};
 use super::router::normalize_host;
 use crate::admin::metrics::Metrics;
-use crate::config::GuestRef;
-use crate::idle::{self, Admit};
+use crate::idle::{self, Admit, Bound, GuestId};
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use http::{header, Method, Request, Response, StatusCode, Version};
@@ -19,7 +17,7 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -124,34 +122,103 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// How long a request waits for the first read of the cluster to tell
+/// which guest its route names (at startup).
+const FIRST_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the request through its guest's gate: straight on, held for a
+/// wake, or answered (loading page, 503).
+async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> Admit {
+    let Some(binding) = &route.binding else {
+        return Admit::Forward {
+            ip: None,
+            guard: route.enter(),
+            waited_ms: None,
+        };
+    };
+    let guest_route = matches!(route.kind, RouteKind::Guest(_) | RouteKind::Dependency);
+    let mut bound = binding.bound().clone();
+    if guest_route && matches!(*bound, Bound::Pending) {
+        if let Some(why) = outage(shared) {
+            return Admit::Respond(refuse(route, &why));
+        }
+        bound = binding.settled(FIRST_POLL_WAIT).await;
+    }
+    match &*bound {
+        Bound::Guest {
+            gate: Some(gate), ..
+        } => {
+            idle::admit(
+                gate,
+                &route.name,
+                &route.settings.no_wake,
+                route.hold.as_ref(),
+                req,
+            )
+            .await
+        }
+        Bound::Guest { id, gate: None } if guest_route => match guest_ip(shared, id) {
+            Ok(ip) => Admit::Forward {
+                ip: Some(ip),
+                guard: route.enter(),
+                waited_ms: None,
+            },
+            Err(why) => Admit::Respond(refuse(route, &why)),
+        },
+        Bound::Missing(why) if guest_route => Admit::Respond(refuse(route, why)),
+        Bound::Pending if guest_route => {
+            Admit::Respond(refuse(route, "the Proxmox cluster has not been read yet"))
+        }
+        // A plain backend that is not (or not yet known as) a guest.
+        _ => Admit::Forward {
+            ip: None,
+            guard: route.enter(),
+            waited_ms: None,
+        },
+    }
+}
+
+fn unavailable(route: &Route, why: &str) -> Response<RespBody> {
+    pages::unavailable(format!("route {}: {why}", route.name), 5)
+}
+
+fn refuse(route: &Route, why: &str) -> Box<Response<RespBody>> {
+    Box::new(unavailable(route, why))
+}
+
+/// The first failing cluster's poll error, if any.
+fn outage(shared: &Shared) -> Option<String> {
+    let clusters = shared.clusters.as_ref()?;
+    let (cluster, e) = clusters.outages().into_iter().next()?;
+    Some(format!("Proxmox cluster {cluster} is unreachable ({e})"))
+}
+
 async fn dispatch(
     shared: &Shared,
     route: &Arc<Route>,
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
-    let (ip, hold, waited_ms) = match &route.gate {
-        Some(gate) => match idle::admit(gate, &route.name, &route.settings.no_wake, &req).await {
-            Admit::Respond(resp) => return *resp,
-            Admit::Forward {
-                ip,
-                guard,
-                waited_ms,
-            } => (ip, Some(guard), waited_ms),
-        },
-        None => (None, Some(route.enter()), None),
+    let (ip, hold, waited_ms) = match pass(shared, route, &req).await {
+        Admit::Respond(resp) => return *resp,
+        Admit::Forward {
+            ip,
+            guard,
+            waited_ms,
+        } => (ip, guard, waited_ms),
     };
     let upstream = match (&route.kind, ip) {
-        (RouteKind::Static(upstream), _) => Ok(upstream.clone()),
-        (RouteKind::Guest(target), Some(ip)) => target.upstream(ip),
-        (RouteKind::Guest(target), None) => guest_upstream(shared, target),
+        (RouteKind::Static(upstream), _) => upstream.clone(),
+        (RouteKind::Guest(target), Some(ip)) => match target.upstream(ip) {
+            Ok(up) => up,
+            Err(why) => return unavailable(route, &why),
+        },
+        (RouteKind::Guest(_), None) => {
+            return unavailable(route, "the guest's IP address is not known yet")
+        }
         (RouteKind::Dependency, _) => {
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
-    };
-    let upstream = match upstream {
-        Ok(up) => up,
-        Err(why) => return pages::unavailable(format!("route {}: {why}", route.name), 5),
     };
     let ctx = ForwardCtx {
         route: &route.name,
@@ -162,7 +229,7 @@ async fn dispatch(
         upgrades: &shared.upgrades,
         kill: &shared.kill,
     };
-    let mut resp = forward::forward(ctx, conn, req, hold).await;
+    let mut resp = forward::forward(ctx, conn, req, Some(hold)).await;
     if let Some(ms) = waited_ms {
         resp.headers_mut().insert(&X_DROWSY_WAKE, ms.into());
     }
@@ -172,32 +239,17 @@ async fn dispatch(
 /// On responses that waited for a wake: how long, in milliseconds.
 static X_DROWSY_WAKE: http::HeaderName = http::HeaderName::from_static("x-drowsy-wake");
 
-/// Where a guest route's requests go right now, from the cluster cache, or
-/// why they cannot go anywhere.
-fn guest_upstream(shared: &Shared, target: &GuestTarget) -> Result<Upstream, String> {
-    target.upstream(guest_ip(shared, &target.guest)?)
-}
-
-/// A running guest's address from the cluster cache (routes that do not
+/// A running guest's address from the cluster cache (guests that do not
 /// sleep), or why there is none.
-pub fn guest_ip(shared: &Shared, guest_ref: &GuestRef) -> Result<IpAddr, String> {
+pub fn guest_ip(shared: &Shared, id: &GuestId) -> Result<IpAddr, String> {
     let Some(clusters) = &shared.clusters else {
         return Err("no Proxmox cluster is configured".into());
     };
-    let snapshot = clusters.cache.snapshot();
-    let guest = match snapshot.resolve(guest_ref) {
-        Ok(Some(g)) => g,
-        Ok(None) => {
-            let outages = clusters.outages();
-            return Err(match outages.first() {
-                Some((cluster, e)) => format!(
-                    "guest {} is not known: Proxmox cluster {cluster} is unreachable ({e})",
-                    guest_ref.key
-                ),
-                None => format!("no guest matches {}", guest_ref.key),
-            });
-        }
-        Err(e) => return Err(e.to_string()),
+    let Some(guest) = clusters.cache.get(&id.cluster, id.vmid) else {
+        return Err(match outage(shared) {
+            Some(why) => format!("guest {id} is not known: {why}"),
+            None => format!("guest {id} is no longer in the cluster"),
+        });
     };
     if !guest.status.is_running() {
         return Err(format!(

@@ -4,16 +4,18 @@
 
 use super::route::{Route, RouteKind};
 use super::service::{guest_ip, Shared};
+use crate::idle::Bound;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Accepts for the route named `name`; each connection uses the route as
-/// the current table has it, so a reload applies to new connections.
+/// Accepts for the route listening on `addr`; each connection uses the
+/// route as the current table has it, so a reload applies to new
+/// connections (a renamed route keeps its listener).
 pub async fn accept_loop(
     listener: TcpListener,
-    name: Arc<str>,
+    addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -29,7 +31,7 @@ pub async fn accept_loop(
                     .load()
                     .routes
                     .iter()
-                    .find(|r| r.name == name)
+                    .find(|r| r.settings.tcp_listen == Some(addr))
                     .cloned()
                 else {
                     continue;
@@ -42,7 +44,7 @@ pub async fn accept_loop(
                 });
             }
             Err(e) => {
-                tracing::warn!(route = %name, error = %e, "tcp accept failed");
+                tracing::warn!(listen = %addr, error = %e, "tcp accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -53,24 +55,40 @@ async fn connection(mut client: TcpStream, route: &Route, shared: &Shared) -> Re
     let RouteKind::Guest(target) = &route.kind else {
         return Err("not a guest route".into());
     };
-    let (ip, _guard) = match &route.gate {
-        Some(gate) => {
+    let Some(binding) = &route.binding else {
+        return Err("not a guest route".into());
+    };
+    let bound = match &**binding.bound() {
+        Bound::Pending => binding.settled(route_wake_timeout(route)).await,
+        _ => binding.bound_full(),
+    };
+    let (ip, _guard) = match &*bound {
+        Bound::Guest {
+            gate: Some(gate), ..
+        } => {
             let guard = gate.enter(true);
-            let _slot = gate
-                .try_hold()
-                .ok_or("too many connections are waiting for the wake")?;
-            let ip = gate
-                .wait_ready(gate.settings.wake_timeout)
-                .await
-                .map_err(|e| format!("the guest did not wake: {e}"))?;
-            (ip, Some(guard))
+            let limit = route
+                .hold
+                .as_ref()
+                .map_or(usize::MAX, |h| h.max_held_requests);
+            let ip = match gate.ready() {
+                Some(ip) => ip,
+                None => {
+                    let _slot = gate
+                        .try_hold(limit)
+                        .ok_or("too many connections are waiting for the wake")?;
+                    gate.wait_ready(route_wake_timeout(route))
+                        .await
+                        .map_err(|e| format!("the guest did not wake: {e}"))?
+                }
+            };
+            (ip, guard)
         }
-        None => (None, None),
+        Bound::Guest { id, gate: None } => (Some(guest_ip(shared, id)?), route.enter()),
+        Bound::Missing(why) => return Err(why.to_string()),
+        Bound::Pending => return Err("the Proxmox cluster has not been read yet".into()),
     };
-    let ip = match ip {
-        Some(ip) => ip,
-        None => guest_ip(shared, &target.guest)?,
-    };
+    let ip = ip.ok_or("the guest's IP address is not known yet")?;
     let addr = SocketAddr::new(ip, target.port);
     let connect = TcpStream::connect(addr);
     let mut backend = tokio::time::timeout(route.settings.backend.connect_timeout, connect)
@@ -88,4 +106,14 @@ async fn connection(mut client: TcpStream, route: &Route, shared: &Shared) -> Re
         }
     }
     Ok(())
+}
+
+/// How long a connection waits for its guest: the route's `wake_timeout`,
+/// else the default.
+fn route_wake_timeout(route: &Route) -> std::time::Duration {
+    route
+        .settings
+        .sleep
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(120), |s| s.wake_timeout)
 }

@@ -272,6 +272,10 @@ impl Drowsy {
         let running = Running::start(&cfg)
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
+        if let Some(gates) = running.gates() {
+            // Tests look at gates right away: let the first poll find them.
+            gates.settled(Duration::from_secs(5)).await;
+        }
         Drowsy { running, dir }
     }
 
@@ -414,15 +418,14 @@ impl Drowsy {
             .expect("gates")
             .for_route(route)
             .expect("gate")
-            .clone()
     }
 }
 
 /// Waits until the gate reaches `state`.
 pub async fn wait_state(gate: &drowsy::idle::Gate, state: drowsy::idle::GuestState) {
-    let mut rx = gate.watch_state();
-    tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s == state))
+    let mut rx = gate.watch();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.state == state))
         .await
-        .unwrap_or_else(|_| panic!("{} never became {}", gate.label, state.as_str()))
+        .unwrap_or_else(|_| panic!("{} never became {}", gate.label(), state.as_str()))
         .expect("state watch");
 }

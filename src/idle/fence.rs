@@ -1,0 +1,145 @@
+//! The two fences of the idle gate, as small functions the gate and its
+//! owner call, so the model check below explores the code that runs.
+//!
+//! Both are the store-then-load pattern of Dekker's algorithm: each side
+//! first publishes what it is about to do, then reads the other side. With
+//! sequentially consistent operations at least one side sees the other, so
+//! a request is never forwarded to a guest that is being stopped, and a
+//! dependency is never stopped under a dependent that is waking.
+//!
+//! - Request vs stop: a request counts itself in flight, then reads the
+//!   state; the owner moves to `stopping`, then reads the count.
+//! - Dependent vs dependency: a dependent moves to `starting`, then reads
+//!   its dependency's state; the dependency moves to `stopping`, then reads
+//!   its dependents' states.
+
+use super::state::GuestState;
+use super::sync::{AtomicU8, AtomicUsize, Ordering};
+
+/// Moves the guest to `state`, visible to every later read of the other
+/// side; returns the state before.
+pub fn announce(state: &AtomicU8, new: GuestState) -> GuestState {
+    GuestState::from_u8(state.swap(new as u8, Ordering::SeqCst))
+}
+
+/// The request side, after its use guard is counted in `inflight` (and a
+/// waking dependent, after announcing `starting`): may it rely on the
+/// guest? Only while it runs; a `stopping` seen here means the owner will
+/// see the guard (or the dependent) and keep the guest up, or the request
+/// waits for the next wake.
+pub fn admitted(state: &AtomicU8) -> bool {
+    GuestState::from_u8(state.load(Ordering::SeqCst)) == GuestState::Running
+}
+
+/// The owner side: announce the stop, then look at what is in flight.
+/// `true` means nothing was, and the stop may go ahead; `false` means the
+/// announcement must be taken back.
+pub fn announce_stop(state: &AtomicU8, inflight: &AtomicUsize) -> bool {
+    announce(state, GuestState::Stopping);
+    inflight.load(Ordering::SeqCst) == 0
+}
+
+/// A dependency's owner, after [`announce_stop`]: is any dependent awake
+/// (or waking)? Then the dependency stays up.
+pub fn any_awake<'a>(dependents: impl IntoIterator<Item = &'a AtomicU8>) -> bool {
+    dependents
+        .into_iter()
+        .any(|s| GuestState::from_u8(s.load(Ordering::SeqCst)).is_awake())
+}
+
+#[cfg(all(test, loom))]
+mod model {
+    //! `RUSTFLAGS="--cfg loom" cargo test --release --lib idle::fence`
+    //! (see bench/README.md): every interleaving of the two sides.
+    use super::*;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn running() -> AtomicU8 {
+        AtomicU8::new(GuestState::Running as u8)
+    }
+
+    #[test]
+    fn a_request_is_never_forwarded_to_a_guest_being_stopped() {
+        loom::model(|| {
+            let state = Arc::new(running());
+            let inflight = Arc::new(AtomicUsize::new(0));
+            let (s, n) = (state.clone(), inflight.clone());
+            let request = thread::spawn(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+                admitted(&s)
+            });
+            let stopped = announce_stop(&state, &inflight);
+            let forwarded = request.join().expect("request thread");
+            assert!(!(forwarded && stopped), "forwarded to a stopping guest");
+        });
+    }
+
+    #[test]
+    fn a_dependency_is_never_stopped_under_a_waking_dependent() {
+        loom::model(|| {
+            let dep = Arc::new(running());
+            let dependent = Arc::new(AtomicU8::new(GuestState::Stopped as u8));
+            let dep_inflight = Arc::new(AtomicUsize::new(0));
+            let (d, t) = (dep.clone(), dependent.clone());
+            let waking = thread::spawn(move || {
+                announce(&t, GuestState::Starting);
+                admitted(&d)
+            });
+            let stopping = announce_stop(&dep, &dep_inflight) && !any_awake([&*dependent]);
+            let relied_on_it = waking.join().expect("dependent thread");
+            assert!(
+                !(relied_on_it && stopping),
+                "dependency stopped under its waking dependent"
+            );
+        });
+    }
+
+    /// A reload swaps the route a request finds, but both routes lead to
+    /// the same gate: the guard lands where the owner looks.
+    #[test]
+    fn a_reload_never_hides_a_guard_from_the_owner() {
+        loom::model(|| {
+            let state = Arc::new(running());
+            let inflight = Arc::new(AtomicUsize::new(0));
+            // The route table: which route (0 old, 1 new) requests find.
+            let table = Arc::new(AtomicUsize::new(0));
+            let routes = Arc::new([inflight.clone(), inflight.clone()]);
+            let (s, tb, rs) = (state.clone(), table.clone(), routes.clone());
+            let request = thread::spawn(move || {
+                let route = tb.load(Ordering::SeqCst);
+                rs[route].fetch_add(1, Ordering::SeqCst);
+                admitted(&s)
+            });
+            let tb = table.clone();
+            let reload = thread::spawn(move || tb.store(1, Ordering::SeqCst));
+            let stopped = announce_stop(&state, &routes[table.load(Ordering::SeqCst)]);
+            reload.join().expect("reload thread");
+            let forwarded = request.join().expect("request thread");
+            assert!(!(forwarded && stopped));
+        });
+    }
+
+    /// The design this replaced: a reload built a new gate with a fresh
+    /// count. The model finds the interleaving that loses the guard.
+    #[test]
+    #[should_panic(expected = "guard lost")]
+    fn a_reload_that_replaced_the_gate_lost_guards() {
+        loom::model(|| {
+            let state = Arc::new(running());
+            let routes = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+            let table = Arc::new(AtomicUsize::new(0));
+            let (s, tb, rs) = (state.clone(), table.clone(), routes.clone());
+            let request = thread::spawn(move || {
+                let route = tb.load(Ordering::SeqCst);
+                rs[route].fetch_add(1, Ordering::SeqCst);
+                admitted(&s)
+            });
+            table.store(1, Ordering::SeqCst);
+            let stopped = announce_stop(&state, &routes[1]);
+            let forwarded = request.join().expect("request thread");
+            assert!(!(forwarded && stopped), "guard lost");
+        });
+    }
+}
