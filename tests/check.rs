@@ -149,3 +149,46 @@ fn the_example_config_is_valid() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("route wiki: wiki.home.arpa"), "{out}");
 }
+
+const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";
+
+// A guest sleeps by one idle_timeout whichever route reaches it; two routes
+// naming it (here by vmid, once with its cluster) must not disagree.
+#[test]
+fn routes_to_one_guest_with_other_sleep_settings_are_refused_with_both_places() {
+    let yaml = format!(
+        "{HEAD}{PVE}routes:\n  a:\n    host: a.lan\n    guest: 110\n    port: 80\n    idle_timeout: 5m\n  b:\n    host: b.lan\n    guest: {{ vmid: 110, cluster: home }}\n    port: 8080\n    idle_timeout: 10m\n"
+    );
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("drowsy.yml:16:12: routes.b.guest: names the same guest as route `a` (drowsy.yml:11:12)"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    // The same settings (or none on one route) are fine.
+    let same = yaml.replace("idle_timeout: 10m", "idle_timeout: 5m");
+    assert_eq!(check(&same, &[]).0, 0);
+    let none = yaml.replace("    idle_timeout: 10m\n", "");
+    assert_eq!(check(&none, &[]).0, 0);
+}
+
+#[test]
+fn absurd_durations_and_empty_user_agents_are_refused() {
+    let (code, _, err) = check(
+        &format!("{HEAD}defaults:\n  idle_timeout: 100000000y\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.starts_with("drowsy.yml:4:17:"), "{err}");
+    assert!(err.contains("never"), "{err}");
+    let (code, _, err) = check(
+        &format!("{HEAD}{PVE}routes:\n  a:\n    host: a.lan\n    guest: 110\n    port: 80\n    no_wake:\n      user_agents: [Uptime-Kuma, \"\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes.a.no_wake.user_agents[1]: an empty user agent matches every request"),
+        "{err}"
+    );
+}

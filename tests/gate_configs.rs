@@ -491,3 +491,30 @@ async fn a_dependency_without_its_own_timeout_follows_its_dependents() {
     wait_state(&d.gate("db"), GuestState::Stopped).await;
     assert_eq!(env.sim.guest_status(120), Some("stopped"));
 }
+
+// Defect: after a hard stop (which sends no FIN) the connections pooled to
+// the guest looked alive; after the wake, a request on one met the new
+// boot's reset and got 502.
+#[tokio::test]
+async fn connections_pooled_before_a_hard_stop_are_not_reused() {
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki")]).await;
+    let d = Drowsy::start(&format!(
+        "{}  wiki:\n    host: wiki.lan\n    guest: 105\n    port: {}\n",
+        head(
+            &env,
+            "  idle_timeout: 200ms\n  stop_method: stop\n  pool_idle_timeout: 1m\n"
+        ),
+        env.port(105)
+    ))
+    .await;
+    for i in 0..3 {
+        let (s, _, body) = get(d.http(), "wiki.lan", &format!("/round{i}")).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "round {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        wait_state(&d.gate("wiki"), GuestState::Stopped).await;
+    }
+}

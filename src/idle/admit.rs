@@ -25,6 +25,9 @@ pub enum Admit {
         ip: Option<IpAddr>,
         guard: UseGuard,
         waited_ms: Option<u64>,
+        /// The guest's stop epoch: connections pooled in an earlier one
+        /// are dead.
+        pool: u64,
     },
     Respond(Box<Response<RespBody>>),
 }
@@ -111,6 +114,7 @@ pub async fn admit<B>(
             ip,
             guard,
             waited_ms: None,
+            pool: gate.pool_epoch(),
         };
     }
     if quiet {
@@ -151,6 +155,7 @@ pub async fn admit<B>(
             ip,
             guard,
             waited_ms: Some(start.elapsed().as_millis() as u64),
+            pool: gate.pool_epoch(),
         },
         Err(WaitError::Failed(why)) => Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: could not wake the guest: {why}"),

@@ -2,10 +2,12 @@
 //! owner call, so the model check below explores the code that runs.
 //!
 //! Both are the store-then-load pattern of Dekker's algorithm: each side
-//! first publishes what it is about to do, then reads the other side. With
-//! sequentially consistent operations at least one side sees the other, so
-//! a request is never forwarded to a guest that is being stopped, and a
-//! dependency is never stopped under a dependent that is waking.
+//! first publishes what it is about to do, then reads the other side, with
+//! a sequentially consistent fence between the two. Then at least one side
+//! sees the other, so a request is never forwarded to a guest that is being
+//! stopped, and a dependency is never stopped under a dependent that is
+//! waking. (SeqCst loads and stores alone would do in C11 too; the explicit
+//! fences are what the model checker can verify.)
 //!
 //! - Request vs stop: a request counts itself in flight, then reads the
 //!   state; the owner moves to `stopping`, then reads the count.
@@ -14,12 +16,14 @@
 //!   its dependents' states.
 
 use super::state::GuestState;
-use super::sync::{AtomicU8, AtomicUsize, Ordering};
+use super::sync::{fence, AtomicU8, AtomicUsize, Ordering};
 
 /// Moves the guest to `state`, visible to every later read of the other
 /// side; returns the state before.
 pub fn announce(state: &AtomicU8, new: GuestState) -> GuestState {
-    GuestState::from_u8(state.swap(new as u8, Ordering::SeqCst))
+    let was = state.swap(new as u8, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    GuestState::from_u8(was)
 }
 
 /// The request side, after its use guard is counted in `inflight` (and a
@@ -28,6 +32,7 @@ pub fn announce(state: &AtomicU8, new: GuestState) -> GuestState {
 /// see the guard (or the dependent) and keep the guest up, or the request
 /// waits for the next wake.
 pub fn admitted(state: &AtomicU8) -> bool {
+    fence(Ordering::SeqCst);
     GuestState::from_u8(state.load(Ordering::SeqCst)) == GuestState::Running
 }
 
@@ -47,9 +52,9 @@ pub fn any_awake<'a>(dependents: impl IntoIterator<Item = &'a AtomicU8>) -> bool
         .any(|s| GuestState::from_u8(s.load(Ordering::SeqCst)).is_awake())
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, feature = "loom"))]
 mod model {
-    //! `RUSTFLAGS="--cfg loom" cargo test --release --lib idle::fence`
+    //! `cargo test --features loom --lib idle::fence`
     //! (see bench/README.md): every interleaving of the two sides.
     use super::*;
     use loom::sync::atomic::AtomicUsize;

@@ -512,7 +512,7 @@ impl std::fmt::Display for WakeError {
         match self {
             WakeError::Timeout(limit) => write!(
                 f,
-                "the guest did not answer within wake_timeout ({})",
+                "the guest did not wake within {} (wake_timeout)",
                 humantime::format_duration(*limit)
             ),
             WakeError::Dependency(why) | WakeError::Other(why) => f.write_str(why),

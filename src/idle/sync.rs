@@ -1,7 +1,7 @@
-//! The atomics of the fence, swapped for loom's under `--cfg loom` so the
+//! The atomics of the fence, swapped for loom's with the `loom` feature so the
 //! model check (`fence.rs` tests) explores the real code's interleavings.
 
-#[cfg(loom)]
-pub use loom::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-#[cfg(not(loom))]
-pub use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+#[cfg(feature = "loom")]
+pub use loom::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+#[cfg(not(feature = "loom"))]
+pub use std::sync::atomic::{fence, AtomicU64, AtomicU8, AtomicUsize, Ordering};

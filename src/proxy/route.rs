@@ -1,8 +1,8 @@
 //! The runtime form of a route and the table of all of them, built once per
 //! config (and again on reload), then shared read-only by every request.
 
-use super::forward::client::ClientCache;
-use super::forward::{BackendClient, Upstream};
+use super::forward::client::{ClientCache, RouteClient};
+use super::forward::Upstream;
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
 use crate::config::{Config, RouteSettings, Scheme, Target};
@@ -27,7 +27,7 @@ pub struct Route {
     /// How the route holds requests during a wake, when it sets sleep
     /// settings itself (else its guest's apply).
     pub hold: Option<HoldPolicy>,
-    pub client: BackendClient,
+    pub client: RouteClient,
     metrics: Arc<Metrics>,
     duration: Histogram,
     /// `drowsy_requests_total` per status code (100–599), created on first
@@ -98,7 +98,7 @@ impl Route {
             kind,
             binding: plan.and_then(|p| p.binding(&settings.name)),
             hold: settings.sleep.as_ref().map(HoldPolicy::of),
-            client,
+            client: RouteClient::new(client),
             duration: metrics
                 .request_duration_seconds
                 .get_or_create_owned(&RouteLabel {

@@ -134,6 +134,7 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
             ip: None,
             guard: route.enter(),
             waited_ms: None,
+            pool: 0,
         };
     };
     let guest_route = matches!(route.kind, RouteKind::Guest(_) | RouteKind::Dependency);
@@ -162,6 +163,7 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
                 ip: Some(ip),
                 guard: route.enter(),
                 waited_ms: None,
+                pool: 0,
             },
             Err(why) => Admit::Respond(refuse(route, &why)),
         },
@@ -174,6 +176,7 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
             ip: None,
             guard: route.enter(),
             waited_ms: None,
+            pool: 0,
         },
     }
 }
@@ -199,13 +202,14 @@ async fn dispatch(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
-    let (ip, hold, waited_ms) = match pass(shared, route, &req).await {
+    let (ip, hold, waited_ms, pool) = match pass(shared, route, &req).await {
         Admit::Respond(resp) => return *resp,
         Admit::Forward {
             ip,
             guard,
             waited_ms,
-        } => (ip, guard, waited_ms),
+            pool,
+        } => (ip, guard, waited_ms, pool),
     };
     let upstream = match (&route.kind, ip) {
         (RouteKind::Static(upstream), _) => upstream.clone(),
@@ -220,9 +224,10 @@ async fn dispatch(
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
     };
+    let client = route.client.get(pool);
     let ctx = ForwardCtx {
         route: &route.name,
-        client: &route.client,
+        client: &client.1,
         upstream: &upstream,
         max_request_body: route.settings.backend.max_request_body,
         response_timeout: route.settings.backend.response_timeout,

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,18 +26,62 @@ use tokio_util::sync::CancellationToken;
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// What the guest says about itself in every answer.
+/// What the guest says about itself in every answer, and what outlives
+/// one boot of it.
 #[derive(Debug)]
 pub(crate) struct Identity {
     pub name: String,
     pub vmid: u32,
+    /// Connections of an incarnation that was powered off hard: a machine
+    /// that loses power sends no FIN, so their peers still think them open.
+    /// The next boot answers the first segment on each with a reset, as a
+    /// fresh kernel does for a connection it does not know.
+    pub frozen: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl Identity {
+    pub fn new(name: String, vmid: u32) -> Self {
+        Identity {
+            name,
+            vmid,
+            frozen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// A running guest service. Cancelling `token` closes the listener and
-/// every connection, upgraded ones included, like the guest powering off.
+/// every connection, upgraded ones included, like the guest powering off;
+/// with `hard` set first, connections are frozen instead of closed.
 pub(crate) struct Server {
     pub token: CancellationToken,
+    pub hard: Arc<AtomicBool>,
     pub accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// Powers the service off without closing its connections.
+    pub fn cut_power(&self) {
+        self.hard.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+/// A new boot: connections frozen by an earlier power cut get a reset as
+/// soon as their peer sends anything (or closes).
+pub(crate) fn thaw(identity: &Identity) {
+    let frozen = std::mem::take(&mut *identity.frozen.lock().unwrap_or_else(|p| p.into_inner()));
+    for stream in frozen {
+        tokio::spawn(async move {
+            if stream.set_nonblocking(true).is_err() {
+                return;
+            }
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
+            let _ = stream.readable().await;
+            let _ = stream.set_zero_linger();
+        });
+    }
 }
 
 /// Binds `addr`, retrying briefly: the previous incarnation of the guest may
@@ -68,11 +114,21 @@ pub(crate) fn serve(
     parent: &CancellationToken,
 ) -> Server {
     let token = parent.child_token();
-    let accept = tokio::spawn(accept_loop(listener, identity, token.clone()));
-    Server { token, accept }
+    let hard = Arc::new(AtomicBool::new(false));
+    let accept = tokio::spawn(accept_loop(listener, identity, token.clone(), hard.clone()));
+    Server {
+        token,
+        hard,
+        accept,
+    }
 }
 
-async fn accept_loop(listener: TcpListener, identity: Arc<Identity>, token: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    token: CancellationToken,
+    hard: Arc<AtomicBool>,
+) {
     loop {
         let stream = tokio::select! {
             _ = token.cancelled() => return,
@@ -84,24 +140,48 @@ async fn accept_loop(listener: TcpListener, identity: Arc<Identity>, token: Canc
                 }
             },
         };
-        tokio::spawn(connection(stream, identity.clone(), token.clone()));
+        tokio::spawn(connection(
+            stream,
+            identity.clone(),
+            token.clone(),
+            hard.clone(),
+        ));
     }
 }
 
-async fn connection(stream: TcpStream, identity: Arc<Identity>, token: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    identity: Arc<Identity>,
+    token: CancellationToken,
+    hard: Arc<AtomicBool>,
+) {
     let _ = stream.set_nodelay(true);
+    // A second handle on the socket keeps it open when the connection is
+    // dropped by a power cut.
+    let twin = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from);
     let service_token = token.clone();
+    let service_identity = identity.clone();
     let service = hyper::service::service_fn(move |req| {
-        let identity = identity.clone();
+        let identity = service_identity.clone();
         let token = service_token.clone();
         async move { Ok::<_, Infallible>(route(req, identity, token).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::select! {
-        _ = token.cancelled() => {}
-        _ = conn => {}
+    let cut = tokio::select! {
+        _ = token.cancelled() => hard.load(Ordering::SeqCst),
+        _ = conn => false,
+    };
+    if let (true, Ok(twin)) = (cut, twin) {
+        identity
+            .frozen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(twin);
     }
 }
 

@@ -104,6 +104,7 @@ async fn bring_up(shared: &Arc<Shared>, vmid: u32, epoch: u64) {
         if g.epoch != epoch || g.power != Power::Running {
             return;
         }
+        guest_http::thaw(&g.identity);
         g.server = Some(guest_http::serve(listener, g.identity.clone(), &cancel));
         g.last_boot = g.start_requested.map(|start_requested| BootRecord {
             start_requested,
@@ -124,6 +125,7 @@ pub(crate) fn boot_now(shared: &Shared, vmid: u32) -> std::io::Result<()> {
                 return Ok(());
             };
             let listener = guest_http::bind_now(addr)?;
+            guest_http::thaw(&g.identity);
             g.server = Some(guest_http::serve(listener, g.identity.clone(), &cancel));
             g.listening.send_replace(true);
             Ok(())
@@ -143,6 +145,9 @@ async fn closed(server: Option<Server>) {
 pub(crate) fn hard_stop(shared: &Arc<Shared>, vmid: u32, task: Option<String>) {
     let server = shared.with_guest(vmid, |g| {
         g.epoch += 1;
+        if let Some(s) = &g.server {
+            s.cut_power();
+        }
         g.power_off()
     });
     let sh = shared.clone();

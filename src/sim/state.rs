@@ -64,10 +64,7 @@ pub(crate) struct Guest {
 impl Guest {
     pub fn new(spec: GuestSpec) -> Self {
         let ip = (!spec.dhcp).then(|| spec.effective_ip());
-        let identity = Arc::new(Identity {
-            name: spec.name.clone(),
-            vmid: spec.vmid,
-        });
+        let identity = Arc::new(Identity::new(spec.name.clone(), spec.vmid));
         Guest {
             spec,
             power: Power::Stopped,
