@@ -98,7 +98,9 @@ fn free_port() -> u16 {
 }
 
 /// drowsy's config: `bench` is the sleeping guest route, `plain` the same
-/// backend as a plain route (no gate).
+/// backend as a plain route (no gate). A backend at a guest's address
+/// shares that guest's gate, so `plain` names the address in its
+/// IPv4-mapped IPv6 form: the same socket, but no guest's address.
 fn config_yaml(url: &str, ca: &Path, guest: SocketAddr) -> String {
     format!(
         "listen:
@@ -122,8 +124,9 @@ routes:
     max_held_requests: 20000
   plain:
     host: {PLAIN_HOST}
-    backend: http://{guest}
+    backend: http://[::ffff:{ip}]:{port}
 ",
+        ip = guest.ip(),
         token_id = drowsy::sim::TOKEN_ID,
         secret = drowsy::sim::TOKEN_SECRET,
         ca = ca.display(),
