@@ -1,0 +1,107 @@
+//! DNS-01 through the exec provider: a wildcard and its apex in one
+//! certificate (one TXT name, two values), and a CNAME-delegated name.
+
+use super::pebble::{self, acme_yaml, Pebble};
+use super::*;
+use std::path::Path;
+
+/// The hook: appends its arguments to `log`, then sets or clears the TXT
+/// record at challtestsrv. Plain bash (essential on Debian) with its
+/// /dev/tcp, so the test needs no HTTP client on the machine.
+pub fn write_hook(dir: &Path, cts: SocketAddr) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("hook.log");
+    let script = format!(
+        r#"#!/bin/bash
+set -eu
+echo "$1 $2 $3" >> '{log}'
+if [ "$1" = present ]; then
+  path=/set-txt; body="{{\"host\":\"$2\",\"value\":\"$3\"}}"
+else
+  path=/clear-txt; body="{{\"host\":\"$2\"}}"
+fi
+exec 3<>/dev/tcp/{ip}/{port}
+printf 'POST %s HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$path" "${{#body}}" "$body" >&3
+read -r status <&3
+case "$status" in
+  *" 200 "*) ;;
+  *) echo "challtestsrv said: $status" >&2; exit 1 ;;
+esac
+"#,
+        log = log.display(),
+        ip = cts.ip(),
+        port = cts.port()
+    );
+    let path = dir.join("dns-hook");
+    std::fs::write(&path, script).expect("write hook");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (path, log)
+}
+
+#[tokio::test]
+async fn dns01_wildcard_and_apex_through_an_exec_hook() {
+    if !pebble::available() {
+        return;
+    }
+    init_crypto();
+    let ports = Ports::new();
+    let p = Pebble::start(pebble::Opts {
+        http_port: ports.http,
+        tls_port: ports.https,
+        ..Default::default()
+    })
+    .await;
+    let (hook, hook_log) = write_hook(p.dir.path(), p.cts_mgmt);
+    // acme-dns style: _acme-challenge.d.test points elsewhere.
+    p.cts(
+        "/set-cname",
+        serde_json::json!({"host": "_acme-challenge.d.test.", "target": "d.auth.test."}),
+    )
+    .await;
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let d = Drowsy::start(&format!(
+        "{}{}  dns:\n    provider: exec\n    command: {}\n    resolvers: ['{}']\n    propagation_timeout: 10s\n  certificates:\n    - ['*.w.test', w.test]\n    - [d.test]\nroutes:\n  w:\n    hosts: ['*.w.test', w.test, d.test]\n    backend: {}\n",
+        ports.listen_yaml(),
+        acme_yaml(&p, storage.path(), "dns-01"),
+        hook.display(),
+        p.dns,
+        backend.url()
+    ))
+    .await;
+    let st = wait_cert(&d.running, "*.w.test", || p.log(), |s| s.state == "valid").await;
+    assert_eq!(st.names, vec!["*.w.test", "w.test"]);
+    wait_cert(&d.running, "d.test", || p.log(), |s| s.state == "valid").await;
+    let roots = p.root().await;
+    for name in ["x.w.test", "w.test", "d.test"] {
+        served_cert(ports.https_addr(), name, roots.clone(), &[b"http/1.1"])
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // A wildcard covers one label only.
+    assert!(served_cert(ports.https_addr(), "a.b.w.test", roots, &[b"http/1.1"]).await.is_err());
+
+    let calls = std::fs::read_to_string(&hook_log).expect("hook log");
+    let calls: Vec<Vec<&str>> = calls.lines().map(|l| l.split(' ').collect()).collect();
+    let at = |action: &str, fqdn: &str| {
+        calls
+            .iter()
+            .filter(|c| c[0] == action && c[1] == fqdn)
+            .map(|c| c[2])
+            .collect::<Vec<_>>()
+    };
+    // Both values at the one name, then both removed; the FQDN ends with
+    // a dot, as lego's exec provider passes it.
+    let presented = at("present", "_acme-challenge.w.test.");
+    assert_eq!(presented.len(), 2, "{calls:?}");
+    assert_ne!(presented[0], presented[1]);
+    let mut cleaned = at("cleanup", "_acme-challenge.w.test.");
+    cleaned.sort();
+    let mut expected = presented.clone();
+    expected.sort();
+    assert_eq!(cleaned, expected, "{calls:?}");
+    // The delegated name's record went where the CNAME points.
+    assert_eq!(at("present", "d.auth.test.").len(), 1, "{calls:?}");
+    assert!(at("present", "_acme-challenge.d.test.").is_empty(), "{calls:?}");
+    d.running.shutdown().await;
+}
