@@ -292,7 +292,9 @@ struct CertTask {
     cancel: CancellationToken,
     meta: Meta,
     current: Option<Current>,
-    state: &'static str,
+    /// `ordering` or `waiting` while that goes on; the resting states
+    /// follow from the certificate and the failures.
+    busy: Option<&'static str>,
     /// The problem kind last logged, so a repeated failure is not logged
     /// again at warn level.
     logged: Option<String>,
@@ -308,7 +310,7 @@ impl CertTask {
             cancel,
             meta: Meta::default(),
             current: None,
-            state: "pending",
+            busy: None,
             logged: None,
             unusable: None,
         }
@@ -410,9 +412,12 @@ impl CertTask {
             .last_error
             .as_ref()
             .map(|e| format!("{}: {} (hint: {})", e.kind, e.detail, e.hint));
-        let state = match (self.state, c) {
-            ("valid", Some(c)) if c.info.not_after <= now() => "expired",
-            (s, _) => s,
+        let state = match (self.busy, c) {
+            (Some(busy), _) => busy,
+            (None, _) if self.meta.failures > 0 => "failing",
+            (None, Some(c)) if c.info.not_after <= now() => "expired",
+            (None, Some(_)) => "valid",
+            (None, None) => "pending",
         };
         self.ctx.board.set(CertStatus {
             name: self.spec.id.clone(),
@@ -431,8 +436,8 @@ impl CertTask {
         });
     }
 
-    fn set_state(&mut self, state: &'static str) {
-        self.state = state;
+    fn set_busy(&mut self, busy: Option<&'static str>) {
+        self.busy = busy;
         self.publish();
     }
 
@@ -441,14 +446,7 @@ impl CertTask {
             let now = now();
             let due = self.due(now);
             let ari = self.ari_due();
-            let resting = if self.meta.failures > 0 {
-                "failing"
-            } else if self.current.is_some() {
-                "valid"
-            } else {
-                "pending"
-            };
-            self.set_state(resting);
+            self.set_busy(None);
             let wake = ari.map_or(due, |a| a.min(due));
             if wake > now {
                 let pause = Duration::from_secs(wake - now).min(MAX_SLEEP);
@@ -476,7 +474,7 @@ impl CertTask {
                     name = self.id(),
                     "another drowsy is ordering this certificate"
                 );
-                self.set_state("waiting");
+                self.set_busy(Some("waiting"));
                 tokio::select! {
                     _ = self.cancel.cancelled() => return false,
                     _ = tokio::time::sleep(LOCK_RETRY) => {}
@@ -502,7 +500,7 @@ impl CertTask {
         if self.due(now()) > now() {
             return true;
         }
-        self.set_state("ordering");
+        self.set_busy(Some("ordering"));
         let mut placed = Vec::new();
         let outcome = tokio::select! {
             r = self.order(&mut placed) => Some(r),

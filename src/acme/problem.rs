@@ -99,8 +99,24 @@ pub fn from_acme(e: &instant_acme::Error, ctx: &HintCtx<'_>) -> Failure {
             format!("the CA does not support {what}"),
             "check acme.directory",
         ),
-        other => Failure::new("network", other.to_string(), hint("network", ctx)),
+        other => Failure::new("network", with_sources(other), hint("network", ctx)),
     }
+}
+
+/// An error and its causes: hyper's "client error (Connect)" alone does
+/// not say that the connection was refused.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 pub fn hint(kind: &str, ctx: &HintCtx<'_>) -> String {

@@ -79,7 +79,11 @@ async fn dns01_wildcard_and_apex_through_an_exec_hook() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     // A wildcard covers one label only.
-    assert!(served_cert(ports.https_addr(), "a.b.w.test", roots, &[b"http/1.1"]).await.is_err());
+    assert!(
+        served_cert(ports.https_addr(), "a.b.w.test", roots, &[b"http/1.1"])
+            .await
+            .is_err()
+    );
 
     let calls = std::fs::read_to_string(&hook_log).expect("hook log");
     let calls: Vec<Vec<&str>> = calls.lines().map(|l| l.split(' ').collect()).collect();
@@ -102,6 +106,9 @@ async fn dns01_wildcard_and_apex_through_an_exec_hook() {
     assert_eq!(cleaned, expected, "{calls:?}");
     // The delegated name's record went where the CNAME points.
     assert_eq!(at("present", "d.auth.test.").len(), 1, "{calls:?}");
-    assert!(at("present", "_acme-challenge.d.test.").is_empty(), "{calls:?}");
+    assert!(
+        at("present", "_acme-challenge.d.test.").is_empty(),
+        "{calls:?}"
+    );
     d.running.shutdown().await;
 }

@@ -30,9 +30,17 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
     let st = wait_cert(&d.running, "a.test", || p.log(), |s| s.state == "valid").await;
     assert_eq!(st.names, vec!["a.test"]);
     assert_eq!(st.challenge, Some("http-01"));
-    assert!(st.issuer.as_deref().unwrap_or("").contains("Pebble"), "{st:?}");
+    assert!(
+        st.issuer.as_deref().unwrap_or("").contains("Pebble"),
+        "{st:?}"
+    );
     // A .localhost host cannot get a certificate: skipped, not ordered.
-    assert!(d.running.acme.status().iter().all(|s| s.name != "app.localhost"));
+    assert!(d
+        .running
+        .acme
+        .status()
+        .iter()
+        .all(|s| s.name != "app.localhost"));
 
     // Served, and valid against the CA's root.
     let roots = p.root().await;
@@ -46,9 +54,14 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
     assert_eq!(backend.seen(), vec!["/over-tls"]);
     // A name without a certificate fails the handshake: no other host's
     // certificate is offered instead.
-    let err = served_cert(ports.https_addr(), "other.test", roots.clone(), &[b"http/1.1"])
-        .await
-        .expect_err("no certificate for other.test");
+    let err = served_cert(
+        ports.https_addr(),
+        "other.test",
+        roots.clone(),
+        &[b"http/1.1"],
+    )
+    .await
+    .expect_err("no certificate for other.test");
     assert!(!err.contains("NotValidForName"), "{err}");
 
     // Plain HTTP is redirected, keeping path and query; the port is named
@@ -65,23 +78,41 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
         .expect("request");
     let (s, h, _) = send(ports.http_addr(), post).await;
     assert_eq!(s, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(h["location"], format!("https://a.test:{}/form", ports.https).as_str());
+    assert_eq!(
+        h["location"],
+        format!("https://a.test:{}/form", ports.https).as_str()
+    );
     // Challenge paths are never redirected; a token drowsy did not issue
     // goes to the route (the backend may run its own ACME client).
-    let (s, _, _) = get(ports.http_addr(), "a.test", "/.well-known/acme-challenge/not-ours").await;
+    let (s, _, _) = get(
+        ports.http_addr(),
+        "a.test",
+        "/.well-known/acme-challenge/not-ours",
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(backend.seen().last().map(String::as_str), Some("/.well-known/acme-challenge/not-ours"));
+    assert_eq!(
+        backend.seen().last().map(String::as_str),
+        Some("/.well-known/acme-challenge/not-ours")
+    );
     // Hosts without a route are not redirected anywhere.
     let (s, _, _) = get(ports.http_addr(), "nowhere.test", "/").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Metrics.
-    assert_eq!(metric(&d.running, r#"drowsy_acme_orders_total{result="ok"}"#), Some(1.0));
-    let not_after = metric(&d.running, r#"drowsy_cert_not_after_seconds{name="a.test"}"#);
+    assert_eq!(
+        metric(&d.running, r#"drowsy_acme_orders_total{result="ok"}"#),
+        Some(1.0)
+    );
+    let not_after = metric(
+        &d.running,
+        r#"drowsy_cert_not_after_seconds{name="a.test"}"#,
+    );
     assert_eq!(not_after, st.not_after.map(|t| t as f64));
 
     // Storage: private directories and files.
-    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     let ca_dir = std::fs::read_dir(storage.path())
         .expect("storage")
         .next()

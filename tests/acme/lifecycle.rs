@@ -1,1 +1,281 @@
-//! placeholder
+//! What happens over a certificate's life: reuse across restarts, renewal,
+//! the CA going away, external account binding.
+
+use super::pebble::{self, acme_yaml, Pebble};
+use super::*;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+async fn setup(opts: impl FnOnce(&mut pebble::Opts)) -> Option<(Ports, Pebble)> {
+    if !pebble::available() {
+        return None;
+    }
+    init_crypto();
+    let ports = Ports::new();
+    let mut o = pebble::Opts {
+        http_port: ports.http,
+        tls_port: ports.https,
+        ..Default::default()
+    };
+    opts(&mut o);
+    Some((ports, Pebble::start(o).await))
+}
+
+fn config(
+    ports: &Ports,
+    p: &Pebble,
+    storage: &std::path::Path,
+    extra: &str,
+    backend: &Backend,
+) -> String {
+    format!(
+        "{}{}{extra}routes:\n  r:\n    host: r.test\n    backend: {}\n",
+        ports.listen_yaml(),
+        acme_yaml(p, storage, "http-01"),
+        backend.url()
+    )
+}
+
+fn meta(storage: &std::path::Path, id: &str) -> serde_json::Value {
+    let ca = std::fs::read_dir(storage)
+        .expect("storage")
+        .next()
+        .expect("a CA directory")
+        .expect("entry")
+        .path();
+    let text =
+        std::fs::read(ca.join("certificates").join(id).join("meta.json")).expect("meta.json");
+    serde_json::from_slice(&text).expect("meta json")
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_stored_certificate_without_ordering() {
+    let Some((ports, mut p)) = setup(|_| {}).await else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let yaml = config(&ports, &p, storage.path(), "", &backend);
+    let d = Drowsy::start(&yaml).await;
+    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let roots = p.root().await;
+    let first = served_cert(ports.https_addr(), "r.test", roots.clone(), &[b"http/1.1"])
+        .await
+        .expect("served");
+    d.running.shutdown().await;
+    drop(d);
+
+    // The CA is gone too: a valid stored certificate needs nothing from it.
+    p.stop().await;
+    let d = Drowsy::start(&yaml).await;
+    // Served as soon as start returns, not after some background step.
+    let st = d
+        .running
+        .acme
+        .status()
+        .into_iter()
+        .find(|s| s.name == "r.test")
+        .expect("status");
+    assert_eq!(st.state, "valid", "{st:?}");
+    assert!(
+        st.next_renewal.expect("next renewal") > now() + 365 * 86_400,
+        "{st:?}"
+    );
+    let again = served_cert(ports.https_addr(), "r.test", roots, &[b"http/1.1"])
+        .await
+        .expect("served after restart");
+    assert_eq!(again, first, "the same certificate, not a new one");
+    assert_eq!(
+        metric(&d.running, r#"drowsy_acme_orders_total{result="ok"}"#),
+        None
+    );
+    assert_eq!(
+        metric(&d.running, r#"drowsy_acme_orders_total{result="error"}"#),
+        None
+    );
+    d.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn short_lived_certificates_are_renewed_and_swapped_in() {
+    // 6 s certificates: renewed when half the lifetime is left.
+    let Some((ports, p)) = setup(|o| o.validity = Some(6)).await else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let d = Drowsy::start(&config(&ports, &p, storage.path(), "", &backend)).await;
+    let first = wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let (nb, na) = (first.not_before.expect("nb"), first.not_after.expect("na"));
+    assert_eq!(first.next_renewal, Some(na - (na - nb) / 2), "{first:?}");
+    let roots = p.root().await;
+    // An open connection keeps working across the swap.
+    let client = https_client(roots.clone(), &["r.test"], ports.https_addr());
+    let url = format!("https://r.test:{}/", ports.https);
+    assert!(client
+        .get(&url)
+        .send()
+        .await
+        .expect("before")
+        .status()
+        .is_success());
+    let renewed = wait_cert(
+        &d.running,
+        "r.test",
+        || p.log(),
+        |s| s.not_after.is_some_and(|t| t > na),
+    )
+    .await;
+    assert!(renewed.not_before >= first.not_before);
+    assert!(client
+        .get(&url)
+        .send()
+        .await
+        .expect("after")
+        .status()
+        .is_success());
+    let served = served_cert(ports.https_addr(), "r.test", roots, &[b"http/1.1"])
+        .await
+        .expect("served");
+    let info = drowsy::acme::certinfo::inspect(&served).expect("parse");
+    assert!(info.not_after > na, "the renewed certificate is served");
+    assert!(metric(&d.running, r#"drowsy_cert_renewals_total{result="ok"}"#) >= Some(1.0));
+    d.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_ca_down_the_old_certificate_stays_and_the_backoff_is_kept() {
+    // Renewal is due 8 s after issuance; the CA is gone by then.
+    let Some((ports, mut p)) = setup(|o| o.validity = Some(16)).await else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let yaml = config(&ports, &p, storage.path(), "", &backend);
+    let d = Drowsy::start(&yaml).await;
+    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let roots = p.root().await;
+    let first = served_cert(ports.https_addr(), "r.test", roots.clone(), &[b"http/1.1"])
+        .await
+        .expect("served");
+    p.stop().await;
+    let failed_at = now();
+    let st = wait_cert(&d.running, "r.test", || p.log(), |s| s.failures >= 1).await;
+    assert_eq!(st.state, "failing", "{st:?}");
+    let err = st.last_error.clone().expect("last error");
+    assert!(
+        err.starts_with("network:") && err.contains("cannot reach the ACME server"),
+        "{err}"
+    );
+    // One minute, ±20%.
+    let next = st.next_attempt.expect("next attempt");
+    assert!(
+        (failed_at + 45..=now() + 75).contains(&next),
+        "{next} vs {failed_at}"
+    );
+    let served = served_cert(ports.https_addr(), "r.test", roots.clone(), &[b"http/1.1"])
+        .await
+        .expect("still served");
+    assert_eq!(served, first);
+    assert_eq!(
+        metric(&d.running, r#"drowsy_cert_renewals_total{result="error"}"#),
+        Some(1.0)
+    );
+    // Persisted, so a restart loop cannot hammer the CA.
+    let m = meta(storage.path(), "r.test");
+    assert_eq!(m["failures"], 1);
+    assert_eq!(m["next_attempt"], next);
+    assert_eq!(m["last_error"]["kind"], "network");
+    d.running.shutdown().await;
+    drop(d);
+
+    let d = Drowsy::start(&yaml).await;
+    let st = d
+        .running
+        .acme
+        .status()
+        .into_iter()
+        .find(|s| s.name == "r.test")
+        .expect("status");
+    assert_eq!(
+        (st.state, st.failures, st.next_attempt),
+        ("failing", 1, Some(next)),
+        "{st:?}"
+    );
+    assert_eq!(
+        metric(&d.running, r#"drowsy_acme_orders_total{result="error"}"#),
+        None
+    );
+    assert_eq!(
+        served_cert(ports.https_addr(), "r.test", roots, &[b"http/1.1"])
+            .await
+            .expect("served"),
+        first
+    );
+    d.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn external_account_binding_is_sent_when_configured() {
+    let Some((ports, p)) = setup(|o| o.eab = true).await else {
+        return;
+    };
+    let backend = Backend::start().await;
+    // Without it the CA refuses the account, and the hint says what to set.
+    let bare = tempfile::tempdir().expect("tempdir");
+    let d = Drowsy::start(&config(&ports, &p, bare.path(), "", &backend)).await;
+    let st = wait_cert(&d.running, "r.test", || p.log(), |s| s.failures >= 1).await;
+    let err = st.last_error.expect("error");
+    assert!(
+        err.starts_with("externalAccountRequired:") && err.contains("acme.eab"),
+        "{err}"
+    );
+    d.running.shutdown().await;
+    drop(d);
+
+    let storage = tempfile::tempdir().expect("tempdir");
+    let key = storage.path().join("eab.key");
+    std::fs::write(&key, format!("{}\n", pebble::EAB_HMAC)).expect("write");
+    let eab = format!(
+        "  eab: {{kid: {}, hmac_key_file: {}}}\n",
+        pebble::EAB_KID,
+        key.display()
+    );
+    let d = Drowsy::start(&config(&ports, &p, storage.path(), &eab, &backend)).await;
+    let st = wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    assert_eq!(st.failures, 0);
+    // The key stays out of everything drowsy writes or shows.
+    let status = serde_json::to_string(&d.running.acme.status()).expect("json");
+    assert!(!status.contains(pebble::EAB_HMAC));
+    for entry in walk(storage.path()) {
+        if entry.ends_with("eab.key") {
+            continue;
+        }
+        let text = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains(pebble::EAB_HMAC),
+            "{}",
+            entry.display()
+        );
+    }
+    d.running.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -61,7 +61,11 @@ pub fn client_tls(roots: rustls::RootCertStore) -> rustls::ClientConfig {
 }
 
 /// An HTTPS client verifying against `roots`, with `names` resolved to `addr`.
-pub fn https_client(roots: rustls::RootCertStore, names: &[&str], addr: SocketAddr) -> reqwest::Client {
+pub fn https_client(
+    roots: rustls::RootCertStore,
+    names: &[&str],
+    addr: SocketAddr,
+) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(client_tls(roots))
         .timeout(DEADLINE);
@@ -82,7 +86,9 @@ pub async fn served_cert(
     let mut tls = client_tls(roots);
     tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let sni = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
     let conn = tokio::time::timeout(DEADLINE, connector.connect(sni, tcp))
         .await

@@ -72,7 +72,11 @@ fn listener_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .expect("params")
         .signed_by(&key, &ca)
         .expect("sign");
-    let (ca_file, cert, key_file) = (dir.join("ca.pem"), dir.join("pebble.pem"), dir.join("pebble.key"));
+    let (ca_file, cert, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("pebble.pem"),
+        dir.join("pebble.key"),
+    );
     std::fs::write(&ca_file, ca.pem()).expect("write");
     std::fs::write(&cert, leaf.pem()).expect("write");
     std::fs::write(&key_file, key.serialize_pem()).expect("write");
@@ -81,9 +85,19 @@ fn listener_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// Forwards a child's output lines into the shared log (printed when a
 /// test fails) and announces each one.
-fn collect(child: &mut Child, log: Arc<Mutex<Vec<String>>>, tx: tokio::sync::mpsc::UnboundedSender<String>) {
-    let out = child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let err = child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+fn collect(
+    child: &mut Child,
+    log: Arc<Mutex<Vec<String>>>,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let out = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let err = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
     for stream in [out, err].into_iter().flatten() {
         let log = log.clone();
         let tx = tx.clone();
@@ -117,7 +131,12 @@ impl Pebble {
         let cts_mgmt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cts = Command::new("pebble-challtestsrv")
-            .args(["-management", &cts_mgmt.to_string(), "-dns01", &dns.to_string()])
+            .args([
+                "-management",
+                &cts_mgmt.to_string(),
+                "-dns01",
+                &dns.to_string(),
+            ])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdout(Stdio::piped())
@@ -237,7 +256,11 @@ impl Pebble {
             .send()
             .await
             .expect("challtestsrv");
-        assert!(resp.status().is_success(), "challtestsrv {path}: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "challtestsrv {path}: {}",
+            resp.status()
+        );
     }
 
     /// pebble's and challtestsrv's output so far (for failure messages).

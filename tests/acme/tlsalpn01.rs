@@ -44,13 +44,23 @@ async fn tls_alpn01_needs_nothing_but_the_https_port() {
     // A validation-style hello for a name with nothing pending is refused:
     // neither a challenge certificate nor the real one is handed out, and
     // no HTTP is spoken on it.
-    let err = served_cert(ports.https_addr(), "t.test", roots.clone(), &[b"acme-tls/1"])
-        .await
-        .expect_err("no pending challenge");
+    let err = served_cert(
+        ports.https_addr(),
+        "t.test",
+        roots.clone(),
+        &[b"acme-tls/1"],
+    )
+    .await
+    .expect_err("no pending challenge");
     assert!(!err.contains("timed out"), "{err}");
     // acme-tls/1 offered next to other protocols is an ordinary client.
-    served_cert(ports.https_addr(), "t.test", roots, &[b"acme-tls/1", b"http/1.1"])
-        .await
-        .expect("ordinary handshake");
+    served_cert(
+        ports.https_addr(),
+        "t.test",
+        roots,
+        &[b"acme-tls/1", b"http/1.1"],
+    )
+    .await
+    .expect("ordinary handshake");
     d.running.shutdown().await;
 }
