@@ -18,8 +18,8 @@ pub struct Cloudflare {
     http: reqwest::Client,
     api: String,
     token: Secret,
-    /// Zone ids by zone name, found once.
-    zones: Mutex<HashMap<String, String>>,
+    /// Zone ids by name (`None`: not a zone), each name asked once.
+    zones: Mutex<HashMap<String, Option<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -99,25 +99,21 @@ impl Cloudflare {
             .map(|_| ())
     }
 
-    /// The zone holding `fqdn`: the longest parent name Cloudflare knows.
+    /// The zone holding `fqdn`: the longest parent name Cloudflare knows
+    /// (so a delegated sub-zone wins over its parent).
     async fn zone_of(&self, fqdn: &str) -> Result<String, Failure> {
-        let candidates = super::zone_candidates(fqdn);
-        for name in &candidates {
-            if let Some(id) = self.lock_zones().get(name) {
-                return Ok(id.clone());
-            }
-        }
-        for name in &candidates {
-            let mut url = reqwest::Url::parse(&format!("{}/zones", self.api))
-                .map_err(|e| Failure::new("dns-provider", e.to_string(), "check dns.api_url"))?;
-            url.query_pairs_mut().append_pair("name", name);
-            let zones: Vec<Zone> = self.call(self.http.get(url), "looking up the zone").await?;
-            if let Some(z) = zones
-                .into_iter()
-                .find(|z| z.name.eq_ignore_ascii_case(name))
-            {
-                self.lock_zones().insert(name.clone(), z.id.clone());
-                return Ok(z.id);
+        for name in super::zone_candidates(fqdn) {
+            let known = self.lock_zones().get(&name).cloned();
+            let id = match known {
+                Some(id) => id,
+                None => {
+                    let id = self.lookup(&name).await?;
+                    self.lock_zones().insert(name, id.clone());
+                    id
+                }
+            };
+            if let Some(id) = id {
+                return Ok(id);
             }
         }
         Err(Failure::new(
@@ -127,7 +123,18 @@ impl Cloudflare {
         ))
     }
 
-    fn lock_zones(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    async fn lookup(&self, name: &str) -> Result<Option<String>, Failure> {
+        let mut url = reqwest::Url::parse(&format!("{}/zones", self.api))
+            .map_err(|e| Failure::new("dns-provider", e.to_string(), "check dns.api_url"))?;
+        url.query_pairs_mut().append_pair("name", name);
+        let zones: Vec<Zone> = self.call(self.http.get(url), "looking up the zone").await?;
+        Ok(zones
+            .into_iter()
+            .find(|z| z.name.eq_ignore_ascii_case(name))
+            .map(|z| z.id))
+    }
+
+    fn lock_zones(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<String>>> {
         self.zones.lock().unwrap_or_else(|p| p.into_inner())
     }
 
