@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 /// clock changes move renewal times relative to tokio's monotonic clock).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Waiting for another drowsy that holds a certificate's lock.
-const LOCK_RETRY: Duration = Duration::from_secs(10);
+const LOCK_RETRY: Duration = Duration::from_secs(2);
 /// Orders retried at once after a stale nonce.
 const NONCE_RETRIES: usize = 3;
 

@@ -50,8 +50,10 @@ pub struct CertStore {
     enabled: AtomicBool,
     by_name: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     /// Certificate id → (names, key): the source `by_name` is built from.
-    entries: Mutex<BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>>,
+    entries: Mutex<BTreeMap<String, Entry>>,
 }
+
+type Entry = (Vec<String>, Arc<CertifiedKey>);
 
 impl CertStore {
     /// The certificate for a TLS server name: an exact name, else the
@@ -91,7 +93,7 @@ impl CertStore {
         }
     }
 
-    fn publish(&self, entries: &BTreeMap<String, (Vec<String>, Arc<CertifiedKey>)>) {
+    fn publish(&self, entries: &BTreeMap<String, Entry>) {
         let mut map = HashMap::new();
         for (names, key) in entries.values() {
             for n in names {

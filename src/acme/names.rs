@@ -161,6 +161,56 @@ pub fn summary(config: &Config) -> String {
 mod tests {
     use super::*;
 
+    /// A config with a manual certificate for `manual.example.com` and
+    /// `*.wild.example.com`, plus `extra` appended.
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![
+            "manual.example.com".to_string(),
+            "*.wild.example.com".to_string(),
+        ])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let yaml = format!(
+            "listen:\n  http: 127.0.0.1:80\n  https: 127.0.0.1:443\ntls:\n  certificates:\n    - {{cert: c.pem, key: k.pem}}\nroutes:\n  a:\n    hosts: [manual.example.com, auto.example.com, '*.wild.example.com', '*.other.example.com', 10.1.2.3]\n    backend: http://10.0.0.1\n{extra}"
+        );
+        crate::config::parse(&dir.path().join("drowsy.yml"), &yaml).unwrap()
+    }
+
+    #[test]
+    fn route_hosts_not_covered_by_files_get_certificates() {
+        let sel = select(&config("acme:\n  storage: /tmp/x\n"));
+        assert_eq!(
+            sel.certs,
+            vec![CertSpec {
+                id: "auto.example.com".into(),
+                names: vec!["auto.example.com".into()]
+            }]
+        );
+        let skipped: Vec<&str> = sel.skipped.iter().map(|s| s.host.as_str()).collect();
+        // The covered wildcard is not reported; the uncovered one is.
+        assert_eq!(skipped, vec!["*.other.example.com", "10.1.2.3"]);
+        assert!(
+            select(&config("")).certs.is_empty(),
+            "no acme section, nothing"
+        );
+    }
+
+    #[test]
+    fn explicit_groups_replace_the_route_hosts() {
+        let sel = select(&config(
+            "acme:\n  challenge: dns-01\n  dns: {provider: exec, command: /bin/true}\n  certificates:\n    - ['*.other.example.com', other.example.com]\n",
+        ));
+        assert_eq!(sel.certs.len(), 1);
+        assert_eq!(sel.certs[0].id, "*.other.example.com");
+        let skipped: Vec<&str> = sel.skipped.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(skipped, vec!["auto.example.com"]);
+    }
+
     #[test]
     fn names_no_ca_can_issue() {
         assert!(not_issuable("10.0.0.5").is_some());

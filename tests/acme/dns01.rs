@@ -44,7 +44,7 @@ async fn dns01_wildcard_and_apex_through_an_exec_hook() {
         return;
     }
     init_crypto();
-    let ports = Ports::new();
+    let ports = Ports::pick();
     let p = Pebble::start(pebble::Opts {
         http_port: ports.http,
         tls_port: ports.https,
@@ -110,5 +110,47 @@ async fn dns01_wildcard_and_apex_through_an_exec_hook() {
         at("present", "_acme-challenge.d.test.").is_empty(),
         "{calls:?}"
     );
+    d.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_record_that_never_shows_up_fails_with_the_resolver_named() {
+    use std::os::unix::fs::PermissionsExt;
+    if !pebble::available() {
+        return;
+    }
+    init_crypto();
+    let ports = Ports::pick();
+    let p = Pebble::start(pebble::Opts {
+        http_port: ports.http,
+        tls_port: ports.https,
+        ..Default::default()
+    })
+    .await;
+    // A hook that says it worked but wrote nothing.
+    let hook = p.dir.path().join("lying-hook");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").expect("write");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let d = Drowsy::start(&format!(
+        "{}{}  dns:\n    provider: exec\n    command: {}\n    resolvers: ['{}']\n    propagation_timeout: 1s\nroutes:\n  n:\n    host: n.test\n    backend: {}\n",
+        ports.listen_yaml(),
+        acme_yaml(&p, storage.path(), "dns-01"),
+        hook.display(),
+        p.dns,
+        backend.url()
+    ))
+    .await;
+    let st = wait_cert(&d.running, "n.test", || p.log(), |s| s.failures >= 1).await;
+    let err = st.last_error.expect("error");
+    assert!(
+        err.starts_with(&format!(
+            "propagation: TXT _acme-challenge.n.test not visible at {}",
+            p.dns
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: TXT not visible at 127.0.0.1"), "{err}");
     d.running.shutdown().await;
 }

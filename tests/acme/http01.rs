@@ -11,7 +11,7 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
         return;
     }
     init_crypto();
-    let ports = Ports::new();
+    let ports = Ports::pick();
     let p = Pebble::start(pebble::Opts {
         http_port: ports.http,
         tls_port: ports.https,
@@ -22,7 +22,7 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
     let backend = Backend::start().await;
     let d = Drowsy::start(&format!(
         "{}  redirect_https: true\n{}routes:\n  a:\n    host: a.test\n    backend: {b}\n  local:\n    host: app.localhost\n    backend: {b}\n",
-        ports.listen_yaml(),
+        ports.listen_yaml().replace("admin: off", "admin: 127.0.0.1:0"),
         acme_yaml(&p, storage.path(), "http-01"),
         b = backend.url()
     ))
@@ -109,6 +109,32 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
         r#"drowsy_cert_not_after_seconds{name="a.test"}"#,
     );
     assert_eq!(not_after, st.not_after.map(|t| t as f64));
+
+    // The admin API and `drowsy certs` show it.
+    let admin = d.running.admin_addr.expect("admin");
+    let (s, _, body) = get(admin, "127.0.0.1", "/api/certs").await;
+    assert_eq!(s, StatusCode::OK);
+    let certs = json_of(&body);
+    assert_eq!(certs[0]["name"], "a.test");
+    assert_eq!(certs[0]["state"], "valid");
+    assert_eq!(certs[0]["source"], "acme");
+    assert_eq!(certs[0]["not_after"], st.not_after.expect("not_after"));
+    assert!(certs[0]["next_renewal"].as_u64() < st.not_after);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_drowsy"))
+        .args(["certs", "--admin", &format!("http://{admin}")])
+        .output()
+        .await
+        .expect("drowsy certs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("a.test"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("Pebble Intermediate CA") && row.contains("valid"),
+        "{table}"
+    );
 
     // Storage: private directories and files.
     let mode =

@@ -17,7 +17,7 @@ async fn setup(opts: impl FnOnce(&mut pebble::Opts)) -> Option<(Ports, Pebble)> 
         return None;
     }
     init_crypto();
-    let ports = Ports::new();
+    let ports = Ports::pick();
     let mut o = pebble::Opts {
         http_port: ports.http,
         tls_port: ports.https,
@@ -278,4 +278,139 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_reload_orders_new_hosts_and_drops_removed_ones() {
+    let Some((ports, p)) = setup(|_| {}).await else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start().await;
+    let d = Drowsy::start(&config(&ports, &p, storage.path(), "", &backend)).await;
+    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let path = d.path("drowsy.yml");
+    let yaml = format!(
+        "{}{}routes:\n  r:\n    host: r.test\n    backend: {b}\n  s:\n    host: s.test\n    backend: {b}\n",
+        ports.listen_yaml(),
+        acme_yaml(&p, storage.path(), "http-01"),
+        b = backend.url()
+    );
+    std::fs::write(&path, yaml).expect("write");
+    d.running.reload_from_file().await.expect("reload");
+    wait_cert(&d.running, "s.test", || p.log(), |s| s.state == "valid").await;
+    // r.test was neither dropped nor ordered again.
+    assert_eq!(
+        metric(&d.running, r#"drowsy_acme_orders_total{result="ok"}"#),
+        Some(2.0)
+    );
+    let roots = p.root().await;
+    served_cert(ports.https_addr(), "s.test", roots.clone(), &[b"http/1.1"])
+        .await
+        .expect("new host served");
+    // Removing a host stops managing (and serving) its certificate.
+    let yaml = config(&ports, &p, storage.path(), "", &backend).replace("r.test", "s.test");
+    std::fs::write(&path, yaml).expect("write");
+    d.running.reload_from_file().await.expect("reload");
+    let names: Vec<String> = d
+        .running
+        .acme
+        .status()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, vec!["s.test"]);
+    assert!(
+        served_cert(ports.https_addr(), "r.test", roots, &[b"http/1.1"])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        metric(
+            &d.running,
+            r#"drowsy_cert_not_after_seconds{name="r.test"}"#
+        ),
+        None
+    );
+    d.running.shutdown().await;
+}
+
+/// Two drowsy instances sharing a storage directory: while one holds a
+/// certificate's lock (it is ordering), the other waits, then takes the
+/// stored result instead of ordering the same name again.
+#[tokio::test]
+async fn a_certificate_being_ordered_elsewhere_is_waited_for() {
+    let Some((ports, p)) = setup(|_| {}).await else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("tempdir");
+    let cert_dir = shared
+        .path()
+        .join(drowsy::acme::storage::ca_dir_name(&p.directory))
+        .join("certificates")
+        .join("r.test");
+    std::fs::create_dir_all(&cert_dir).expect("mkdir");
+    // "The other process": holds the lock while it orders.
+    let lock = std::fs::File::create(cert_dir.join("lock")).expect("lock file");
+    lock.try_lock().expect("lock");
+    let backend = Backend::start().await;
+    let waiter_ports = Ports::pick();
+    let waiter = Drowsy::start(&config(&waiter_ports, &p, shared.path(), "", &backend)).await;
+    wait_cert(
+        &waiter.running,
+        "r.test",
+        || p.log(),
+        |s| s.state == "waiting",
+    )
+    .await;
+    // The other process's order (on the ports pebble validates).
+    let other = tempfile::tempdir().expect("tempdir");
+    let orderer = Drowsy::start(&config(&ports, &p, other.path(), "", &backend)).await;
+    wait_cert(
+        &orderer.running,
+        "r.test",
+        || p.log(),
+        |s| s.state == "valid",
+    )
+    .await;
+    let from = other
+        .path()
+        .join(drowsy::acme::storage::ca_dir_name(&p.directory))
+        .join("certificates")
+        .join("r.test");
+    for f in ["key.pem", "fullchain.pem", "meta.json"] {
+        std::fs::copy(from.join(f), cert_dir.join(f)).expect("copy");
+    }
+    drop(lock);
+    wait_cert(
+        &waiter.running,
+        "r.test",
+        || p.log(),
+        |s| s.state == "valid",
+    )
+    .await;
+    assert_eq!(
+        metric(&waiter.running, r#"drowsy_acme_orders_total{result="ok"}"#),
+        None
+    );
+    assert_eq!(
+        metric(
+            &waiter.running,
+            r#"drowsy_acme_orders_total{result="error"}"#
+        ),
+        None
+    );
+    let roots = p.root().await;
+    assert_eq!(
+        served_cert(
+            waiter_ports.https_addr(),
+            "r.test",
+            roots.clone(),
+            &[b"http/1.1"]
+        )
+        .await,
+        served_cert(ports.https_addr(), "r.test", roots, &[b"http/1.1"]).await,
+    );
+    waiter.running.shutdown().await;
+    orderer.running.shutdown().await;
 }

@@ -119,7 +119,8 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn new() -> Ports {
+    /// Free ports, one for each entrypoint.
+    pub fn pick() -> Ports {
         Ports {
             http: free_port(),
             https: free_port(),

@@ -52,8 +52,11 @@ impl Zone {
             .lock()
             .expect("records")
             .insert(id.clone(), (name.to_string(), value.to_string()));
-        self.post("/set-txt", serde_json::json!({"host": format!("{name}."), "value": value}))
-            .await;
+        self.post(
+            "/set-txt",
+            serde_json::json!({"host": format!("{name}."), "value": value}),
+        )
+        .await;
         id
     }
 
@@ -61,8 +64,11 @@ impl Zone {
         let Some((name, _)) = self.records.lock().expect("records").remove(id) else {
             return false;
         };
-        self.post("/clear-txt", serde_json::json!({"host": format!("{name}.")}))
-            .await;
+        self.post(
+            "/clear-txt",
+            serde_json::json!({"host": format!("{name}.")}),
+        )
+        .await;
         let left: Vec<String> = self
             .records
             .lock()
@@ -72,8 +78,11 @@ impl Zone {
             .map(|(_, v)| v.clone())
             .collect();
         for v in left {
-            self.post("/set-txt", serde_json::json!({"host": format!("{name}."), "value": v}))
-                .await;
+            self.post(
+                "/set-txt",
+                serde_json::json!({"host": format!("{name}."), "value": v}),
+            )
+            .await;
         }
         true
     }
@@ -121,7 +130,10 @@ fn cf_json(status: StatusCode, v: serde_json::Value) -> Response<TestBody> {
     r
 }
 
-async fn cloudflare(cf: Arc<Cloudflare>, req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn cloudflare(
+    cf: Arc<Cloudflare>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
     let method = req.method().clone();
     let uri = req.uri().to_string();
     let auth = req
@@ -129,7 +141,12 @@ async fn cloudflare(cf: Arc<Cloudflare>, req: Request<Incoming>) -> Result<Respo
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body: Bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body: Bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     cf.seen.lock().expect("seen").push(Seen {
         method: method.clone(),
@@ -145,7 +162,10 @@ async fn cloudflare(cf: Arc<Cloudflare>, req: Request<Incoming>) -> Result<Respo
     }
     let path = uri.split('?').next().unwrap_or_default().to_string();
     let ok = |result: serde_json::Value| {
-        cf_json(StatusCode::OK, serde_json::json!({"success": true, "errors": [], "result": result}))
+        cf_json(
+            StatusCode::OK,
+            serde_json::json!({"success": true, "errors": [], "result": result}),
+        )
     };
     let resp = match (method, path.as_str()) {
         (Method::GET, "/client/v4/zones") => {
@@ -159,7 +179,10 @@ async fn cloudflare(cf: Arc<Cloudflare>, req: Request<Incoming>) -> Result<Respo
         (Method::POST, "/client/v4/zones/zone-cf/dns_records") => {
             let id = cf
                 .zone
-                .add(body["name"].as_str().unwrap_or(""), body["content"].as_str().unwrap_or(""))
+                .add(
+                    body["name"].as_str().unwrap_or(""),
+                    body["content"].as_str().unwrap_or(""),
+                )
                 .await;
             ok(serde_json::json!({"id": id}))
         }
@@ -168,16 +191,24 @@ async fn cloudflare(cf: Arc<Cloudflare>, req: Request<Incoming>) -> Result<Respo
             if cf.zone.delete(id).await {
                 ok(serde_json::json!({"id": id}))
             } else {
-                cf_json(StatusCode::NOT_FOUND, serde_json::json!({"success": false, "errors": [{"code": 81044, "message": "Record does not exist."}]}))
+                cf_json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"success": false, "errors": [{"code": 81044, "message": "Record does not exist."}]}),
+                )
             }
         }
-        _ => cf_json(StatusCode::NOT_FOUND, serde_json::json!({"success": false, "errors": [{"code": 7003, "message": "No route"}]})),
+        _ => cf_json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"success": false, "errors": [{"code": 7003, "message": "No route"}]}),
+        ),
     };
     Ok(resp)
 }
 
 async fn serve_cloudflare(cf: Arc<Cloudflare>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -198,7 +229,7 @@ async fn start(p_opts: impl FnOnce(&Ports) -> pebble::Opts) -> Option<(Ports, Pe
         return None;
     }
     init_crypto();
-    let ports = Ports::new();
+    let ports = Ports::pick();
     let p = Pebble::start(p_opts(&ports)).await;
     Some((ports, p))
 }
@@ -241,7 +272,11 @@ async fn cloudflare_provider_uses_the_api_as_documented() {
         .expect("served");
 
     let seen = cf.seen.lock().expect("seen").clone();
-    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Bearer cf-secret-token")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer cf-secret-token")),
+        "{seen:?}"
+    );
     let mut lookups: Vec<&str> = seen
         .iter()
         .filter(|s| s.method == Method::GET)
@@ -263,11 +298,21 @@ async fn cloudflare_provider_uses_the_api_as_documented() {
     for post in &posts {
         assert_eq!(post.body["type"], "TXT");
         assert_eq!(post.body["ttl"], 120);
-        assert_eq!(post.body["content"].as_str().map(str::len), Some(43), "base64url SHA-256");
+        assert_eq!(
+            post.body["content"].as_str().map(str::len),
+            Some(43),
+            "base64url SHA-256"
+        );
     }
-    let names: Vec<&str> = posts.iter().filter_map(|s| s.body["name"].as_str()).collect();
+    let names: Vec<&str> = posts
+        .iter()
+        .filter_map(|s| s.body["name"].as_str())
+        .collect();
     assert_eq!(
-        names.iter().filter(|n| **n == "_acme-challenge.cf.test").count(),
+        names
+            .iter()
+            .filter(|n| **n == "_acme-challenge.cf.test")
+            .count(),
         2,
         "wildcard and apex share one name: {names:?}"
     );
@@ -280,7 +325,10 @@ async fn cloudflare_provider_uses_the_api_as_documented() {
     assert_eq!(deletes.len(), 3, "{seen:?}");
     // Only drowsy's own records went; the other one is still there.
     assert!(!deletes.contains(&"/client/v4/zones/zone-cf/dns_records/rec1"));
-    assert_eq!(cf.zone.values("_acme-challenge.cf.test"), vec!["someone-else"]);
+    assert_eq!(
+        cf.zone.values("_acme-challenge.cf.test"),
+        vec!["someone-else"]
+    );
     d.running.shutdown().await;
 }
 
@@ -290,7 +338,9 @@ mod rfc2136 {
     use hickory_proto::op::{Message, OpCode, ResponseCode};
     use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
     use hickory_proto::rr::rdata::SOA;
-    use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigResponseContext, TSigner};
+    use hickory_proto::rr::{
+        DNSClass, Name, RData, Record, RecordType, TSigResponseContext, TSigner,
+    };
 
     pub const SECRET: &[u8] = b"a shared secret of 32 bytes ....";
 
@@ -309,14 +359,23 @@ mod rfc2136 {
     }
 
     fn signer() -> TSigner {
-        TSigner::new(SECRET.to_vec(), TsigAlgorithm::HmacSha256, Name::from_ascii("drowsy.").expect("name"), 300)
-            .expect("signer")
+        TSigner::new(
+            SECRET.to_vec(),
+            TsigAlgorithm::HmacSha256,
+            Name::from_ascii("drowsy.").expect("name"),
+            300,
+        )
+        .expect("signer")
     }
 
     /// A primary for `rfc.test` that takes TSIG-signed updates only, and
     /// answers SOA questions the way an authoritative server does.
     pub async fn serve(server: Arc<Server>) -> SocketAddr {
-        let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let sock = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
         let addr = sock.local_addr().expect("addr");
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
@@ -361,7 +420,11 @@ mod rfc2136 {
         };
         for rec in &q.authorities {
             let value = match &rec.data {
-                RData::TXT(t) => t.txt_data.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(),
+                RData::TXT(t) => t
+                    .txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect(),
                 _ => String::new(),
             };
             let name = rec.name.to_ascii().trim_end_matches('.').to_string();
@@ -410,7 +473,10 @@ async fn rfc2136_provider_sends_signed_updates_and_deletes_only_its_values() {
         updates: Mutex::new(Vec::new()),
         rejected: Mutex::new(0),
     });
-    server.zone.add("_acme-challenge.rfc.test", "someone-else").await;
+    server
+        .zone
+        .add("_acme-challenge.rfc.test", "someone-else")
+        .await;
     let addr = rfc2136::serve(server.clone()).await;
     let secret = p.dir.path().join("tsig.key");
     std::fs::write(&secret, rfc2136::secret_b64()).expect("write");
@@ -431,18 +497,36 @@ async fn rfc2136_provider_sends_signed_updates_and_deletes_only_its_values() {
     served_cert(ports.https_addr(), "rfc.test", roots, &[b"http/1.1"])
         .await
         .expect("served");
-    assert_eq!(*server.rejected.lock().expect("rejected"), 0, "every update was signed");
+    assert_eq!(
+        *server.rejected.lock().expect("rejected"),
+        0,
+        "every update was signed"
+    );
     let updates = server.updates.lock().expect("updates").clone();
-    let adds: Vec<&rfc2136::Update> = updates.iter().filter(|u| u.class == hickory_proto::rr::DNSClass::IN).collect();
-    let deletes: Vec<&rfc2136::Update> = updates.iter().filter(|u| u.class == hickory_proto::rr::DNSClass::NONE).collect();
+    let adds: Vec<&rfc2136::Update> = updates
+        .iter()
+        .filter(|u| u.class == hickory_proto::rr::DNSClass::IN)
+        .collect();
+    let deletes: Vec<&rfc2136::Update> = updates
+        .iter()
+        .filter(|u| u.class == hickory_proto::rr::DNSClass::NONE)
+        .collect();
     assert_eq!(adds.len(), 2, "{updates:?}");
-    assert!(adds.iter().all(|u| u.name == "_acme-challenge.rfc.test" && u.ttl == 120));
+    assert!(adds
+        .iter()
+        .all(|u| u.name == "_acme-challenge.rfc.test" && u.ttl == 120));
     let mut added: Vec<&str> = adds.iter().map(|u| u.value.as_str()).collect();
     let mut deleted: Vec<&str> = deletes.iter().map(|u| u.value.as_str()).collect();
     added.sort();
     deleted.sort();
-    assert_eq!(added, deleted, "each value added is deleted by its data: {updates:?}");
+    assert_eq!(
+        added, deleted,
+        "each value added is deleted by its data: {updates:?}"
+    );
     assert!(deletes.iter().all(|u| u.ttl == 0));
-    assert_eq!(server.zone.values("_acme-challenge.rfc.test"), vec!["someone-else"]);
+    assert_eq!(
+        server.zone.values("_acme-challenge.rfc.test"),
+        vec!["someone-else"]
+    );
     d.running.shutdown().await;
 }

@@ -10,7 +10,7 @@ async fn tls_alpn01_needs_nothing_but_the_https_port() {
         return;
     }
     init_crypto();
-    let ports = Ports::new();
+    let ports = Ports::pick();
     let p = Pebble::start(pebble::Opts {
         http_port: ports.http,
         tls_port: ports.https,

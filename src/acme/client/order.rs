@@ -54,7 +54,7 @@ async fn drive(
     let mut authzs = order.authorizations();
     while let Some(a) = authzs.next().await {
         let mut a = a.map_err(acme)?;
-        let name = identifier_name(&a.identifier().identifier)?;
+        let name = identifier_name(a.identifier().identifier)?;
         match a.status {
             AuthorizationStatus::Pending => {}
             // Reused from an earlier order (RFC 8555 §7.1.4).
@@ -136,7 +136,7 @@ async fn why_invalid(order: &mut Order, hint: &HintCtx<'_>) -> Failure {
         if a.refresh().await.is_err() {
             continue;
         }
-        let name = identifier_name(&a.identifier().identifier).unwrap_or_default();
+        let name = identifier_name(a.identifier().identifier).unwrap_or_default();
         if let Some(p) = a.challenges.iter().find_map(|c| c.error.as_ref()) {
             let mut f = problem::from_problem(p, hint);
             f.detail = format!("{name}: {}", f.detail);
