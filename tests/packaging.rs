@@ -330,14 +330,24 @@ fn acme_storage_survives_restarts_in_both_setups() {
     assert_eq!(unit_value(&entries, "StateDirectory"), ["drowsy"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("drowsy.yml");
-    std::fs::write(&path, "listen:\n  https: 127.0.0.1:8443\nacme: {challenge: tls-alpn-01}\n").expect("write");
+    std::fs::write(
+        &path,
+        "listen:\n  https: 127.0.0.1:8443\nacme: {challenge: tls-alpn-01}\n",
+    )
+    .expect("write");
     let cfg = drowsy::config::load(&path).expect("config");
     let storage = cfg.acme.expect("acme").storage;
-    assert!(storage.starts_with("/var/lib/drowsy"), "{}", storage.display());
+    assert!(
+        storage.starts_with("/var/lib/drowsy"),
+        "{}",
+        storage.display()
+    );
     // Compose keeps it on a named volume.
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
-    let volumes = doc["services"]["drowsy"]["volumes"].as_sequence().expect("volumes");
+    let volumes = doc["services"]["drowsy"]["volumes"]
+        .as_sequence()
+        .expect("volumes");
     assert!(
         volumes
             .iter()

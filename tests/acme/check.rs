@@ -165,3 +165,58 @@ fn the_summary_lists_what_will_be_ordered_and_hides_the_eab_key() {
     assert!(out.contains("acme skips app.localhost"), "{out}");
     assert!(!out.contains("c2VjcmV0"), "{out}");
 }
+
+/// config.example.yml shows the `acme` section commented out; uncommented
+/// (one `# ` level) it is valid as written.
+#[test]
+fn the_example_acme_section_is_valid_when_uncommented() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yml"))
+            .expect("example");
+    let mut out = Vec::new();
+    let mut in_acme = false;
+    for line in example.lines() {
+        if line == "# acme:" {
+            in_acme = true;
+        } else if in_acme && !line.starts_with("#  ") {
+            in_acme = false;
+        }
+        let uncomment =
+            in_acme || line.starts_with("  # https:") || line.starts_with("  # redirect_https:");
+        out.push(match uncomment {
+            true => line.replacen("# ", "", 1),
+            false => line.to_string(),
+        });
+    }
+    let yaml = out
+        .join("\n")
+        .replace("/run/secrets/cloudflare", "$DIR/hmac.key");
+    assert!(yaml.contains("\nacme:\n  email:"), "{yaml}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drowsy.yml");
+    std::fs::write(dir.path().join("hmac.key"), "token\n").expect("write");
+    std::fs::write(
+        &path,
+        yaml.replace("$DIR", &dir.path().display().to_string()),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_drowsy"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("PVE_TOKEN_SECRET", "x")
+        .output()
+        .expect("run drowsy");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("acme: https://acme-v02.api.letsencrypt.org/directory (http-01), storage /var/lib/drowsy/acme"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acme certificate: wiki.home.arpa"),
+        "{stdout}"
+    );
+}
