@@ -1,23 +1,15 @@
 //! HTTP-01 and what the plain HTTP entrypoint does around it.
 
-use super::pebble::{self, acme_yaml, Pebble};
+use super::pebble::acme_yaml;
 use super::*;
 use http::StatusCode;
 use std::os::unix::fs::PermissionsExt;
 
 #[tokio::test]
 async fn http01_obtains_serves_and_stores_a_certificate() {
-    if !pebble::available() {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
-    }
-    init_crypto();
-    let ports = Ports::pick();
-    let p = Pebble::start(pebble::Opts {
-        http_port: ports.http,
-        tls_port: ports.https,
-        ..Default::default()
-    })
-    .await;
+    };
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let d = Drowsy::start(&format!(

@@ -12,21 +12,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-async fn setup(opts: impl FnOnce(&mut pebble::Opts)) -> Option<(Ports, Pebble)> {
-    if !pebble::available() {
-        return None;
-    }
-    init_crypto();
-    let ports = Ports::pick();
-    let mut o = pebble::Opts {
-        http_port: ports.http,
-        tls_port: ports.https,
-        ..Default::default()
-    };
-    opts(&mut o);
-    Some((ports, Pebble::start(o).await))
-}
-
 fn config(
     ports: &Ports,
     p: &Pebble,
@@ -42,32 +27,52 @@ fn config(
     )
 }
 
-fn meta(storage: &std::path::Path, id: &str) -> serde_json::Value {
-    let ca = std::fs::read_dir(storage)
-        .expect("storage")
-        .next()
-        .expect("a CA directory")
-        .expect("entry")
-        .path();
-    let text =
-        std::fs::read(ca.join("certificates").join(id).join("meta.json")).expect("meta.json");
+/// drowsy started from `yaml`, once r.test's certificate is served; and
+/// that certificate.
+async fn first_certificate(
+    yaml: &str,
+    p: &Pebble,
+) -> (Drowsy, rustls::pki_types::CertificateDer<'static>) {
+    let d = Drowsy::start(yaml).await;
+    let served = first_certificate_of(&d, p).await;
+    (d, served)
+}
+
+/// r.test's certificate as `d` serves it, once it has one.
+async fn first_certificate_of(
+    d: &Drowsy,
+    p: &Pebble,
+) -> rustls::pki_types::CertificateDer<'static> {
+    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let addr = d.running.https_addr().expect("https");
+    served_cert(addr, "r.test", p.root().await, &[b"http/1.1"])
+        .await
+        .expect("served")
+}
+
+/// Where certificate `id` from `p` is stored.
+fn cert_dir(storage: &std::path::Path, p: &Pebble, id: &str) -> std::path::PathBuf {
+    storage
+        .join(drowsy::acme::storage::ca_dir_name(&p.directory))
+        .join("certificates")
+        .join(drowsy::acme::storage::cert_dir_name(id))
+}
+
+fn meta(storage: &std::path::Path, p: &Pebble, id: &str) -> serde_json::Value {
+    let text = std::fs::read(cert_dir(storage, p, id).join("meta.json")).expect("meta.json");
     serde_json::from_slice(&text).expect("meta json")
 }
 
 #[tokio::test]
 async fn a_restart_serves_the_stored_certificate_without_ordering() {
-    let Some((ports, mut p)) = setup(|_| {}).await else {
+    let Some((ports, mut p)) = ca(|_| {}).await else {
         return;
     };
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let yaml = config(&ports, &p, storage.path(), "", &backend);
-    let d = Drowsy::start(&yaml).await;
-    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let (d, first) = first_certificate(&yaml, &p).await;
     let roots = p.root().await;
-    let first = served_cert(ports.https_addr(), "r.test", roots.clone(), &[b"http/1.1"])
-        .await
-        .expect("served");
     d.running.shutdown().await;
     drop(d);
 
@@ -105,7 +110,7 @@ async fn a_restart_serves_the_stored_certificate_without_ordering() {
 #[tokio::test]
 async fn short_lived_certificates_are_renewed_and_swapped_in() {
     // 6 s certificates: renewed when half the lifetime is left.
-    let Some((ports, p)) = setup(|o| o.validity = Some(6)).await else {
+    let Some((ports, p)) = ca(|o| o.validity = Some(6)).await else {
         return;
     };
     let storage = tempfile::tempdir().expect("tempdir");
@@ -152,18 +157,14 @@ async fn short_lived_certificates_are_renewed_and_swapped_in() {
 #[tokio::test]
 async fn with_the_ca_down_the_old_certificate_stays_and_the_backoff_is_kept() {
     // Renewal is due 8 s after issuance; the CA is gone by then.
-    let Some((ports, mut p)) = setup(|o| o.validity = Some(16)).await else {
+    let Some((ports, mut p)) = ca(|o| o.validity = Some(16)).await else {
         return;
     };
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let yaml = config(&ports, &p, storage.path(), "", &backend);
-    let d = Drowsy::start(&yaml).await;
-    wait_cert(&d.running, "r.test", || p.log(), |s| s.state == "valid").await;
+    let (d, first) = first_certificate(&yaml, &p).await;
     let roots = p.root().await;
-    let first = served_cert(ports.https_addr(), "r.test", roots.clone(), &[b"http/1.1"])
-        .await
-        .expect("served");
     p.stop().await;
     let failed_at = now();
     let st = wait_cert(&d.running, "r.test", || p.log(), |s| s.failures >= 1).await;
@@ -188,7 +189,7 @@ async fn with_the_ca_down_the_old_certificate_stays_and_the_backoff_is_kept() {
         Some(1.0)
     );
     // Persisted, so a restart loop cannot hammer the CA.
-    let m = meta(storage.path(), "r.test");
+    let m = meta(storage.path(), &p, "r.test");
     assert_eq!(m["failures"], 1);
     assert_eq!(m["next_attempt"], next);
     assert_eq!(m["last_error"]["kind"], "network");
@@ -196,13 +197,7 @@ async fn with_the_ca_down_the_old_certificate_stays_and_the_backoff_is_kept() {
     drop(d);
 
     let d = Drowsy::start(&yaml).await;
-    let st = d
-        .running
-        .acme
-        .status()
-        .into_iter()
-        .find(|s| s.name == "r.test")
-        .expect("status");
+    let st = status_of(&d.running, "r.test");
     assert_eq!(
         (st.state, st.failures, st.next_attempt),
         ("failing", 1, Some(next)),
@@ -223,7 +218,7 @@ async fn with_the_ca_down_the_old_certificate_stays_and_the_backoff_is_kept() {
 
 #[tokio::test]
 async fn external_account_binding_is_sent_when_configured() {
-    let Some((ports, p)) = setup(|o| o.eab = true).await else {
+    let Some((ports, p)) = ca(|o| o.eab = true).await else {
         return;
     };
     let backend = Backend::start().await;
@@ -282,7 +277,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_reload_orders_new_hosts_and_drops_removed_ones() {
-    let Some((ports, p)) = setup(|_| {}).await else {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
     };
     let storage = tempfile::tempdir().expect("tempdir");
@@ -340,18 +335,14 @@ async fn a_reload_orders_new_hosts_and_drops_removed_ones() {
 /// stored result instead of ordering the same name again.
 #[tokio::test]
 async fn a_certificate_being_ordered_elsewhere_is_waited_for() {
-    let Some((ports, p)) = setup(|_| {}).await else {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
     };
     let shared = tempfile::tempdir().expect("tempdir");
-    let cert_dir = shared
-        .path()
-        .join(drowsy::acme::storage::ca_dir_name(&p.directory))
-        .join("certificates")
-        .join("r.test");
-    std::fs::create_dir_all(&cert_dir).expect("mkdir");
+    let shared_dir = cert_dir(shared.path(), &p, "r.test");
+    std::fs::create_dir_all(&shared_dir).expect("mkdir");
     // "The other process": holds the lock while it orders.
-    let lock = std::fs::File::create(cert_dir.join("lock")).expect("lock file");
+    let lock = std::fs::File::create(shared_dir.join("lock")).expect("lock file");
     lock.try_lock().expect("lock");
     let backend = Backend::start().await;
     let waiter_ports = Ports::pick();
@@ -366,20 +357,10 @@ async fn a_certificate_being_ordered_elsewhere_is_waited_for() {
     // The other process's order (on the ports pebble validates).
     let other = tempfile::tempdir().expect("tempdir");
     let orderer = Drowsy::start(&config(&ports, &p, other.path(), "", &backend)).await;
-    wait_cert(
-        &orderer.running,
-        "r.test",
-        || p.log(),
-        |s| s.state == "valid",
-    )
-    .await;
-    let from = other
-        .path()
-        .join(drowsy::acme::storage::ca_dir_name(&p.directory))
-        .join("certificates")
-        .join("r.test");
+    let _ = first_certificate_of(&orderer, &p).await;
+    let from = cert_dir(other.path(), &p, "r.test");
     for f in ["key.pem", "fullchain.pem", "meta.json"] {
-        std::fs::copy(from.join(f), cert_dir.join(f)).expect("copy");
+        std::fs::copy(from.join(f), shared_dir.join(f)).expect("copy");
     }
     drop(lock);
     wait_cert(

@@ -142,3 +142,75 @@ impl Ports {
         )
     }
 }
+
+/// A pebble validating on freshly picked ports for drowsy, `adjust`ed; `None`
+/// (the test skips) without pebble.
+pub async fn ca(adjust: impl FnOnce(&mut pebble::Opts)) -> Option<(Ports, pebble::Pebble)> {
+    if !pebble::available() {
+        return None;
+    }
+    init_crypto();
+    let ports = Ports::pick();
+    let mut opts = pebble::Opts {
+        http_port: ports.http,
+        tls_port: ports.https,
+        ..Default::default()
+    };
+    adjust(&mut opts);
+    Some((ports, pebble::Pebble::start(opts).await))
+}
+
+/// The status of certificate `id` right now.
+pub fn status_of(running: &Running, id: &str) -> CertStatus {
+    running
+        .acme
+        .status()
+        .into_iter()
+        .find(|s| s.name == id)
+        .unwrap_or_else(|| panic!("no certificate {id}"))
+}
+
+/// drowsy using dns-01 at `p`: `dns` holds the provider's keys (lines
+/// indented by four), `groups` the certificate groups (none: one per
+/// route host), and one route for `hosts`.
+pub async fn start_dns01(
+    ports: &Ports,
+    p: &pebble::Pebble,
+    storage: &std::path::Path,
+    dns: &str,
+    groups: &[&str],
+    hosts: &str,
+    backend: &Backend,
+) -> Drowsy {
+    let groups: String = match groups {
+        [] => String::new(),
+        g => format!(
+            "  certificates:\n{}",
+            g.iter().map(|l| format!("    - {l}\n")).collect::<String>()
+        ),
+    };
+    Drowsy::start(&format!(
+        "{}{}  dns:\n{dns}    resolvers: ['{}']\n{groups}routes:\n  r:\n    hosts: [{hosts}]\n    backend: {}\n",
+        ports.listen_yaml(),
+        pebble::acme_yaml(p, storage, "dns-01"),
+        p.dns,
+        backend.url()
+    ))
+    .await
+}
+
+/// Waits for certificate `id`, then checks it is served for `name`,
+/// verified against the CA's root.
+pub async fn wait_served(
+    d: &Drowsy,
+    p: &pebble::Pebble,
+    ports: &Ports,
+    id: &str,
+    name: &str,
+) -> CertStatus {
+    let st = wait_cert(&d.running, id, || p.log(), |s| s.state == "valid").await;
+    served_cert(ports.https_addr(), name, p.root().await, &[b"http/1.1"])
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    st
+}

@@ -3,7 +3,6 @@
 //! this test, both writing the records they are given into challtestsrv
 //! (pebble's DNS), and both recording exactly what drowsy sent them.
 
-use super::pebble::{self, acme_yaml, Pebble};
 use super::*;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -224,25 +223,9 @@ async fn serve_cloudflare(cf: Arc<Cloudflare>) -> SocketAddr {
     addr
 }
 
-async fn start(p_opts: impl FnOnce(&Ports) -> pebble::Opts) -> Option<(Ports, Pebble)> {
-    if !pebble::available() {
-        return None;
-    }
-    init_crypto();
-    let ports = Ports::pick();
-    let p = Pebble::start(p_opts(&ports)).await;
-    Some((ports, p))
-}
-
 #[tokio::test]
 async fn cloudflare_provider_uses_the_api_as_documented() {
-    let Some((ports, p)) = start(|ports| pebble::Opts {
-        http_port: ports.http,
-        tls_port: ports.https,
-        ..Default::default()
-    })
-    .await
-    else {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
     };
     let cf = Arc::new(Cloudflare {
@@ -256,20 +239,22 @@ async fn cloudflare_provider_uses_the_api_as_documented() {
     std::fs::write(&token, "cf-secret-token\n").expect("write");
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
-    let d = Drowsy::start(&format!(
-        "{}{}  dns:\n    provider: cloudflare\n    api_token_file: {}\n    api_url: http://{api}/client/v4\n    resolvers: ['{}']\n  certificates:\n    - ['*.cf.test', cf.test, deep.sub.cf.test]\nroutes:\n  cf:\n    hosts: ['*.cf.test', cf.test]\n    backend: {}\n",
-        ports.listen_yaml(),
-        acme_yaml(&p, storage.path(), "dns-01"),
-        token.display(),
-        p.dns,
-        backend.url()
-    ))
+    let dns = format!(
+        "    provider: cloudflare\n    api_token_file: {}\n    api_url: http://{api}/client/v4\n",
+        token.display()
+    );
+    let groups = ["['*.cf.test', cf.test, deep.sub.cf.test]"];
+    let d = start_dns01(
+        &ports,
+        &p,
+        storage.path(),
+        &dns,
+        &groups,
+        "'*.cf.test', cf.test",
+        &backend,
+    )
     .await;
-    wait_cert(&d.running, "*.cf.test", || p.log(), |s| s.state == "valid").await;
-    let roots = p.root().await;
-    served_cert(ports.https_addr(), "x.cf.test", roots, &[b"http/1.1"])
-        .await
-        .expect("served");
+    wait_served(&d, &p, &ports, "*.cf.test", "x.cf.test").await;
 
     let seen = cf.seen.lock().expect("seen").clone();
     assert!(
@@ -459,13 +444,7 @@ mod rfc2136 {
 
 #[tokio::test]
 async fn rfc2136_provider_sends_signed_updates_and_deletes_only_its_values() {
-    let Some((ports, p)) = start(|ports| pebble::Opts {
-        http_port: ports.http,
-        tls_port: ports.https,
-        ..Default::default()
-    })
-    .await
-    else {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
     };
     let server = Arc::new(rfc2136::Server {
@@ -483,20 +462,22 @@ async fn rfc2136_provider_sends_signed_updates_and_deletes_only_its_values() {
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     // No zone given: found from the server's SOA answer.
-    let d = Drowsy::start(&format!(
-        "{}{}  dns:\n    provider: rfc2136\n    server: '{addr}'\n    tsig_key: drowsy\n    tsig_secret_file: {}\n    resolvers: ['{}']\n  certificates:\n    - ['*.rfc.test', rfc.test]\nroutes:\n  r:\n    hosts: ['*.rfc.test', rfc.test]\n    backend: {}\n",
-        ports.listen_yaml(),
-        acme_yaml(&p, storage.path(), "dns-01"),
-        secret.display(),
-        p.dns,
-        backend.url()
-    ))
+    let dns = format!(
+        "    provider: rfc2136\n    server: '{addr}'\n    tsig_key: drowsy\n    tsig_secret_file: {}\n",
+        secret.display()
+    );
+    let groups = ["['*.rfc.test', rfc.test]"];
+    let d = start_dns01(
+        &ports,
+        &p,
+        storage.path(),
+        &dns,
+        &groups,
+        "'*.rfc.test', rfc.test",
+        &backend,
+    )
     .await;
-    wait_cert(&d.running, "*.rfc.test", || p.log(), |s| s.state == "valid").await;
-    let roots = p.root().await;
-    served_cert(ports.https_addr(), "rfc.test", roots, &[b"http/1.1"])
-        .await
-        .expect("served");
+    wait_served(&d, &p, &ports, "*.rfc.test", "rfc.test").await;
     assert_eq!(
         *server.rejected.lock().expect("rejected"),
         0,

@@ -1,22 +1,14 @@
 //! TLS-ALPN-01: validated through the HTTPS entrypoint itself.
 
-use super::pebble::{self, acme_yaml, Pebble};
+use super::pebble::acme_yaml;
 use super::*;
 use http::StatusCode;
 
 #[tokio::test]
 async fn tls_alpn01_needs_nothing_but_the_https_port() {
-    if !pebble::available() {
+    let Some((ports, p)) = ca(|_| {}).await else {
         return;
-    }
-    init_crypto();
-    let ports = Ports::pick();
-    let p = Pebble::start(pebble::Opts {
-        http_port: ports.http,
-        tls_port: ports.https,
-        ..Default::default()
-    })
-    .await;
+    };
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     // No plain HTTP entrypoint at all.
