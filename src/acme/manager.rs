@@ -320,9 +320,11 @@ impl CertTask {
         &self.spec.id
     }
 
-    /// Reads the stored certificate and serves it if it covers the wanted
-    /// names (an expired one too: it is replaced first thing, and a
-    /// browser's "expired" says more than a failed handshake).
+    /// Reads the stored certificate and serves it (an expired one too: it
+    /// is replaced first thing, and a browser's "expired" says more than a
+    /// failed handshake). One that lacks a configured name (a name was
+    /// added to its group) keeps serving its names until the new one is
+    /// there.
     fn load(&mut self) {
         let stored = self.ctx.storage.load(self.id());
         self.meta = stored.meta;
@@ -341,7 +343,14 @@ impl CertTask {
                 Ok((key, der, info))
             });
         match loaded {
-            Ok((key, leaf, info)) if info.covers(&self.spec.names) => {
+            Ok((key, leaf, info)) => {
+                if !info.covers(&self.spec.names) {
+                    self.report_unusable(format!(
+                        "it is for {}; ordering one for {}",
+                        info.names.join(", "),
+                        self.spec.names.join(", ")
+                    ));
+                }
                 let fresh = self.current.as_ref().map(|c| &c.info) != Some(&info);
                 self.ctx.hooks.certs.put(self.id(), info.names.clone(), key);
                 self.ctx
@@ -361,10 +370,7 @@ impl CertTask {
                 }
                 self.current = Some(Current { info, leaf });
             }
-            Ok(_) => {
-                self.report_unusable("its names differ from the configured ones".into());
-            }
-            Err(e) => self.report_unusable(e),
+            Err(e) => self.report_unusable(format!("{e}; ordering a new one")),
         }
     }
 
@@ -382,6 +388,7 @@ impl CertTask {
     fn due(&self, now: u64) -> u64 {
         let base = match &self.current {
             None => now,
+            Some(c) if !c.info.covers(&self.spec.names) => now,
             Some(c) => {
                 let ratio = schedule::renew_at(c.info.not_before, c.info.not_after);
                 // The ARI pick belongs to this very certificate.

@@ -63,7 +63,16 @@ impl CertStore {
         if map.is_empty() {
             return None;
         }
-        let name = sni.trim_end_matches('.');
+        let trimmed = sni.trim_end_matches('.');
+        // Names are stored lowercase; SNI is compared case-insensitively
+        // (RFC 6066 §3), without allocating in the usual all-lowercase case.
+        let lower;
+        let name = if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = trimmed.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            trimmed
+        };
         if let Some(c) = map.get(name) {
             return Some(c.clone());
         }
@@ -101,5 +110,40 @@ impl CertStore {
             }
         }
         self.by_name.store(Arc::new(map));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        Arc::new(challenge::tlsalpn01::challenge_cert(name, &[0; 32]).unwrap())
+    }
+
+    #[test]
+    fn certificates_are_found_by_exact_name_then_one_wildcard_label() {
+        let store = CertStore::default();
+        assert!(store.get("a.test").is_none());
+        let (apex, wild) = (key("a.test"), key("*.a.test"));
+        store.put(
+            "*.a.test",
+            vec!["*.a.test".into(), "a.test".into()],
+            wild.clone(),
+        );
+        store.put("x.a.test", vec!["x.a.test".into()], apex.clone());
+        assert!(
+            Arc::ptr_eq(&store.get("x.a.test").unwrap(), &apex),
+            "exact beats wildcard"
+        );
+        assert!(Arc::ptr_eq(&store.get("Y.A.test.").unwrap(), &wild));
+        assert!(Arc::ptr_eq(&store.get("a.test").unwrap(), &wild));
+        assert!(
+            store.get("b.y.a.test").is_none(),
+            "a wildcard covers one label"
+        );
+        store.remove("*.a.test");
+        assert!(store.get("y.a.test").is_none());
+        assert!(store.get("x.a.test").is_some());
     }
 }

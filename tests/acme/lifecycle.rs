@@ -327,6 +327,31 @@ async fn a_reload_orders_new_hosts_and_drops_removed_ones() {
         ),
         None
     );
+    // A name added to a certificate: the stored one keeps serving its name
+    // while the new one is ordered, from the moment the reload returns.
+    let yaml = format!(
+        "{}{}  certificates:\n    - [s.test, t.test]\nroutes:\n  s:\n    hosts: [s.test, t.test]\n    backend: {}\n",
+        ports.listen_yaml(),
+        acme_yaml(&p, storage.path(), "http-01"),
+        backend.url()
+    );
+    std::fs::write(&path, yaml).expect("write");
+    d.running.reload_from_file().await.expect("reload");
+    let roots = p.root().await;
+    served_cert(ports.https_addr(), "s.test", roots.clone(), &[b"http/1.1"])
+        .await
+        .expect("the stored certificate still serves s.test");
+    let st = wait_cert(
+        &d.running,
+        "s.test",
+        || p.log(),
+        |s| s.state == "valid" && s.next_renewal > Some(now() + 86_400),
+    )
+    .await;
+    assert_eq!(st.names, vec!["s.test", "t.test"]);
+    served_cert(ports.https_addr(), "t.test", roots, &[b"http/1.1"])
+        .await
+        .expect("the added name");
     d.running.shutdown().await;
 }
 
