@@ -60,6 +60,27 @@ struct Board {
 }
 
 impl Board {
+    /// `drowsy_cert_not_after_seconds` for the configured files too: their
+    /// expiry deserves the same alert.
+    fn file_metrics(&self, old: &[CertStatus], new: &[CertStatus]) {
+        let gauge = &self.metrics.cert_not_after_seconds;
+        for s in old.iter().filter(|o| !new.iter().any(|n| n.name == o.name)) {
+            gauge.remove(&CertNameLabel {
+                name: s.name.clone(),
+            });
+        }
+        for s in new {
+            gauge
+                .get_or_create(&CertNameLabel {
+                    name: s.name.clone(),
+                })
+                .set(
+                    s.not_after
+                        .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+                );
+        }
+    }
+
     fn set(&self, s: CertStatus) {
         let mut map = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&s.name) != Some(&s) {
@@ -173,13 +194,15 @@ impl Acme {
     pub fn apply(&self, config: &Config) -> Result<(), String> {
         let mut inner = self.lock();
         let now = now();
-        inner.files = config
+        let files: Vec<CertStatus> = config
             .tls
             .iter()
             .filter_map(|c| c.certified.end_entity_cert().ok())
             .filter_map(|der| certinfo::inspect(der).ok())
             .map(|i| CertStatus::file(&i, now))
             .collect();
+        self.board.file_metrics(&inner.files, &files);
+        inner.files = files;
         let settings_changed = inner.ctx.as_ref().map(|c| &c.settings) != config.acme.as_ref();
         if settings_changed {
             let ctx = match &config.acme {

@@ -9,6 +9,7 @@ mod pebble;
 
 mod check;
 mod dns01;
+mod files;
 mod http01;
 mod lifecycle;
 mod providers;
