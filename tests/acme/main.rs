@@ -12,6 +12,7 @@ mod dns01;
 mod files;
 mod http01;
 mod lifecycle;
+mod logs;
 mod providers;
 mod tlsalpn01;
 

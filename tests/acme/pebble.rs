@@ -44,6 +44,9 @@ pub struct Opts {
     /// Certificate lifetime in seconds (pebble's default: 5 years).
     pub validity: Option<u64>,
     pub eab: bool,
+    /// Percentage of good nonces pebble rejects; its default (5) stays on
+    /// in every other test.
+    pub nonce_reject: Option<u8>,
 }
 
 pub struct Pebble {
@@ -194,6 +197,11 @@ impl Pebble {
             .arg(&path)
             .args(["-dnsserver", &self.dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            .envs(
+                self.opts
+                    .nonce_reject
+                    .map(|n| ("PEBBLE_WFE_NONCEREJECT", n.to_string())),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
