@@ -32,7 +32,7 @@ pub fn before_routing<B>(
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,
     };
-    let host = normalize_host(raw)?;
+    let host = normalize_host(raw).filter(|h| is_host_name(h))?;
     if challenge {
         return shared
             .acme
@@ -49,6 +49,22 @@ pub fn before_routing<B>(
         port,
         req.uri().path_and_query(),
     ))
+}
+
+/// A reg-name of letters, digits, `-`, `_` and dots, or an IPv6 literal:
+/// anything else (`/`, `?`, `\`, `@`, ...) would let the Host header
+/// steer the `Location` to another site (RFC 3986 §3.2.2).
+fn is_host_name(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// RFC 8555 §8.3: the body is the key authorization.
@@ -117,6 +133,25 @@ mod tests {
             location("wiki.test", 443, Some(&star)),
             "https://wiki.test/"
         );
+    }
+
+    #[test]
+    fn only_host_names_make_a_location() {
+        for ok in ["wiki.test", "a-b_c.d.test", "10.0.0.1", "[::1]"] {
+            assert!(is_host_name(ok), "{ok}");
+        }
+        for bad in [
+            "evil.test/x.wild.test",
+            "evil.test?x",
+            "evil.test\\x",
+            "a@b",
+            "a..b",
+            "",
+            "[evil]",
+            "a b",
+        ] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
     }
 
     #[test]

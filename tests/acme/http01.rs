@@ -13,7 +13,7 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
     let storage = tempfile::tempdir().expect("tempdir");
     let backend = Backend::start().await;
     let d = Drowsy::start(&format!(
-        "{}  redirect_https: true\n{}routes:\n  a:\n    host: a.test\n    backend: {b}\n  local:\n    host: app.localhost\n    backend: {b}\n",
+        "{}  redirect_https: true\n{}routes:\n  a:\n    host: a.test\n    backend: {b}\n  local:\n    host: app.localhost\n    backend: {b}\n  wild:\n    host: '*.wild.test'\n    backend: {b}\n",
         ports.listen_yaml().replace("admin: off", "admin: 127.0.0.1:0"),
         acme_yaml(&p, storage.path(), "http-01"),
         b = backend.url()
@@ -87,6 +87,17 @@ async fn http01_obtains_serves_and_stores_a_certificate() {
         backend.seen().last().map(String::as_str),
         Some("/.well-known/acme-challenge/not-ours")
     );
+    // A Host that is no host name is never turned into a Location (an
+    // open redirect to evil.test otherwise, through the wildcard route).
+    for host in [
+        "evil.test/x.wild.test",
+        "evil.test?x.wild.test",
+        "evil.test\\x.wild.test",
+    ] {
+        let (s, h, _) = get(ports.http_addr(), host, "/").await;
+        assert_ne!(s, StatusCode::MOVED_PERMANENTLY, "{host}: {h:?}");
+        assert!(h.get("location").is_none(), "{host}: {h:?}");
+    }
     // Hosts without a route are not redirected anywhere.
     let (s, _, _) = get(ports.http_addr(), "nowhere.test", "/").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
