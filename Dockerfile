@@ -20,12 +20,18 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin drowsy \
-    && install -D -m 0755 target/release/drowsy /out/drowsy
+    && install -D -m 0755 target/release/drowsy /out/drowsy \
+    && install -d -m 0700 /out/state
 
 # ---- run ------------------------------------------------------------------
 # glibc + libgcc, no shell, no package manager; runs as uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/drowsy /usr/local/bin/drowsy
+# ACME account and certificates (acme.storage defaults to /var/lib/drowsy/acme).
+# Keep it on a volume: certificates must survive a new container, or each
+# one is ordered again and the CA's rate limits are soon reached.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/drowsy
+VOLUME /var/lib/drowsy
 
 # drowsy reads its config from here (`--config` overrides it). Mount the file
 # read-only; secrets such as PVE_TOKEN_SECRET come from the environment or
@@ -36,7 +42,7 @@ ENV DROWSY_CONFIG=/etc/drowsy/drowsy.yml
 # user works because Docker sets net.ipv4.ip_unprivileged_port_start=0 in the
 # container's network namespace (docker-compose.yml sets it explicitly).
 EXPOSE 80
-# HTTPS entrypoint (listen.https, needs tls.certificates).
+# HTTPS entrypoint (listen.https, with tls.certificates or acme).
 EXPOSE 443
 # Admin: /healthz, /metrics, /api/* (listen.admin). Publish it on the host's
 # loopback only; it is not meant for the network.

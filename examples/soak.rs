@@ -503,7 +503,7 @@ async fn soak(a: &Args) -> Result<(), Error> {
     while Instant::now() + a.reload_every < until {
         tokio::time::sleep(a.reload_every).await;
         reloads += 1;
-        let idle = if reloads % 2 == 0 { 400 } else { 500 };
+        let idle = if reloads.is_multiple_of(2) { 400 } else { 500 };
         write_config(&env, idle, reloads)?;
         sighup(pid)?;
     }

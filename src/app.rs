@@ -2,6 +2,7 @@
 //! clusters, the idle gates, the proxy's entrypoints and the admin listener;
 //! reloads a new config into them; and takes them down again.
 
+use crate::acme::Acme;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::config::{self, Config, ProxmoxSettings, PveAuth};
@@ -21,6 +22,8 @@ pub struct Running {
     pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// Automatic certificates (inert without `acme:`).
+    pub acme: Arc<Acme>,
     config: Mutex<Config>,
     /// Serializes reloads (SIGHUP and the file watcher may race).
     reloading: tokio::sync::Mutex<()>,
@@ -39,6 +42,8 @@ impl Running {
         let gates = clusters.as_ref().map(|c| Gates::start(config, c, &metrics));
         let plan = gates.as_ref().map(|g| g.plan(config));
         let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), plan.as_ref()).await?;
+        let acme = Arc::new(Acme::new(proxy.shared().acme.clone(), metrics.clone()));
+        acme.apply(config).map_err(StartError::Acme)?;
         let stop = CancellationToken::new();
         let mut admin_addr = None;
         if let Some(addr) = config.listen.admin {
@@ -48,6 +53,7 @@ impl Running {
                 metrics: metrics.clone(),
                 clusters: clusters.clone(),
                 proxy: proxy.shared().clone(),
+                acme: acme.clone(),
             });
             tokio::spawn(server::serve(listener, state, stop.clone()));
         }
@@ -57,6 +63,7 @@ impl Running {
             clusters,
             admin_addr,
             metrics,
+            acme,
             config: Mutex::new(config.clone()),
             reloading: tokio::sync::Mutex::new(()),
             reloads: watch::channel(0).0,
@@ -128,6 +135,9 @@ impl Running {
         for warning in restart_needed(&self.lock_config(), &new) {
             tracing::warn!("{warning} changed; restart drowsy to apply it");
         }
+        // The last step that can refuse the new config (unusable storage),
+        // before anything else changes.
+        self.acme.apply(&new)?;
         let retired = match (&self.gates, plan) {
             (Some(gates), Some(plan)) => Some(gates.commit(plan)),
             _ => None,
@@ -172,6 +182,8 @@ impl Running {
     }
 
     pub async fn shutdown(&self) {
+        // Orders in flight stop and remove their challenge records first.
+        self.acme.shutdown(Duration::from_secs(10)).await;
         self.proxy.shutdown().await;
         self.stop.cancel();
         if let Some(gates) = &self.gates {
@@ -195,11 +207,13 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         a.header_read_timeout,
         a.tls_handshake_timeout,
         a.http2_max_concurrent_streams,
+        a.redirect_https,
     ) != (
         b.max_connections,
         b.header_read_timeout,
         b.tls_handshake_timeout,
         b.http2_max_concurrent_streams,
+        b.redirect_https,
     ) {
         out.push("a listener setting");
     }

@@ -47,6 +47,8 @@ pub enum Command {
     Status(AdminArg),
     /// Exit 0 when a running drowsy answers /healthz (for container health checks).
     Health(AdminArg),
+    /// Print the certificates of a running drowsy: names, issuer, expiry, next renewal, last error.
+    Certs(AdminArg),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +86,7 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run(cli.config));
     if !matches!(
         command,
-        Command::Check(_) | Command::Status(_) | Command::Health(_)
+        Command::Check(_) | Command::Status(_) | Command::Health(_) | Command::Certs(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -97,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
         Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
+        Command::Certs(arg) => block_on(crate::status::certs(&arg.admin)),
         Command::Run(arg) => run(&arg.config),
     }
 }
@@ -164,6 +167,7 @@ pub fn summary(cfg: &Config) -> String {
         };
         out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
     }
+    out.push_str(&crate::acme::names::summary(cfg));
     out
 }
 

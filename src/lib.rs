@@ -4,8 +4,10 @@
 //! The modules follow the data path: [`proxy`] (listener → router →
 //! forwarder) with [`idle`] (the gate between router and forwarder), and
 //! beside them [`proxmox`] (API client and cluster cache), [`config`],
-//! [`admin`], and [`sim`] (the simulated cluster).
+//! [`admin`], [`acme`] (automatic certificates), and [`sim`] (the
+//! simulated cluster).
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod cli;

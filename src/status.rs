@@ -46,24 +46,38 @@ pub async fn health(admin: &str) -> ExitCode {
     }
 }
 
-pub async fn status(admin: &str) -> ExitCode {
-    let url = format!("{}/api/routes", admin.trim_end_matches('/'));
-    let routes = match fetch(&url).await {
+/// GETs an admin API path and prints it with `render`.
+async fn show(
+    admin: &str,
+    path: &str,
+    command: &str,
+    render: fn(&serde_json::Value, f64) -> String,
+) -> ExitCode {
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
+    let value = match fetch(&url).await {
         Ok((s, body)) if s.is_success() => serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|e| format!("{url} did not return JSON: {e}")),
         Ok((s, _)) => Err(format!("{url} answered {s}")),
         Err(e) => Err(e),
     };
-    match routes {
+    match value {
         Ok(v) => {
-            print!("{}", table(&v, now()));
+            print!("{}", render(&v, now()));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("drowsy status: {e}");
+            eprintln!("drowsy {command}: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+pub async fn status(admin: &str) -> ExitCode {
+    show(admin, "/api/routes", "status", table).await
+}
+
+pub async fn certs(admin: &str) -> ExitCode {
+    show(admin, "/api/certs", "certs", certs_table).await
 }
 
 fn now() -> f64 {
@@ -80,6 +94,90 @@ fn short_duration(secs: f64) -> String {
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// Rows as columns padded to the widest cell.
+fn aligned<const N: usize>(rows: Vec<[String; N]>) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Like `short_duration`, in days from two days on (certificate lifetimes).
+fn days(secs: f64) -> String {
+    if secs >= 2.0 * 86_400.0 {
+        format!("{}d", (secs / 86_400.0) as u64)
+    } else {
+        short_duration(secs)
+    }
+}
+
+/// A Unix time as a UTC date and time, to the minute.
+fn date(secs: f64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0.0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    s.get(..16).map_or(s.clone(), |d| d.replace('T', " "))
+}
+
+/// The aligned table of `/api/certs`.
+pub fn certs_table(certs: &serde_json::Value, now: f64) -> String {
+    let header = [
+        "NAME",
+        "NAMES",
+        "ISSUER",
+        "NOT AFTER",
+        "NEXT RENEWAL",
+        "STATE",
+        "LAST ERROR",
+    ];
+    let mut rows: Vec<[String; 7]> = vec![header.map(String::from)];
+    for c in certs.as_array().into_iter().flatten() {
+        let text = |k: &str| c[k].as_str().unwrap_or("-").to_string();
+        let names = c["names"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let not_after = c["not_after"].as_f64().map_or("-".into(), |t| {
+            format!("{} (in {})", date(t), days(t - now))
+        });
+        let next = match (c["next_attempt"].as_f64(), c["next_renewal"].as_f64()) {
+            (Some(t), _) => format!("retry in {}", days(t - now)),
+            (None, Some(t)) if t <= now => "now".into(),
+            (None, Some(t)) => format!("in {}", days(t - now)),
+            (None, None) if c["source"] == "file" => "by hand".into(),
+            (None, None) => "-".into(),
+        };
+        let mut error = text("last_error");
+        if error.chars().count() > 100 {
+            error = error.chars().take(99).collect::<String>() + "…";
+        }
+        rows.push([
+            text("name"),
+            names,
+            text("issuer"),
+            not_after,
+            next,
+            text("state"),
+            error,
+        ]);
+    }
+    aligned(rows)
 }
 
 /// The aligned table of `/api/routes`.
@@ -128,20 +226,7 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(rows)
 }
 
 #[cfg(test)]
@@ -170,5 +255,37 @@ mod tests {
         );
         let col = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[2][col..col + 7], "running");
+    }
+
+    #[test]
+    fn certs_table_shows_expiry_renewal_and_errors() {
+        let v = serde_json::json!([
+            {"name": "wiki.example.com", "names": ["wiki.example.com"], "source": "acme", "state": "valid",
+             "issuer": "R11", "not_after": 1_000_000.0 + 86_400.0 * 60.0, "next_renewal": 1_000_000.0 + 86_400.0 * 30.0,
+             "next_attempt": null, "last_error": null},
+            {"name": "new.example.com", "names": ["new.example.com"], "source": "acme", "state": "failing",
+             "issuer": null, "not_after": null, "next_renewal": null, "next_attempt": 1_000_090.0,
+             "last_error": "connection: refused (hint: port 80 not reachable from the CA)"},
+            {"name": "lan", "names": ["lan"], "source": "file", "state": "valid", "issuer": "home CA",
+             "not_after": 1_000_000.0 + 7200.0, "next_renewal": null, "next_attempt": null, "last_error": null}
+        ]);
+        let t = certs_table(&v, 1_000_000.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("NAME "), "{t}");
+        assert!(
+            lines[1].contains("R11")
+                && lines[1].contains("1970-03-13 13:46 (in 60d)")
+                && lines[1].contains("in 30d"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("retry in 1m30s") && lines[2].contains("port 80 not reachable"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("by hand") && lines[3].contains("(in 2h00m)"),
+            "{t}"
+        );
     }
 }

@@ -322,3 +322,40 @@ fn health_subcommand_used_by_the_healthcheck() {
     // Its default admin address is where the container's admin listens.
     assert!(String::from_utf8_lossy(&out.stdout).contains("http://127.0.0.1:9090"));
 }
+
+#[test]
+fn acme_storage_survives_restarts_in_both_setups() {
+    // The default acme.storage lies in the state directory systemd creates.
+    let entries = unit_entries(&read("packaging/drowsy.service"));
+    assert_eq!(unit_value(&entries, "StateDirectory"), ["drowsy"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drowsy.yml");
+    std::fs::write(
+        &path,
+        "listen:\n  https: 127.0.0.1:8443\nacme: {challenge: tls-alpn-01}\n",
+    )
+    .expect("write");
+    let cfg = drowsy::config::load(&path).expect("config");
+    let storage = cfg.acme.expect("acme").storage;
+    assert!(
+        storage.starts_with("/var/lib/drowsy"),
+        "{}",
+        storage.display()
+    );
+    // Compose keeps it on a named volume.
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
+    let volumes = doc["services"]["drowsy"]["volumes"]
+        .as_sequence()
+        .expect("volumes");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.as_str() == Some("drowsy-state:/var/lib/drowsy")),
+        "{volumes:?}"
+    );
+    assert!(
+        doc["volumes"].get("drowsy-state").is_some(),
+        "drowsy-state is declared as a named volume"
+    );
+}

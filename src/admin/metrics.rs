@@ -62,6 +62,18 @@ pub struct PveLabel {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertNameLabel {
+    /// The certificate's id (its first name).
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~65 s: covers proxied requests and guest boots alike.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -78,6 +90,9 @@ pub struct Metrics {
     pub held_requests: Family<RouteLabel, Gauge>,
     pub inflight: Family<RouteLabel, Gauge>,
     pub pve_requests_total: Family<PveLabel, Counter>,
+    pub cert_not_after_seconds: Family<CertNameLabel, Gauge>,
+    pub cert_renewals_total: Family<ResultLabel, Counter>,
+    pub acme_orders_total: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,8 +164,29 @@ impl Metrics {
             "Proxmox VE API calls, by cluster, endpoint and status code",
             pve_requests_total.clone(),
         );
+        let cert_not_after_seconds = Family::<CertNameLabel, Gauge>::default();
+        registry.register(
+            "cert_not_after_seconds",
+            "Expiry of each certificate drowsy serves, Unix seconds",
+            cert_not_after_seconds.clone(),
+        );
+        let cert_renewals_total = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "cert_renewals",
+            "Renewals of certificates drowsy already had, by result",
+            cert_renewals_total.clone(),
+        );
+        let acme_orders_total = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "acme_orders",
+            "ACME orders (new certificates and renewals), by result",
+            acme_orders_total.clone(),
+        );
         Metrics {
             registry,
+            cert_not_after_seconds,
+            cert_renewals_total,
+            acme_orders_total,
             requests_total,
             request_duration_seconds,
             wakes_total,

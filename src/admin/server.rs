@@ -24,6 +24,8 @@ pub struct AdminState {
     pub clusters: Option<Arc<Clusters>>,
     /// The proxy's shared state: its route table.
     pub proxy: Arc<Shared>,
+    /// Certificates for `/api/certs`.
+    pub acme: Arc<crate::acme::Acme>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -72,7 +74,8 @@ async fn handle(
         }
         (&Method::GET, "/api/guests") => json(&guests(&state)),
         (&Method::GET, "/api/routes") => json(&routes_json(&state)),
-        (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes") => {
+        (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
+        (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs") => {
             pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (method, path) => match control_target(path) {

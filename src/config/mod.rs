@@ -13,7 +13,7 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use runtime::*;
-pub use validate::parse_host_pattern;
+pub use validate::{decode_hmac_key, parse_host_pattern, LETSENCRYPT, LETSENCRYPT_STAGING};
 pub use values::{parse_duration, parse_size};
 
 use std::path::Path;

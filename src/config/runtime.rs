@@ -46,6 +46,8 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// Reload when the config file changes (in addition to SIGHUP).
     pub watch: bool,
+    /// Automatic certificates (`acme:`), when configured.
+    pub acme: Option<AcmeSettings>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +67,9 @@ pub struct ListenSettings {
     /// How long in-flight requests and upgraded connections may take to
     /// finish after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
+    /// Plain HTTP requests for a routed host are redirected to HTTPS
+    /// (ACME HTTP-01 paths excepted).
+    pub redirect_https: bool,
 }
 
 /// A certificate chain and key, read and checked when the config is loaded
@@ -294,4 +299,101 @@ impl Target {
             Target::Backend { .. } => None,
         }
     }
+}
+
+/// `acme:` (DESIGN.md §10), validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeSettings {
+    /// Contact address given to the CA (without `mailto:`).
+    pub email: Option<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// Trust this CA (PEM) for the ACME server's own TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Account, certificates and state.
+    pub storage: PathBuf,
+    pub challenge: ChallengeKind,
+    pub eab: Option<Eab>,
+    pub dns: Option<DnsSettings>,
+    /// Explicit certificate groups (lowercase names, the first names the
+    /// certificate); empty means one certificate per uncovered route host.
+    pub certificates: Vec<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChallengeKind {
+    Http01,
+    TlsAlpn01,
+    Dns01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
+        }
+    }
+}
+
+/// External account binding (RFC 8555 §7.3.4): the key id and the MAC key
+/// as the CA hands it out (base64url).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Secret,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsSettings {
+    pub provider: DnsProvider,
+    /// TTL of the TXT records written.
+    pub ttl: u32,
+    /// Where the TXT record must be visible before the CA is told to look.
+    pub resolvers: Vec<SocketAddr>,
+    pub propagation_check: bool,
+    pub propagation_timeout: Duration,
+    /// Waited before the first visibility check (slow secondaries).
+    pub propagation_delay: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DnsProvider {
+    Cloudflare {
+        api_token: Secret,
+        /// `https://api.cloudflare.com/client/v4` unless set.
+        api_url: String,
+    },
+    Rfc2136 {
+        server: SocketAddr,
+        /// The zone to update; found with an SOA query when not given.
+        zone: Option<String>,
+        tsig: Option<TsigKey>,
+    },
+    Exec {
+        /// Called as `COMMAND present|cleanup FQDN VALUE`.
+        command: PathBuf,
+        timeout: Duration,
+    },
+}
+
+impl DnsProvider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DnsProvider::Cloudflare { .. } => "cloudflare",
+            DnsProvider::Rfc2136 { .. } => "rfc2136",
+            DnsProvider::Exec { .. } => "exec",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TsigKey {
+    /// The key's name as the server knows it.
+    pub name: String,
+    /// `hmac-sha256` and friends (RFC 8945 §6).
+    pub algorithm: String,
+    /// The shared secret, base64 as in BIND's `secret "..."`.
+    pub secret: Secret,
 }

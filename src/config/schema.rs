@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub routes: Routes,
     #[serde(default)]
     pub watch: bool,
+    pub acme: Option<RawAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,7 @@ pub struct RawListen {
     pub tls_handshake_timeout: Option<DurationSetting>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub shutdown_timeout: Option<DurationSetting>,
+    pub redirect_https: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +72,72 @@ pub struct RawProxmox {
     pub insecure_skip_verify: bool,
     pub poll_interval: Option<DurationSetting>,
     pub request_timeout: Option<DurationSetting>,
+}
+
+/// `acme:` (DESIGN.md §10): automatic certificates from an ACME CA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub email: Option<EnvString>,
+    pub directory: Option<EnvString>,
+    pub ca_file: Option<EnvString>,
+    pub storage: Option<EnvString>,
+    pub challenge: Option<RawChallenge>,
+    pub eab: Option<RawEab>,
+    pub dns: Option<RawDns>,
+    pub certificates: Option<Vec<Vec<EnvString>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum RawChallenge {
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEab {
+    pub kid: EnvString,
+    pub hmac_key: Option<EnvString>,
+    pub hmac_key_file: Option<EnvString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDnsProvider {
+    Cloudflare,
+    Rfc2136,
+    Exec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub provider: RawDnsProvider,
+    // cloudflare
+    pub api_token: Option<EnvString>,
+    pub api_token_file: Option<EnvString>,
+    pub api_url: Option<EnvString>,
+    // rfc2136
+    pub server: Option<EnvString>,
+    pub zone: Option<EnvString>,
+    pub tsig_key: Option<EnvString>,
+    pub tsig_algorithm: Option<EnvString>,
+    pub tsig_secret: Option<EnvString>,
+    pub tsig_secret_file: Option<EnvString>,
+    // exec
+    pub command: Option<EnvString>,
+    pub command_timeout: Option<DurationSetting>,
+    // every provider
+    pub ttl: Option<u32>,
+    pub resolvers: Option<Vec<EnvString>>,
+    pub propagation_check: Option<bool>,
+    pub propagation_timeout: Option<DurationSetting>,
+    pub propagation_delay: Option<DurationSetting>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

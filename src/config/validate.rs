@@ -22,6 +22,9 @@ macro_rules! path {
     ($($seg:expr),* $(,)?) => { vec![$(Seg::from($seg)),*] };
 }
 
+mod acme;
+pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
+
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_CLUSTER_NAME: &str = "pve";
 
@@ -80,13 +83,21 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
     let base = file.parent().unwrap_or(Path::new("."));
     let listen = listen(&mut ctx, &raw.listen);
     let tls = certificates(&mut ctx, &raw.tls, base);
-    if listen.https.is_some() && tls.is_empty() && raw.tls.certificates.is_empty() {
+    if listen.https.is_some()
+        && tls.is_empty()
+        && raw.tls.certificates.is_empty()
+        && raw.acme.is_none()
+    {
         ctx.err(
             &path!["listen", "https"],
             "an https entrypoint needs at least one certificate",
-            Some("add tls.certificates with cert and key files".into()),
+            Some("add tls.certificates with cert and key files, or `acme:` for automatic certificates".into()),
         );
     }
+    let acme = raw
+        .acme
+        .as_ref()
+        .and_then(|a| acme::acme(&mut ctx, a, &listen, base));
     let proxmox = clusters(&mut ctx, &raw.proxmox, base);
     let routes = routes(&mut ctx, &raw, &proxmox, base);
     if listen.http.is_none()
@@ -107,6 +118,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             proxmox,
             routes,
             watch: raw.watch,
+            acme,
         })
     } else {
         Err(ConfigErrors(ctx.errors))
@@ -194,7 +206,16 @@ fn listen(ctx: &mut Ctx, raw: &RawListen) -> ListenSettings {
             None,
         );
     }
+    let redirect_https = raw.redirect_https.unwrap_or(false);
+    if redirect_https && https.is_none() {
+        ctx.err(
+            &path!["listen", "redirect_https"],
+            "redirecting to HTTPS needs listen.https",
+            None,
+        );
+    }
     ListenSettings {
+        redirect_https,
         http,
         https,
         admin,

@@ -95,13 +95,20 @@ async fn connection(
     match &ep.tls {
         None => serve(TokioIo::new(stream), info, &ep, watcher).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(ep.tls_handshake_timeout, acceptor.accept(stream));
+            let accept = crate::acme::challenge::tlsalpn01::accept(
+                acceptor,
+                &ep.shared.acme.tls_alpn,
+                stream,
+            );
+            let handshake = tokio::time::timeout(ep.tls_handshake_timeout, accept);
             let stream = tokio::select! {
                 _ = ep.kill.cancelled() => return,
                 r = handshake => r,
             };
             match stream {
-                Ok(Ok(s)) => serve(TokioIo::new(s), info, &ep, watcher).await,
+                Ok(Ok(Some(s))) => serve(TokioIo::new(s), info, &ep, watcher).await,
+                // A TLS-ALPN-01 validation: answered by the handshake itself.
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
             }

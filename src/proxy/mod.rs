@@ -5,6 +5,7 @@ pub mod conn;
 pub mod forward;
 pub mod listener;
 pub mod pages;
+pub mod redirect;
 pub mod route;
 pub mod router;
 pub mod service;
@@ -43,6 +44,8 @@ pub enum StartError {
     Tls(#[from] rustls::Error),
     #[error("{0}")]
     Proxmox(#[from] crate::proxmox::PveError),
+    #[error("{0}")]
+    Acme(String),
 }
 
 /// A running proxy: its entrypoints are bound and serving.
@@ -76,12 +79,19 @@ impl Proxy {
         let table = RouteTable::build(config, &metrics, plan).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
+        let acme = Arc::new(crate::acme::Hooks::default());
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
             upgrades: TaskTracker::new(),
             kill: kill.clone(),
             clusters,
+            acme: acme.clone(),
+            https_redirect: config
+                .listen
+                .redirect_https
+                .then(|| config.listen.https.map(|a| a.port()))
+                .flatten(),
         });
         let connections = Arc::new(Semaphore::new(config.listen.max_connections));
         let l = &config.listen;
@@ -96,7 +106,7 @@ impl Proxy {
                 kill: kill.clone(),
             })
         };
-        let sni = Arc::new(tls::SniResolver::new(&config.tls));
+        let sni = Arc::new(tls::SniResolver::new(&config.tls, acme));
         let mut loops = JoinSet::new();
         let mut http_addr = None;
         let mut https_addr = None;

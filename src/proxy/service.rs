@@ -31,6 +31,10 @@ pub struct Shared {
     pub kill: CancellationToken,
     /// The Proxmox clusters, when any is configured.
     pub clusters: Option<Arc<Clusters>>,
+    /// ACME certificates and challenge answers.
+    pub acme: Arc<crate::acme::Hooks>,
+    /// With `listen.redirect_https`: the HTTPS port plain requests go to.
+    pub https_redirect: Option<u16>,
 }
 
 pub async fn handle(
@@ -46,14 +50,16 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let table = shared.table.load();
-    let (route, mut resp) = match find_route(&table, &req) {
-        Ok(route) => {
-            let resp = dispatch(&shared, &route, &conn, req).await;
-            route.record(resp.status().as_u16(), start);
-            (Some(route.name.clone()), resp)
-        }
-        Err(resp) => (None, *resp),
-    };
+    let early = super::redirect::before_routing(&shared, &conn, &table, &req);
+    let (route, mut resp) =
+        match early.map_or_else(|| find_route(&table, &req), |r| Err(Box::new(r))) {
+            Ok(route) => {
+                let resp = dispatch(&shared, &route, &conn, req).await;
+                route.record(resp.status().as_u16(), start);
+                (Some(route.name.clone()), resp)
+            }
+            Err(resp) => (None, *resp),
+        };
     let status = resp.status();
     resp.body_mut().set_log(AccessLog {
         route,

@@ -1,5 +1,5 @@
 //! TLS for the https entrypoint: the certificate is chosen by SNI among the
-//! configured ones, ALPN offers h2 and http/1.1.
+//! configured ones, then the ACME-managed ones; ALPN offers h2 and http/1.1.
 
 use crate::config::TlsCertificate;
 use arc_swap::ArcSwap;
@@ -10,19 +10,29 @@ use rustls::ServerConfig;
 use std::sync::Arc;
 
 /// Picks the first certificate valid for the SNI name (its SANs, wildcards
-/// included, as webpki checks them); without SNI, or when none matches, the
-/// first certificate, so clients still get a handshake they can judge.
+/// included, as webpki checks them), else the ACME certificate for it;
+/// without SNI, or when none matches, the first certificate, so clients
+/// still get a handshake they can judge. With `acme:` configured a name
+/// without a certificate is refused instead: its own one may be on its way,
+/// and another host's would only be rejected by the client.
 /// The certificates are swapped as a whole on reload, so renewed files
 /// take effect for the next handshake.
-#[derive(Debug)]
 pub struct SniResolver {
     certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    acme: Arc<crate::acme::Hooks>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver").finish_non_exhaustive()
+    }
 }
 
 impl SniResolver {
-    pub fn new(certs: &[TlsCertificate]) -> Self {
+    pub fn new(certs: &[TlsCertificate], acme: Arc<crate::acme::Hooks>) -> Self {
         let resolver = SniResolver {
             certs: ArcSwap::from_pointee(Vec::new()),
+            acme,
         };
         resolver.set(certs);
         resolver
@@ -42,11 +52,20 @@ impl SniResolver {
                 let name = ServerName::DnsName(dns);
                 certs.iter().find(|c| valid_for(c, &name))
             });
-        matching.or_else(|| certs.first()).cloned()
+        if let Some(c) = matching {
+            return Some(c.clone());
+        }
+        if let Some(c) = sni.and_then(|name| self.acme.certs.get(name)) {
+            return Some(c);
+        }
+        if self.acme.certs.enabled() {
+            return None;
+        }
+        certs.first().cloned()
     }
 }
 
-fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
+pub(crate) fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
     let Ok(der) = cert.end_entity_cert() else {
         return false;
     };

@@ -173,7 +173,7 @@ impl NodeClock {
         let index = node_index as u32;
         NodeClock {
             next_pid: 0x0002_1A40 + index * 0x1000,
-            pstart: if node_index % 2 == 0 {
+            pstart: if node_index.is_multiple_of(2) {
                 0x1_2F3A_4B5C
             } else {
                 0x0067_8ABC

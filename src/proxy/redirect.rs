@@ -1,0 +1,173 @@
+//! What a plain HTTP request may get before routing: the answer to an ACME
+//! HTTP-01 challenge, and, with `listen.redirect_https`, a redirect to
+//! HTTPS. Challenge paths are never redirected: the CA fetches them over
+//! plain HTTP (a token drowsy did not issue goes to the route as usual,
+//! so a backend running its own ACME client keeps working).
+
+use super::body::RespBody;
+use super::conn::ConnInfo;
+use super::route::RouteTable;
+use super::router::normalize_host;
+use super::service::Shared;
+use crate::acme::challenge::http01;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
+
+pub fn before_routing<B>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    table: &RouteTable,
+    req: &Request<B>,
+) -> Option<Response<RespBody>> {
+    if conn.tls {
+        return None;
+    }
+    let path = req.uri().path();
+    let challenge = path.starts_with(http01::PREFIX);
+    if !challenge && shared.https_redirect.is_none() {
+        return None;
+    }
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(HOST)?.to_str().ok()?,
+    };
+    let host = normalize_host(raw).filter(|h| is_host_name(h))?;
+    if challenge {
+        return shared
+            .acme
+            .http01
+            .answer(&host, path)
+            .map(key_authorization);
+    }
+    let port = shared.https_redirect?;
+    // Only hosts drowsy serves: others get their 404 over plain HTTP.
+    table.hosts.lookup(&host)?;
+    Some(redirect(
+        req.method(),
+        &host,
+        port,
+        req.uri().path_and_query(),
+    ))
+}
+
+/// A reg-name of letters, digits, `-`, `_` and dots, or an IPv6 literal:
+/// anything else (`/`, `?`, `\`, `@`, ...) would let the Host header
+/// steer the `Location` to another site (RFC 3986 §3.2.2).
+fn is_host_name(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// RFC 8555 §8.3: the body is the key authorization.
+fn key_authorization(answer: String) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(answer));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// 301 for GET and HEAD; 308 otherwise, which keeps the method and body
+/// (RFC 9110 §15.4.2 lets clients turn a 301 POST into a GET).
+fn redirect(
+    method: &Method,
+    host: &str,
+    port: u16,
+    pq: Option<&PathAndQuery>,
+) -> Response<RespBody> {
+    let status = if matches!(*method, Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut resp = Response::new(RespBody::empty());
+    *resp.status_mut() = status;
+    match HeaderValue::try_from(location(host, port, pq)) {
+        Ok(v) => {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+/// `https://host[:port]/path?query`; the port only when it is not 443.
+pub fn location(host: &str, port: u16, pq: Option<&PathAndQuery>) -> String {
+    let pq = pq.map_or("/", |p| p.as_str());
+    let pq = if pq.starts_with('/') { pq } else { "/" };
+    if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_keeps_path_and_query_and_names_odd_ports() {
+        let pq = PathAndQuery::from_static("/a/b?x=1&y=%20");
+        assert_eq!(
+            location("wiki.test", 443, Some(&pq)),
+            "https://wiki.test/a/b?x=1&y=%20"
+        );
+        assert_eq!(
+            location("wiki.test", 8443, Some(&pq)),
+            "https://wiki.test:8443/a/b?x=1&y=%20"
+        );
+        assert_eq!(location("[::1]", 8443, None), "https://[::1]:8443/");
+        let star = PathAndQuery::from_static("*");
+        assert_eq!(
+            location("wiki.test", 443, Some(&star)),
+            "https://wiki.test/"
+        );
+    }
+
+    #[test]
+    fn only_host_names_make_a_location() {
+        for ok in ["wiki.test", "a-b_c.d.test", "10.0.0.1", "[::1]"] {
+            assert!(is_host_name(ok), "{ok}");
+        }
+        for bad in [
+            "evil.test/x.wild.test",
+            "evil.test?x",
+            "evil.test\\x",
+            "a@b",
+            "a..b",
+            "",
+            "[evil]",
+            "a b",
+        ] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirects_keep_the_method_unless_get_or_head() {
+        for (m, code) in [
+            (Method::GET, 301),
+            (Method::HEAD, 301),
+            (Method::POST, 308),
+            (Method::PUT, 308),
+            (Method::DELETE, 308),
+        ] {
+            assert_eq!(
+                redirect(&m, "a.test", 443, None).status().as_u16(),
+                code,
+                "{m}"
+            );
+        }
+    }
+}
