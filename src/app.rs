@@ -2,6 +2,7 @@
 //! clusters, the idle gates, the proxy's entrypoints and the admin listener;
 //! reloads a new config into them; and takes them down again.
 
+use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::config::{self, Config, ProxmoxSettings, PveAuth};
@@ -50,6 +51,11 @@ impl Running {
                 metrics: metrics.clone(),
                 clusters: clusters.clone(),
                 proxy: proxy.shared().clone(),
+                policy: AdminPolicy {
+                    token: config.listen.admin_token.clone(),
+                    loopback: addr.ip().is_loopback(),
+                },
+                header_read_timeout: config.listen.header_read_timeout,
             });
             tokio::spawn(server::serve(listener, state, stop.clone()));
         }
@@ -181,17 +187,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if (a.http, a.https, a.admin) != (b.http, b.https, b.admin) {
         out.push("a listen address");
     }
-    if (
-        a.max_connections,
-        a.header_read_timeout,
-        a.tls_handshake_timeout,
-        a.http2_max_concurrent_streams,
-    ) != (
-        b.max_connections,
-        b.header_read_timeout,
-        b.tls_handshake_timeout,
-        b.http2_max_concurrent_streams,
-    ) {
+    if a.needs_restart(b) {
         out.push("a listener setting");
     }
     let same_clusters = old.proxmox.len() == new.proxmox.len()
@@ -234,6 +230,7 @@ fn same_cluster(a: &ProxmoxSettings, b: &ProxmoxSettings) -> bool {
         && a.url == b.url
         && a.ca_file == b.ca_file
         && a.insecure_skip_verify == b.insecure_skip_verify
+        && a.insecure_loopback_guests == b.insecure_loopback_guests
         && a.poll_interval == b.poll_interval
         && a.request_timeout == b.request_timeout
 }

@@ -47,6 +47,18 @@ pub enum Command {
     Status(AdminArg),
     /// Exit 0 when a running drowsy answers /healthz (for container health checks).
     Health(AdminArg),
+    /// Wake a route's guest through the admin API and wait until it answers.
+    Wake(RouteArg),
+    /// Put a route's guest to sleep now (refused while it is in use).
+    Sleep(RouteArg),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouteArg {
+    /// The route's name in the config.
+    pub route: String,
+    #[command(flatten)]
+    pub admin: AdminArg,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -64,6 +76,19 @@ pub struct AdminArg {
     /// Base URL of drowsy's admin listener.
     #[arg(long, env = "DROWSY_ADMIN", default_value = "http://127.0.0.1:9090")]
     pub admin: String,
+    /// The admin API's bearer token (listen.admin_token); read from the
+    /// environment only, so it never shows in the process list.
+    #[arg(skip = std::env::var(crate::status::TOKEN_ENV).ok().filter(|t| !t.is_empty()))]
+    pub token: Option<String>,
+}
+
+impl AdminArg {
+    fn client(&self) -> crate::status::Admin<'_> {
+        crate::status::Admin {
+            url: &self.admin,
+            token: self.token.as_deref(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +109,11 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run(cli.config));
     if !matches!(
         command,
-        Command::Check(_) | Command::Status(_) | Command::Health(_)
+        Command::Check(_)
+            | Command::Status(_)
+            | Command::Health(_)
+            | Command::Wake(_)
+            | Command::Sleep(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -95,8 +124,10 @@ pub fn main() -> ExitCode {
         Command::Check(arg) => check(&arg.config),
         Command::Sim(args) => sim(args),
         Command::Demo(args) => demo(args),
-        Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
-        Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
+        Command::Status(arg) => block_on(crate::status::status(&arg.client())),
+        Command::Health(arg) => block_on(crate::status::health(&arg.client())),
+        Command::Wake(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "wake")),
+        Command::Sleep(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "sleep")),
         Command::Run(arg) => run(&arg.config),
     }
 }

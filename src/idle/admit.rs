@@ -31,6 +31,11 @@ pub enum Admit {
 
 pub const EVENTS_PATH: &str = "/.drowsy/events";
 
+/// What anonymous visitors learn about a failed wake. The reason itself
+/// (Proxmox errors naming URLs, tokens, ACL paths, nodes and vmids) goes to
+/// the log and the admin API only (DESIGN.md §9).
+pub const PUBLIC_WAKE_FAILURE: &str = "the service did not come up";
+
 /// Case-insensitive substring test without allocating.
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
@@ -114,14 +119,12 @@ pub async fn admit<B>(
     if wants_loading_page(gate.settings.loading_page, req) {
         drop(guard);
         gate.request_wake();
-        return Admit::Respond(Box::new(loading(route, gate.backoff_error().as_deref())));
+        let failed = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
+        return Admit::Respond(Box::new(loading(route, failed)));
     }
     let Some(_slot) = gate.try_hold() else {
         return Admit::Respond(Box::new(pages::unavailable(
-            format!(
-                "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
-                gate.settings.max_held_requests
-            ),
+            format!("route {route}: too many requests are waiting for the guest to wake"),
             gate.retry_after_secs(),
         )));
     };
@@ -132,8 +135,8 @@ pub async fn admit<B>(
             guard,
             waited_ms: Some(start.elapsed().as_millis() as u64),
         },
-        Err(WaitError::Failed(why)) => Admit::Respond(Box::new(pages::unavailable(
-            format!("route {route}: could not wake the guest: {why}"),
+        Err(WaitError::Failed(_)) => Admit::Respond(Box::new(pages::unavailable(
+            format!("route {route}: could not wake the guest: {PUBLIC_WAKE_FAILURE}"),
             gate.retry_after_secs(),
         ))),
         Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
@@ -158,12 +161,25 @@ fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
+}
+
+/// A progress step as the public sees it: a failure's reason is replaced
+/// by [`PUBLIC_WAKE_FAILURE`].
+fn public_message(phase: &super::state::Phase) -> String {
+    match phase {
+        super::state::Phase::Failed(_) => format!("could not wake: {PUBLIC_WAKE_FAILURE}"),
+        other => other.message(),
+    }
 }
 
 /// One server-sent event for a progress step.
 fn sse(p: &Progress) -> Bytes {
-    let data = serde_json::json!({ "phase": p.phase.event(), "message": p.phase.message() });
+    let data = serde_json::json!({ "phase": p.phase.event(), "message": public_message(&p.phase) });
     Bytes::from(format!("event: {}\ndata: {data}\n\n", p.phase.event()))
 }
 
@@ -211,6 +227,10 @@ fn events(gate: &Arc<Gate>) -> Response<RespBody> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
@@ -245,6 +265,22 @@ mod tests {
         assert!(!is_navigation(r.method(), r.headers()));
         let r = req(Method::GET, &[("accept", "*/*")]);
         assert!(!is_navigation(r.method(), r.headers()));
+    }
+
+    #[test]
+    fn failures_are_told_without_their_reason() {
+        use super::super::state::Phase;
+        let p = Progress {
+            seq: 1,
+            phase: Phase::Failed("403 on /vms/105 for drowsy@pve!proxy".into()),
+        };
+        let event = String::from_utf8(sse(&p).to_vec()).unwrap();
+        assert!(event.starts_with("event: error\n"), "{event}");
+        assert!(event.contains(PUBLIC_WAKE_FAILURE), "{event}");
+        assert!(
+            !event.contains("105") && !event.contains("drowsy@pve"),
+            "{event}"
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
+pub mod authority;
 pub mod body;
 pub mod conn;
 pub mod forward;
+pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod pages;
 pub mod route;
@@ -16,6 +19,7 @@ use crate::config::Config;
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
+use limits::{ConnLimits, Inflight};
 use listener::Entrypoint;
 use route::RouteTable;
 use service::Shared;
@@ -24,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,27 +80,31 @@ impl Proxy {
             RouteTable::build(config, &metrics, gates.as_deref()).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
+        let l = &config.listen;
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
             upgrades: TaskTracker::new(),
             kill: kill.clone(),
             clusters,
+            limits: ConnLimits::new(l.max_connections, l.max_connections_per_ip),
+            inflight: Inflight::new(l.max_inflight_requests),
+            body_read_timeout: l.body_read_timeout,
+            tunnel_idle_timeout: l.tunnel_idle_timeout,
         });
-        let connections = Arc::new(Semaphore::new(config.listen.max_connections));
-        let l = &config.listen;
         let entry = |tls| {
-            Arc::new(Entrypoint {
-                shared: shared.clone(),
-                http: listener::http_builder(l.header_read_timeout, l.http2_max_concurrent_streams),
+            Arc::new(Entrypoint::new(
+                l,
+                shared.clone(),
                 tls,
-                tls_handshake_timeout: l.tls_handshake_timeout,
-                connections: connections.clone(),
-                stop: stop.clone(),
-                kill: kill.clone(),
-            })
+                stop.clone(),
+                kill.clone(),
+            ))
         };
-        let sni = Arc::new(tls::SniResolver::new(&config.tls));
+        let sni = Arc::new(tls::SniResolver::new(
+            &config.tls,
+            config.default_certificate.as_deref(),
+        ));
         let mut loops = JoinSet::new();
         let mut http_addr = None;
         let mut https_addr = None;
@@ -138,7 +145,8 @@ impl Proxy {
         let table =
             RouteTable::build(config, &self.shared.metrics, gates).map_err(StartError::Routes)?;
         self.shared.table.store(Arc::new(table));
-        self.sni.set(&config.tls);
+        self.sni
+            .set(&config.tls, config.default_certificate.as_deref());
         self.sync_tcp_routes(config).await
     }
 

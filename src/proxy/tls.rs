@@ -1,58 +1,53 @@
 //! TLS for the https entrypoint: the certificate is chosen by SNI among the
 //! configured ones, ALPN offers h2 and http/1.1.
 
+use crate::config::tls_files::covers;
 use crate::config::TlsCertificate;
 use arc_swap::ArcSwap;
-use rustls::pki_types::{DnsName, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::sync::Arc;
 
 /// Picks the first certificate valid for the SNI name (its SANs, wildcards
-/// included, as webpki checks them); without SNI, or when none matches, the
-/// first certificate, so clients still get a handshake they can judge.
+/// included, as webpki checks them). A handshake whose name no certificate
+/// covers, or that names none, gets the `tls.default_certificate` when one
+/// is set, and is refused otherwise: serving some other certificate would
+/// only tell a scanner which names live here.
 /// The certificates are swapped as a whole on reload, so renewed files
 /// take effect for the next handshake.
 #[derive(Debug)]
 pub struct SniResolver {
-    certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    certs: ArcSwap<Certs>,
+}
+
+#[derive(Debug, Default)]
+struct Certs {
+    all: Vec<Arc<CertifiedKey>>,
+    fallback: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
-    pub fn new(certs: &[TlsCertificate]) -> Self {
+    pub fn new(certs: &[TlsCertificate], default: Option<&str>) -> Self {
         let resolver = SniResolver {
-            certs: ArcSwap::from_pointee(Vec::new()),
+            certs: ArcSwap::from_pointee(Certs::default()),
         };
-        resolver.set(certs);
+        resolver.set(certs, default);
         resolver
     }
 
-    pub fn set(&self, certs: &[TlsCertificate]) {
-        self.certs.store(Arc::new(
-            certs.iter().map(|c| c.certified.clone()).collect(),
-        ));
+    pub fn set(&self, certs: &[TlsCertificate], default: Option<&str>) {
+        let all: Vec<Arc<CertifiedKey>> = certs.iter().map(|c| c.certified.clone()).collect();
+        let fallback = default.and_then(|name| all.iter().find(|c| covers(c, name)).cloned());
+        self.certs.store(Arc::new(Certs { all, fallback }));
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
-        let matching = sni
-            .and_then(|name| DnsName::try_from(name.to_string()).ok())
-            .and_then(|dns| {
-                let name = ServerName::DnsName(dns);
-                certs.iter().find(|c| valid_for(c, &name))
-            });
-        matching.or_else(|| certs.first()).cloned()
+        sni.and_then(|name| certs.all.iter().find(|c| covers(c, name)))
+            .or(certs.fallback.as_ref())
+            .cloned()
     }
-}
-
-fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
-    let Ok(der) = cert.end_entity_cert() else {
-        return false;
-    };
-    webpki::EndEntityCert::try_from(der)
-        .map(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
-        .unwrap_or(false)
 }
 
 impl ResolvesServerCert for SniResolver {

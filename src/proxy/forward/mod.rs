@@ -5,7 +5,7 @@ pub mod client;
 pub mod headers;
 mod upgrade;
 
-use super::body::{ReqBody, RespBody, TooLarge};
+use super::body::{ReqBody, ReqBodyError, RespBody};
 use super::conn::ConnInfo;
 use super::pages;
 use crate::idle::UseGuard;
@@ -13,10 +13,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,63 +85,65 @@ pub struct ForwardCtx<'a> {
     pub route: &'a Arc<str>,
     pub client: &'a BackendClient,
     pub upstream: &'a Upstream,
+    /// The host the client asked for, in normal form (Host and
+    /// X-Forwarded-Host to the backend).
+    pub host: &'a HeaderValue,
+    /// The peer is one of `trusted_proxies`.
+    pub trusted: bool,
     pub max_request_body: Option<u64>,
     pub response_timeout: Option<Duration>,
+    pub body_read_timeout: Duration,
+    pub tunnel_idle_timeout: Option<Duration>,
     pub upgrades: &'a TaskTracker,
     pub kill: &'a CancellationToken,
 }
 
 /// Sends `req` to the backend and returns its response (or drowsy's own
 /// error page). `hold` is kept alive for as long as the exchange lasts,
-/// including an upgraded connection.
+/// including an upgraded connection, which also keeps `conn` (and so its
+/// connection slot).
 pub async fn forward(
     ctx: ForwardCtx<'_>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     hold: Option<UseGuard>,
 ) -> Response<RespBody> {
-    if let Some(limit) = ctx.max_request_body {
-        if declared_length(&req).is_some_and(|n| n > limit) {
-            return pages::plain_close(
-                StatusCode::PAYLOAD_TOO_LARGE,
+    let version = req.version();
+    let upgrade = version == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The response timeout starts once the body is sent (like nginx's
+    // proxy_read_timeout): a long upload is not a slow backend.
+    let (sent_tx, sent_rx) = match req.body().is_end_stream() {
+        true => (None, None),
+        false => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+    };
+    let outgoing = match prepare(&ctx, conn, req, upgrade, sent_tx) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(route = %ctx.route, error = %e, "cannot build the backend request");
+            return pages::plain(StatusCode::BAD_REQUEST, "cannot forward this request");
+        }
+    };
+    let result = match exchange(ctx.client.request(outgoing), sent_rx, ctx.response_timeout).await {
+        Some(r) => r,
+        None => {
+            let limit = ctx.response_timeout.unwrap_or_default();
+            return pages::plain(
+                StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "request body larger than {limit} bytes, the limit of route {}",
-                    ctx.route
+                    "route {}: the backend sent no response within {}",
+                    ctx.route,
+                    humantime::format_duration(limit)
                 ),
             );
         }
-    }
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let outgoing = match prepare(&ctx, conn, req, upgrade) {
-        Ok(r) => r,
-        Err(e) => {
-            return pages::plain(
-                StatusCode::BAD_REQUEST,
-                format!("cannot forward this request: {e}"),
-            )
-        }
-    };
-    let sent = ctx.client.request(outgoing);
-    let result = match ctx.response_timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                return pages::plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "route {}: the backend sent no response within {}",
-                        ctx.route,
-                        humantime::format_duration(limit)
-                    ),
-                )
-            }
-        },
-        None => sent.await,
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => return backend_error(ctx.route, &e),
+        Err(e) => return backend_error(ctx.route, &e, version),
     };
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switched, client_upgrade) {
@@ -147,8 +151,12 @@ pub async fn forward(
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             upgrade::pipe(
                 ctx.upgrades,
-                ctx.kill.clone(),
-                ctx.route.clone(),
+                upgrade::Tunnel {
+                    route: ctx.route.clone(),
+                    kill: ctx.kill.clone(),
+                    idle: ctx.tunnel_idle_timeout,
+                    conn: conn.clone(),
+                },
                 client_upgrade,
                 backend_upgrade,
                 hold,
@@ -156,13 +164,13 @@ pub async fn forward(
             headers::strip_hop_by_hop(resp.headers_mut(), true);
             resp.map(|_| RespBody::empty())
         }
-        (true, None) => pages::plain(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "route {}: the backend switched protocols without being asked",
-                ctx.route
-            ),
-        ),
+        (true, None) => {
+            tracing::warn!(route = %ctx.route, "the backend switched protocols without being asked");
+            pages::plain(
+                StatusCode::BAD_GATEWAY,
+                format!("route {}: the backend failed", ctx.route),
+            )
+        }
         (false, _) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
             let mut resp = resp.map(RespBody::stream);
@@ -174,11 +182,33 @@ pub async fn forward(
     }
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+/// The backend exchange, bounded by `limit` counted from when the request
+/// body has been sent (`body_sent` fires; `None` for a request without a
+/// body). `None` when the limit passed first.
+async fn exchange<F, T>(
+    request: F,
+    body_sent: Option<oneshot::Receiver<()>>,
+    limit: Option<Duration>,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let Some(limit) = limit else {
+        return Some(request.await);
+    };
+    let clock = async {
+        if let Some(sent) = body_sent {
+            // An error means the body ended without being sent whole; the
+            // request fails on its own then, and the clock may run.
+            let _ = sent.await;
+        }
+        tokio::time::sleep(limit).await;
+    };
+    tokio::select! {
+        biased;
+        r = request => Some(r),
+        _ = clock => None,
+    }
 }
 
 /// Rewrites the client's request into the backend request in place.
@@ -187,31 +217,27 @@ fn prepare(
     conn: &ConnInfo,
     req: Request<Incoming>,
     upgrade: bool,
+    sent: Option<oneshot::Sender<()>>,
 ) -> Result<Request<ReqBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
-    // The Host the client asked for: the request-target's authority when it
-    // has one (HTTP/2, or absolute-form, where RFC 9112 §3.2.2 says Host is
-    // ignored), else the Host header.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::scrub_client_headers(&mut parts.headers, ctx.trusted, &conn.client);
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookie_crumbs(&mut parts.headers);
+    }
     headers::set_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
-        conn.trusted,
+        &conn.client,
+        ctx.trusted,
         conn.proto(),
-        host.as_ref(),
+        Some(ctx.host),
     );
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h);
-    }
+    parts.headers.insert(header::HOST, ctx.host.clone());
     parts.uri = ctx.upstream.uri(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
         parts,
-        ReqBody::new(body, ctx.max_request_body),
+        ReqBody::new(body, ctx.max_request_body, ctx.body_read_timeout, sent),
     ))
 }
 
@@ -226,34 +252,60 @@ fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> 
     None
 }
 
-/// Maps a client error to the status a user expects: 413 for our own body
-/// limit, 504 for a connect timeout, 502 for everything else the backend did.
-fn backend_error(route: &str, err: &hyper_util::client::legacy::Error) -> Response<RespBody> {
-    if find_source::<TooLarge>(err).is_some() {
-        return pages::plain_close(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than the limit of route {route}"),
-        );
+/// nginx's "client closed request": the client went away (or broke its
+/// body) before the response; not the backend's fault, so not a 502.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Maps a client error to the status a user expects: the client's own
+/// body problems (413 over the limit, 408 stalled, 400 malformed, 499
+/// aborted), 504 for a connect timeout, 502 for what the backend did.
+fn backend_error(
+    route: &str,
+    err: &hyper_util::client::legacy::Error,
+    version: Version,
+) -> Response<RespBody> {
+    if let Some(body) = find_source::<ReqBodyError>(err) {
+        tracing::debug!(route, error = %body, "the client's request body did not arrive");
+        return match body {
+            ReqBodyError::TooLarge => pages::plain_close(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than the limit of route {route}"),
+                version,
+            ),
+            ReqBodyError::Stalled => pages::plain_close(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving",
+                version,
+            ),
+            ReqBodyError::Client(e) if e.is_parse() => {
+                pages::plain_close(StatusCode::BAD_REQUEST, "malformed request body", version)
+            }
+            ReqBodyError::Client(_) => pages::plain_close(
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
+                "the request body was cut off",
+                version,
+            ),
+        };
     }
     let io = find_source::<std::io::Error>(err);
     if err.is_connect() {
+        let why = io.map_or_else(|| err.to_string(), |e| e.to_string());
+        tracing::warn!(route, error = %why, "backend connection failed");
         if io.is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
             return pages::plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("route {route}: timed out connecting to the backend"),
             );
         }
-        let why = io.map_or_else(|| err.to_string(), |e| e.to_string());
-        tracing::warn!(route, error = %why, "backend connection failed");
         return pages::plain(
             StatusCode::BAD_GATEWAY,
-            format!("route {route}: could not connect to the backend ({why})"),
+            format!("route {route}: could not connect to the backend"),
         );
     }
     let why = find_source::<hyper::Error>(err).map_or_else(|| err.to_string(), |e| e.to_string());
     tracing::warn!(route, error = %why, "backend request failed");
     pages::plain(
         StatusCode::BAD_GATEWAY,
-        format!("route {route}: the backend failed ({why})"),
+        format!("route {route}: the backend failed"),
     )
 }
