@@ -195,6 +195,28 @@ pub fn summary(cfg: &Config) -> String {
         };
         out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
     }
+    for w in warnings(cfg) {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// Settings that work but weaken the front door (DESIGN.md §4, §9).
+fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(admin) = cfg.listen.admin {
+        if !admin.ip().is_loopback() && cfg.listen.admin_token.is_none() {
+            out.push(format!(
+                "listen.admin {admin} is reachable beyond loopback without listen.admin_token: wake and sleep calls are refused until one is set"
+            ));
+        }
+    }
+    for p in cfg.proxmox.iter().filter(|p| p.insecure_loopback_guests) {
+        out.push(format!(
+            "proxmox {}: insecure_loopback_guests trusts loopback addresses reported by guests (for the simulated cluster only)",
+            p.name
+        ));
+    }
     out
 }
 

@@ -725,8 +725,20 @@ async fn an_upload_longer_than_response_timeout_is_not_cut_off() {
     let (s, _, body) = send(d.http(), req).await;
     assert_eq!(s, StatusCode::OK, "{body:?}");
     assert_eq!(json_of(&body)["body_len"], 8 * 1024);
-    // The backend's own slowness is still bounded.
+    // The backend's own slowness is still bounded: answering late...
     let (s, _, _) = get(d.http(), "a.lan", "/slow?ms=5000").await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    // ...and not taking an upload (`/slow` never reads its body).
+    let chunks = futures_util::stream::iter(
+        (0..1024).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'u'; 64 * 1024])))),
+    );
+    let req = Request::post("/slow?ms=5000")
+        .header("host", "a.lan")
+        .body(http_body_util::combinators::BoxBody::new(StreamBody::new(
+            chunks,
+        )))
+        .expect("request");
+    let (s, _, _) = send(d.http(), req).await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
 }
 

@@ -289,8 +289,8 @@ impl RouteSettings {
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,
-    /// From the request being sent until the response head arrives
-    /// (`None` = no limit).
+    /// The backend's longest silence: not taking the next part of the
+    /// request body, or not answering after the last (`None` = no limit).
     pub response_timeout: Option<Duration>,
     pub pool_idle_timeout: Duration,
     /// Largest request body accepted; larger gets 413.

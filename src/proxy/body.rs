@@ -13,10 +13,10 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 /// A request body went past `max_request_body`.
@@ -61,11 +61,44 @@ impl std::error::Error for ReqBodyError {
     }
 }
 
+/// How far a request body has got, for the response timeout: when the
+/// backend last took a part of it, and whether it is the client's turn
+/// (waiting for the client is not the backend's slowness).
+#[derive(Debug)]
+pub struct BodyProgress {
+    epoch: tokio::time::Instant,
+    /// Milliseconds after `epoch`, shifted left by one; the low bit is set
+    /// while drowsy waits for the client.
+    state: AtomicU64,
+}
+
+impl BodyProgress {
+    pub fn new() -> Arc<BodyProgress> {
+        Arc::new(BodyProgress {
+            epoch: tokio::time::Instant::now(),
+            state: AtomicU64::new(0),
+        })
+    }
+
+    fn note(&self, waiting_for_client: bool) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.state
+            .store((ms << 1) | u64::from(waiting_for_client), Ordering::Relaxed);
+    }
+
+    /// When the backend last made progress with the body, or `None` while
+    /// the body waits for the client.
+    pub fn backend_since(&self) -> Option<tokio::time::Instant> {
+        let v = self.state.load(Ordering::Relaxed);
+        (v & 1 == 0).then(|| self.epoch + Duration::from_millis(v >> 1))
+    }
+}
+
 pin_project! {
     /// The client's request body on its way to the backend: cut off with an
     /// error once it exceeds the route's limit (for bodies whose length was
-    /// not announced up front) or stalls for `body_read_timeout`; reports
-    /// when it has been sent whole (the response timeout starts then).
+    /// not announced up front) or stalls for `body_read_timeout`; notes its
+    /// progress for the response timeout.
     pub struct ReqBody {
         #[pin]
         inner: Incoming,
@@ -74,7 +107,7 @@ pin_project! {
         // Armed while the client owes the next bytes.
         stall: Option<Pin<Box<Sleep>>>,
         stalled: bool,
-        sent: Option<oneshot::Sender<()>>,
+        progress: Option<Arc<BodyProgress>>,
     }
 }
 
@@ -83,7 +116,7 @@ impl ReqBody {
         inner: Incoming,
         limit: Option<u64>,
         read_timeout: Duration,
-        sent: Option<oneshot::Sender<()>>,
+        progress: Option<Arc<BodyProgress>>,
     ) -> Self {
         ReqBody {
             inner,
@@ -91,7 +124,7 @@ impl ReqBody {
             read_timeout,
             stall: None,
             stalled: false,
-            sent,
+            progress,
         }
     }
 }
@@ -106,7 +139,11 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        if !matches!(polled, Poll::Pending) {
+        let pending = matches!(polled, Poll::Pending);
+        if let Some(p) = this.progress {
+            p.note(pending);
+        }
+        if !pending {
             *this.stalled = false;
         }
         match polled {
@@ -118,20 +155,10 @@ impl Body for ReqBody {
                     }
                     *left -= n;
                 }
-                if this.inner.is_end_stream() {
-                    if let Some(tx) = this.sent.take() {
-                        let _ = tx.send(());
-                    }
-                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ReqBodyError::Client(e)))),
-            Poll::Ready(None) => {
-                if let Some(tx) = this.sent.take() {
-                    let _ = tx.send(());
-                }
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let timeout = *this.read_timeout;
                 let stall = match this.stall {

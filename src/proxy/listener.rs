@@ -175,8 +175,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut io = ClientIo::new(io, ep.send_timeout);
+    // A connection that has not sent a request yet is closed at shutdown.
     let sniffed = tokio::select! {
-        _ = ep.kill.cancelled() => return,
+        _ = ep.stop.cancelled() => return,
         r = tokio::time::timeout(ep.header_read_timeout, io.sniff()) => r,
     };
     let protocol = match sniffed {

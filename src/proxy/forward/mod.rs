@@ -5,7 +5,7 @@ pub mod client;
 pub mod headers;
 mod upgrade;
 
-use super::body::{ReqBody, ReqBodyError, RespBody};
+use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
 use super::conn::ConnInfo;
 use super::pages;
 use crate::idle::UseGuard;
@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -111,23 +110,18 @@ pub async fn forward(
     let version = req.version();
     let upgrade = version == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The response timeout starts once the body is sent (like nginx's
-    // proxy_read_timeout): a long upload is not a slow backend.
-    let (sent_tx, sent_rx) = match req.body().is_end_stream() {
-        true => (None, None),
-        false => {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        }
-    };
-    let outgoing = match prepare(&ctx, conn, req, upgrade, sent_tx) {
+    // The response timeout counts the backend's silence, not the upload:
+    // a long upload is not a slow backend.
+    let progress = (!req.body().is_end_stream()).then(BodyProgress::new);
+    let outgoing = match prepare(&ctx, conn, req, upgrade, progress.clone()) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(route = %ctx.route, error = %e, "cannot build the backend request");
             return pages::plain(StatusCode::BAD_REQUEST, "cannot forward this request");
         }
     };
-    let result = match exchange(ctx.client.request(outgoing), sent_rx, ctx.response_timeout).await {
+    let result = match exchange(ctx.client.request(outgoing), progress, ctx.response_timeout).await
+    {
         Some(r) => r,
         None => {
             let limit = ctx.response_timeout.unwrap_or_default();
@@ -182,12 +176,14 @@ pub async fn forward(
     }
 }
 
-/// The backend exchange, bounded by `limit` counted from when the request
-/// body has been sent (`body_sent` fires; `None` for a request without a
-/// body). `None` when the limit passed first.
+/// The backend exchange, `None` when the backend stayed silent for
+/// `limit`: like nginx's proxy_send_timeout and proxy_read_timeout, the
+/// clock runs while the backend neither takes the next part of the request
+/// body (`progress`; waiting for the client does not count) nor answers
+/// after the last one. A request without a body starts it at once.
 async fn exchange<F, T>(
     request: F,
-    body_sent: Option<oneshot::Receiver<()>>,
+    progress: Option<Arc<BodyProgress>>,
     limit: Option<Duration>,
 ) -> Option<T>
 where
@@ -197,12 +193,22 @@ where
         return Some(request.await);
     };
     let clock = async {
-        if let Some(sent) = body_sent {
-            // An error means the body ended without being sent whole; the
-            // request fails on its own then, and the clock may run.
-            let _ = sent.await;
+        let Some(progress) = progress else {
+            return tokio::time::sleep(limit).await;
+        };
+        loop {
+            match progress.backend_since() {
+                // The client's turn: body_read_timeout watches that.
+                None => tokio::time::sleep(limit).await,
+                Some(since) => {
+                    let deadline = since + limit;
+                    if tokio::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                }
+            }
         }
-        tokio::time::sleep(limit).await;
     };
     tokio::select! {
         biased;
@@ -217,7 +223,7 @@ fn prepare(
     conn: &ConnInfo,
     req: Request<Incoming>,
     upgrade: bool,
-    sent: Option<oneshot::Sender<()>>,
+    progress: Option<Arc<BodyProgress>>,
 ) -> Result<Request<ReqBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -237,7 +243,7 @@ fn prepare(
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
         parts,
-        ReqBody::new(body, ctx.max_request_body, ctx.body_read_timeout, sent),
+        ReqBody::new(body, ctx.max_request_body, ctx.body_read_timeout, progress),
     ))
 }
 
