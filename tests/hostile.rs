@@ -693,12 +693,40 @@ async fn a_client_that_stops_reading_is_disconnected() {
 }
 
 #[tokio::test]
+async fn an_http2_stream_left_unread_is_not_held_forever() {
+    let a = Backend::start().await;
+    let d = Drowsy::start(&config("  send_timeout: 300ms\n", &route_a(&a))).await;
+    // The client keeps its flow-control windows at 64 KiB and never reads,
+    // while answering PINGs: only the stream shows it is not reading.
+    let stream = TcpStream::connect(d.http()).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .handshake::<_, TestBody>(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get("http://a.lan/download?n=268435456")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+        .await
+        .expect("deadline")
+        .expect("response head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::timeout(DEADLINE, a.state.download_abandoned.notified())
+        .await
+        .expect("drowsy kept an HTTP/2 stream its client never read");
+    drop(resp);
+}
+
+#[tokio::test]
 async fn an_upload_longer_than_response_timeout_is_not_cut_off() {
     let a = Backend::start().await;
     let d = Drowsy::start(&config(
         "",
         &format!(
-            "  a:\n    host: a.lan\n    backend: {}\n    response_timeout: 300ms\n",
+            "  a:\n    host: a.lan\n    backend: {}\n    response_timeout: 500ms\n",
             a.url()
         ),
     ))

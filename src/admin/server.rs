@@ -50,8 +50,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         .max_buf_size(MAX_HEAD);
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,

@@ -23,14 +23,25 @@ impl<'de> Deserialize<'de> for EnvString {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DurationSetting(pub Option<Duration>);
 
+/// The longest duration accepted: timers are set by adding durations to
+/// the clock, and a sum past what the clock can hold would be a crash.
+/// `never` is the way to say "no limit".
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("never") {
         return Ok(None);
     }
-    humantime::parse_duration(s).map(Some).map_err(|e| {
+    let d = humantime::parse_duration(s).map_err(|e| {
         format!("invalid duration `{s}` ({e}); write e.g. 500ms, 90s, 15m, 2h or never")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration `{s}` is longer than 10 years; write `never` for no limit"
+        ));
+    }
+    Ok(Some(d))
 }
 
 impl<'de> Deserialize<'de> for DurationSetting {
@@ -130,6 +141,10 @@ mod tests {
         assert_eq!(parse_duration("Never"), Ok(None));
         assert!(parse_duration("15 minutes please").is_err());
         assert!(parse_duration("15").unwrap_err().contains("90s"));
+        // Added to the clock, this would overflow it.
+        assert!(parse_duration("18446744073709551615s")
+            .unwrap_err()
+            .contains("never"));
     }
 
     #[test]

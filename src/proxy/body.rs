@@ -314,6 +314,9 @@ impl Body for RespBody {
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Channel { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
         };
+        if let Some(guard) = this.guard.as_ref() {
+            guard.note_pull(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, this.log.as_mut()) {
             if let Some(data) = frame.data_ref() {
                 log.bytes += data.len() as u64;

@@ -5,7 +5,7 @@ use super::limits::{ConnSlot, InflightSlot};
 use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -17,6 +17,9 @@ pub struct ConnInfo {
     pub client: HeaderValue,
     /// Requests of this connection in flight, for the keep-alive timeout.
     pub idle: ConnIdle,
+    /// HTTP/2 responses in progress, for the send timeout (see
+    /// [`ConnInfo::send_stalled`]).
+    streams: Mutex<Vec<Arc<StreamClock>>>,
     /// The connection's place under the connection limits. Whoever holds
     /// this struct holds the place: an upgraded connection keeps it until
     /// its pipe closes.
@@ -30,7 +33,42 @@ impl ConnInfo {
             tls,
             client: super::forward::headers::client_ip_value(peer.ip()),
             idle: ConnIdle::new(),
+            streams: Mutex::new(Vec::new()),
             _slot: slot,
+        }
+    }
+
+    /// A clock for one HTTP/2 response on this connection.
+    pub fn stream_clock(&self) -> Arc<StreamClock> {
+        let clock = Arc::new(StreamClock(AtomicU64::new(0)));
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        // Responses that ended dropped their clock: forget them.
+        streams.retain(|c| Arc::strong_count(c) > 1);
+        streams.push(clock.clone());
+        clock
+    }
+
+    /// Resolves once an HTTP/2 response has waited `timeout` for the client
+    /// to take its next bytes. On HTTP/1 a client that stops reading blocks
+    /// the socket, which [`super::io::ClientIo`] notices; on HTTP/2 the
+    /// client can instead close one stream's flow-control window and keep
+    /// answering PINGs, holding the stream, its backend connection and a
+    /// place under `max_inflight_requests` for as long as it likes. hyper
+    /// cannot reset a single stream from outside, so the connection goes.
+    pub async fn send_stalled(&self, timeout: Duration) {
+        let every = (timeout / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.idle.epoch.elapsed().as_millis() as u64;
+            let limit = timeout.as_millis() as u64;
+            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let stalled = streams.iter().any(|c| {
+                let owed = c.0.load(Ordering::Relaxed);
+                Arc::strong_count(c) > 1 && owed != 0 && now.saturating_sub(owed - 1) >= limit
+            });
+            if stalled {
+                return;
+            }
         }
     }
 
@@ -80,21 +118,43 @@ impl ConnIdle {
     }
 }
 
+/// Since when an HTTP/2 response's last bytes wait for the client:
+/// milliseconds after the connection's start, plus one; 0 while the
+/// response waits for nothing from the client.
+#[derive(Debug)]
+pub struct StreamClock(AtomicU64);
+
 /// One request, counted in flight on its connection and in the proxy's
 /// `max_inflight_requests` until its response body is done.
 #[derive(Debug)]
 pub struct RequestGuard {
     conn: Arc<ConnInfo>,
     _inflight: InflightSlot,
+    clock: Option<Arc<StreamClock>>,
 }
 
 impl RequestGuard {
-    pub fn new(conn: Arc<ConnInfo>, inflight: InflightSlot) -> Self {
+    pub fn new(conn: Arc<ConnInfo>, inflight: InflightSlot, http2: bool) -> Self {
         conn.idle.active.fetch_add(1, Ordering::SeqCst);
+        let clock = http2.then(|| conn.stream_clock());
         RequestGuard {
             conn,
             _inflight: inflight,
+            clock,
         }
+    }
+
+    /// Called as the response body is polled: `handed_out` when it just
+    /// gave the connection bytes to send (the client owes the next pull).
+    pub fn note_pull(&self, handed_out: bool) {
+        let Some(clock) = &self.clock else {
+            return;
+        };
+        let v = match handed_out {
+            true => self.conn.idle.epoch.elapsed().as_millis() as u64 + 1,
+            false => 0,
+        };
+        clock.0.store(v, Ordering::Relaxed);
     }
 }
 
@@ -116,7 +176,7 @@ mod tests {
     async fn idle_expires_only_without_requests() {
         let conn = Arc::new(ConnInfo::new("127.0.0.1:1".parse().unwrap(), false, None));
         let inflight = Inflight::new(10);
-        let guard = RequestGuard::new(conn.clone(), inflight.try_enter().unwrap());
+        let guard = RequestGuard::new(conn.clone(), inflight.try_enter().unwrap(), false);
         let t = Duration::from_secs(5);
         let expired = tokio::time::timeout(Duration::from_secs(20), conn.idle.expired(t));
         assert!(expired.await.is_err(), "a request in flight is not idle");

@@ -199,23 +199,32 @@ where
     match protocol {
         Protocol::Http1 => {
             let conn = ep.http1.serve_connection(io, svc).with_upgrades();
-            drive(conn, &info, ep).await
+            drive(conn, &info, ep, std::future::pending()).await
         }
-        Protocol::Http2 => drive(ep.http2.serve_connection(io, svc), &info, ep).await,
+        Protocol::Http2 => {
+            let stalled = info.send_stalled(ep.send_timeout);
+            drive(ep.http2.serve_connection(io, svc), &info, ep, stalled).await
+        }
     }
 }
 
 /// Runs a connection to its end. Shutdown and the keep-alive timeout close
 /// it gracefully (HTTP/2 with GOAWAY); one that still has not finished
-/// after another idle period is dropped, as is everything at `kill`.
-async fn drive<C>(conn: C, info: &ConnInfo, ep: &Entrypoint)
+/// after another idle period is dropped, as is everything at `kill` and a
+/// connection whose client stopped reading (`stalled`).
+async fn drive<C>(conn: C, info: &ConnInfo, ep: &Entrypoint, stalled: impl Future<Output = ()>)
 where
     C: Graceful,
 {
     let mut conn = pin!(conn);
+    let mut stalled = pin!(stalled);
     let mut closing = false;
     loop {
         tokio::select! {
+            _ = stalled.as_mut() => {
+                tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
+                return;
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");

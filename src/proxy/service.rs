@@ -56,10 +56,11 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let table = shared.table.load();
+    let http2 = req.version() == Version::HTTP_2;
     let guard = shared
         .inflight
         .try_enter()
-        .map(|slot| RequestGuard::new(conn.clone(), slot));
+        .map(|slot| RequestGuard::new(conn.clone(), slot, http2));
     let (route, mut resp) = match (&guard, find_route(&table, &req)) {
         (None, _) => (
             None,
