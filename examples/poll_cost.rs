@@ -474,6 +474,7 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         },
         ca_file: Some(ca.clone()),
         insecure_skip_verify: false,
+        insecure_loopback_guests: true,
         poll_interval: args.interval,
         request_timeout: Duration::from_secs(10),
     };

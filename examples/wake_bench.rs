@@ -107,6 +107,8 @@ fn config_yaml(url: &str, ca: &Path, guest: SocketAddr) -> String {
   http: 127.0.0.1:0
   admin: 127.0.0.1:0
   max_connections: 20000
+  max_connections_per_ip: 20000
+  max_inflight_requests: 20000
 proxmox:
   - name: home
     url: {url}
@@ -114,6 +116,7 @@ proxmox:
     token_secret: {secret}
     ca_file: {ca}
     poll_interval: 1s
+    insecure_loopback_guests: true
 routes:
   bench:
     host: {HOST}

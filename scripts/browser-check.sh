@@ -147,6 +147,7 @@ proxmox:
     token_id: drowsy@pve!proxy
     token_secret: 5f1c9a2e-7b3d-4e8f-9a6b-0c2d4e6f8a1b
     poll_interval: 1s
+    insecure_loopback_guests: true   # the simulated guests live on 127.0.x.y
 routes:
   $ROUTE:
     host: $HOST

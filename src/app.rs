@@ -3,6 +3,7 @@
 //! reloads a new config into them; and takes them down again.
 
 use crate::acme::Acme;
+use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::config::{self, Config, ProxmoxSettings, PveAuth};
@@ -54,6 +55,11 @@ impl Running {
                 clusters: clusters.clone(),
                 proxy: proxy.shared().clone(),
                 acme: acme.clone(),
+                policy: AdminPolicy {
+                    token: config.listen.admin_token.clone(),
+                    loopback: addr.ip().is_loopback(),
+                },
+                header_read_timeout: config.listen.header_read_timeout,
             });
             tokio::spawn(server::serve(listener, state, stop.clone()));
         }
@@ -202,19 +208,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if (a.http, a.https, a.admin) != (b.http, b.https, b.admin) {
         out.push("a listen address");
     }
-    if (
-        a.max_connections,
-        a.header_read_timeout,
-        a.tls_handshake_timeout,
-        a.http2_max_concurrent_streams,
-        a.redirect_https,
-    ) != (
-        b.max_connections,
-        b.header_read_timeout,
-        b.tls_handshake_timeout,
-        b.http2_max_concurrent_streams,
-        b.redirect_https,
-    ) {
+    if a.needs_restart(b) {
         out.push("a listener setting");
     }
     let same_clusters = old.proxmox.len() == new.proxmox.len()
@@ -257,6 +251,7 @@ fn same_cluster(a: &ProxmoxSettings, b: &ProxmoxSettings) -> bool {
         && a.url == b.url
         && a.ca_file == b.ca_file
         && a.insecure_skip_verify == b.insecure_skip_verify
+        && a.insecure_loopback_guests == b.insecure_loopback_guests
         && a.poll_interval == b.poll_interval
         && a.request_timeout == b.request_timeout
 }

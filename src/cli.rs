@@ -49,6 +49,18 @@ pub enum Command {
     Health(AdminArg),
     /// Print the certificates of a running drowsy: names, issuer, expiry, next renewal, last error.
     Certs(AdminArg),
+    /// Wake a route's guest through the admin API and wait until it answers.
+    Wake(RouteArg),
+    /// Put a route's guest to sleep now (refused while it is in use).
+    Sleep(RouteArg),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouteArg {
+    /// The route's name in the config.
+    pub route: String,
+    #[command(flatten)]
+    pub admin: AdminArg,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +78,19 @@ pub struct AdminArg {
     /// Base URL of drowsy's admin listener.
     #[arg(long, env = "DROWSY_ADMIN", default_value = "http://127.0.0.1:9090")]
     pub admin: String,
+    /// The admin API's bearer token (listen.admin_token); read from the
+    /// environment only, so it never shows in the process list.
+    #[arg(skip = std::env::var(crate::status::TOKEN_ENV).ok().filter(|t| !t.is_empty()))]
+    pub token: Option<String>,
+}
+
+impl AdminArg {
+    fn client(&self) -> crate::status::Admin<'_> {
+        crate::status::Admin {
+            url: &self.admin,
+            token: self.token.as_deref(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -86,7 +111,12 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run(cli.config));
     if !matches!(
         command,
-        Command::Check(_) | Command::Status(_) | Command::Health(_) | Command::Certs(_)
+        Command::Check(_)
+            | Command::Status(_)
+            | Command::Health(_)
+            | Command::Certs(_)
+            | Command::Wake(_)
+            | Command::Sleep(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -97,9 +127,11 @@ pub fn main() -> ExitCode {
         Command::Check(arg) => check(&arg.config),
         Command::Sim(args) => sim(args),
         Command::Demo(args) => demo(args),
-        Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
-        Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
-        Command::Certs(arg) => block_on(crate::status::certs(&arg.admin)),
+        Command::Status(arg) => block_on(crate::status::status(&arg.client())),
+        Command::Certs(arg) => block_on(crate::status::certs(&arg.client())),
+        Command::Health(arg) => block_on(crate::status::health(&arg.client())),
+        Command::Wake(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "wake")),
+        Command::Sleep(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "sleep")),
         Command::Run(arg) => run(&arg.config),
     }
 }
@@ -168,6 +200,28 @@ pub fn summary(cfg: &Config) -> String {
         out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
     }
     out.push_str(&crate::acme::names::summary(cfg));
+    for w in warnings(cfg) {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
+/// Settings that work but weaken the front door (DESIGN.md §4, §9).
+fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(admin) = cfg.listen.admin {
+        if !admin.ip().is_loopback() && cfg.listen.admin_token.is_none() {
+            out.push(format!(
+                "listen.admin {admin} is reachable beyond loopback without listen.admin_token: wake and sleep calls are refused until one is set"
+            ));
+        }
+    }
+    for p in cfg.proxmox.iter().filter(|p| p.insecure_loopback_guests) {
+        out.push(format!(
+            "proxmox {}: insecure_loopback_guests trusts loopback addresses reported by guests (for the simulated cluster only)",
+            p.name
+        ));
+    }
     out
 }
 

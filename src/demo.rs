@@ -50,6 +50,7 @@ proxmox:
     token_id: {TOKEN_ID}
     token_secret: {TOKEN_SECRET}
     poll_interval: 1s
+    insecure_loopback_guests: true   # the simulated guests live on 127.0.x.y
 defaults:
   idle_timeout: 30s
   wake_timeout: 1m

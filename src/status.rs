@@ -1,39 +1,122 @@
-//! `drowsy status` and `drowsy health`: small clients of the admin API.
+//! `drowsy status`, `certs`, `health`, `wake` and `sleep`: small clients of the
+//! admin API. They call it the way DESIGN.md §4 asks: state changes as
+//! `POST` with a JSON body, and the bearer token from `DROWSY_ADMIN_TOKEN`
+//! when one is set.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// A wake waits until the guest answers (`wake_timeout`, 2 minutes by
+/// default); the admin API gives up on its own after that.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-async fn fetch(url: &str) -> Result<(http::StatusCode, Bytes), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("bad admin URL {url}: {e}"))?;
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let resp = tokio::time::timeout(TIMEOUT, client.get(uri))
-        .await
-        .map_err(|_| format!("{url} did not answer within {}s", TIMEOUT.as_secs()))?
-        .map_err(|e| {
-            format!(
-                "cannot reach {url}: {e} (is drowsy running, and is listen.admin this address?)"
-            )
-        })?;
-    let status = resp.status();
-    let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
-        .await
-        .map_err(|_| format!("{url} stopped answering"))?
-        .map_err(|e| format!("reading {url}: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+/// The environment variable holding the admin token for these commands.
+pub const TOKEN_ENV: &str = "DROWSY_ADMIN_TOKEN";
+
+/// The admin API's address and, when set, its token.
+pub struct Admin<'a> {
+    pub url: &'a str,
+    pub token: Option<&'a str>,
 }
 
-pub async fn health(admin: &str) -> ExitCode {
-    match fetch(&format!("{}/healthz", admin.trim_end_matches('/'))).await {
+impl Admin<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("bad admin URL {}: {e}", self.url))?;
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        if let Some(token) = self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match method {
+            Method::POST => {
+                req = req.header(CONTENT_TYPE, "application/json");
+                Bytes::from_static(b"{}")
+            }
+            _ => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| format!("bad admin request: {e}"))?;
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let resp = tokio::time::timeout(timeout, client.request(req))
+            .await
+            .map_err(|_| format!("{url} did not answer within {}s", timeout.as_secs()))?
+            .map_err(|e| {
+                format!(
+                    "cannot reach {url}: {e} (is drowsy running, and is listen.admin this address?)"
+                )
+            })?;
+        let status = resp.status();
+        let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| format!("{url} stopped answering"))?
+            .map_err(|e| format!("reading {url}: {e}"))?
+            .to_bytes();
+        if status == StatusCode::UNAUTHORIZED {
+            let hint = match self.token {
+                None => format!("set {TOKEN_ENV} to listen.admin_token"),
+                Some(_) => format!("{TOKEN_ENV} does not match listen.admin_token"),
+            };
+            return Err(format!("{url} answered 401 Unauthorized: {hint}"));
+        }
+        Ok((status, body))
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), String> {
+        self.call(Method::GET, path, TIMEOUT).await
+    }
+}
+
+/// `drowsy wake ROUTE` / `drowsy sleep ROUTE`.
+pub async fn control(admin: &Admin<'_>, route: &str, action: &str) -> ExitCode {
+    let valid = !route.is_empty()
+        && route
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        eprintln!("drowsy {action}: `{route}` is not a route name");
+        return ExitCode::FAILURE;
+    }
+    let path = format!("/api/routes/{route}/{action}");
+    match admin.call(Method::POST, &path, WAKE_TIMEOUT).await {
+        Ok((s, body)) if s.is_success() => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let state = v["state"].as_str().unwrap_or("done");
+            match v["ms"].as_u64() {
+                Some(ms) => println!("{route}: {state} ({ms} ms)"),
+                None => println!("{route}: {state}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((s, body)) => {
+            let why = String::from_utf8_lossy(&body);
+            eprintln!("drowsy {action}: {s}: {}", why.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("drowsy {action}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn health(admin: &Admin<'_>) -> ExitCode {
+    match admin.get("/healthz").await {
         Ok((s, _)) if s.is_success() => ExitCode::SUCCESS,
         Ok((s, _)) => {
             eprintln!("drowsy health: /healthz answered {s}");
@@ -48,13 +131,13 @@ pub async fn health(admin: &str) -> ExitCode {
 
 /// GETs an admin API path and prints it with `render`.
 async fn show(
-    admin: &str,
+    admin: &Admin<'_>,
     path: &str,
     command: &str,
     render: fn(&serde_json::Value, f64) -> String,
 ) -> ExitCode {
-    let url = format!("{}{path}", admin.trim_end_matches('/'));
-    let value = match fetch(&url).await {
+    let url = format!("{}{path}", admin.url.trim_end_matches('/'));
+    let value = match admin.get(path).await {
         Ok((s, body)) if s.is_success() => serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|e| format!("{url} did not return JSON: {e}")),
         Ok((s, _)) => Err(format!("{url} answered {s}")),
@@ -72,11 +155,11 @@ async fn show(
     }
 }
 
-pub async fn status(admin: &str) -> ExitCode {
+pub async fn status(admin: &Admin<'_>) -> ExitCode {
     show(admin, "/api/routes", "status", table).await
 }
 
-pub async fn certs(admin: &str) -> ExitCode {
+pub async fn certs(admin: &Admin<'_>) -> ExitCode {
     show(admin, "/api/certs", "certs", certs_table).await
 }
 

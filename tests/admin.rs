@@ -15,10 +15,12 @@ fn config(env: &SimEnv, routes: &str) -> String {
     )
 }
 
+/// A state-changing call the way DESIGN.md §4 asks for one.
 async fn post(addr: std::net::SocketAddr, path: &str) -> (StatusCode, bytes::Bytes) {
     let req = Request::post(path)
-        .header("host", "admin")
-        .body(full(bytes::Bytes::new()))
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(full(bytes::Bytes::from_static(b"{}")))
         .expect("request");
     let (s, _, b) = send(addr, req).await;
     (s, b)
@@ -37,7 +39,7 @@ async fn routes_api_and_manual_wake_and_sleep() {
     let admin = d.running.admin_addr.expect("admin");
     wait_state(&d.gate("wiki"), GuestState::Stopped).await;
 
-    let (s, _, body) = get(admin, "admin", "/api/routes").await;
+    let (s, _, body) = get(admin, "localhost", "/api/routes").await;
     assert_eq!(s, StatusCode::OK);
     let v = json_of(&body);
     assert_eq!(v["wiki"]["hosts"][0], "wiki.lan");
@@ -51,7 +53,7 @@ async fn routes_api_and_manual_wake_and_sleep() {
     assert_eq!(s, StatusCode::OK, "{body:?}");
     assert_eq!(json_of(&body)["state"], "running");
     assert_eq!(env.sim.guest_status(105), Some("running"));
-    let (_, _, body) = get(admin, "admin", "/api/routes").await;
+    let (_, _, body) = get(admin, "localhost", "/api/routes").await;
     let v = json_of(&body);
     assert_eq!(v["wiki"]["state"], "running");
     assert_eq!(v["wiki"]["wakes"], 1);
@@ -73,7 +75,7 @@ async fn routes_api_and_manual_wake_and_sleep() {
     assert_eq!(s, StatusCode::CONFLICT);
     let (s, _) = post(admin, "/api/routes/nope/wake").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _, _) = get(admin, "admin", "/api/routes/wiki/wake").await;
+    let (s, _, _) = get(admin, "localhost", "/api/routes/wiki/wake").await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -88,7 +90,7 @@ async fn metrics_parse_and_count_a_wake() {
     let (s, _, _) = get(d.http(), "wiki.lan", "/").await;
     assert_eq!(s, StatusCode::OK);
     let admin = d.running.admin_addr.expect("admin");
-    let (s, _, body) = get(admin, "admin", "/metrics").await;
+    let (s, _, body) = get(admin, "localhost", "/metrics").await;
     assert_eq!(s, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
     let lines = text.lines().map(|l| Ok(l.to_string()));

@@ -192,3 +192,124 @@ fn absurd_durations_and_empty_user_agents_are_refused() {
         "{err}"
     );
 }
+#[test]
+fn front_door_settings_are_located() {
+    let cases = [
+        (
+            "  admin_token: short\n",
+            "drowsy.yml:3:16: listen.admin_token: is 5 characters long; use at least 16",
+        ),
+        (
+            "  admin_token: 'has spaces in it, 1234567'\n",
+            "drowsy.yml:3:16: listen.admin_token: may only hold",
+        ),
+        (
+            "  max_connections_per_ip: 0\n",
+            "drowsy.yml:3:27: listen.max_connections_per_ip: must be at least 1",
+        ),
+        (
+            "  keepalive_timeout: never\n",
+            "drowsy.yml:3:22: listen.keepalive_timeout: cannot be `never`",
+        ),
+        (
+            "  send_timeout: 0s\n",
+            "drowsy.yml:3:17: listen.send_timeout: must be longer than 0",
+        ),
+        (
+            "  body_read_timeout: soon\n",
+            "drowsy.yml:3:22: listen.body_read_timeout: invalid duration `soon`",
+        ),
+        (
+            "  max_inflight: 10\n",
+            "drowsy.yml:3:3: listen: unknown key `max_inflight`",
+        ),
+    ];
+    for (listen, expected) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{listen}"), &[]);
+        assert_eq!(code, 1, "{listen}");
+        assert!(err.starts_with(expected), "{listen} => {err}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").expect("write");
+    let yaml = format!(
+        "{HEAD}  admin: 0.0.0.0:9090\n  admin_token_file: {}\n",
+        token.display()
+    );
+    let (code, out, err) = check(&yaml, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("0123456789abcdef0123"), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let yaml = format!("{HEAD}  admin: 0.0.0.0:9090\n");
+    let (code, out, _) = check(&yaml, &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("warning: listen.admin 0.0.0.0:9090 is reachable beyond loopback without listen.admin_token"),
+        "{out}"
+    );
+    let yaml = format!(
+        "{HEAD}  admin_token: 0123456789abcdef0123\n  admin_token_file: {}\n",
+        token.display()
+    );
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("set either `admin_token` or `admin_token_file`, not both"),
+        "{err}"
+    );
+}
+
+#[test]
+fn default_certificate_must_be_covered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).expect("cert");
+    let (c, k) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&c, cert.cert.pem()).expect("write");
+    std::fs::write(&k, cert.signing_key.serialize_pem()).expect("write");
+    let yaml = |name: &str| {
+        format!(
+            "listen:\n  https: 127.0.0.1:8443\ntls:\n  certificates:\n    - {{cert: {}, key: {}}}\n  default_certificate: {name}\n",
+            c.display(),
+            k.display()
+        )
+    };
+    let (code, _, err) = check(&yaml("a.test"), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = check(&yaml("b.test"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("drowsy.yml:6:24: tls.default_certificate: no certificate in tls.certificates is valid for `b.test`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_address_pins_need_a_guest() {
+    let cluster = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";
+    let cases = [
+        (
+            "  a:\n    host: a.lan\n    backend: http://10.0.0.5\n    address: 10.0.0.5\n",
+            "drowsy.yml:11:5: routes.a.address: `address` pins a guest's address; this route has no `guest`",
+        ),
+        (
+            "  a:\n    host: a.lan\n    guest: 105\n    port: 80\n    address: wiki.lan\n",
+            "drowsy.yml:12:14: routes.a.address: `wiki.lan` is not a usable IP address",
+        ),
+        (
+            "  a:\n    host: a.lan\n    guest: 10.0.0.5\n    port: 80\n    address: 10.0.0.6\n",
+            "drowsy.yml:12:5: routes.a.address: the guest is already named by its IP address",
+        ),
+        (
+            "  a:\n    host: a.lan\n    guest: 105\n    port: 80\n    address: 10.0.0.5\n  b:\n    host: b.lan\n    guest: 105\n    port: 81\n    address: 10.0.0.6\n",
+            "drowsy.yml:17:14: routes.b.address: route `a` pins the same guest to 10.0.0.5",
+        ),
+    ];
+    for (routes, expected) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{cluster}routes:\n{routes}"), &[]);
+        assert_eq!(code, 1, "{routes}");
+        assert!(err.starts_with(expected), "{routes} => {err}");
+    }
+    let ok = "  a:\n    host: a.lan\n    guest: wiki\n    port: 80\n    address: 10.0.0.5\n";
+    let (code, _, err) = check(&format!("{HEAD}{cluster}routes:\n{ok}"), &[]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -17,12 +17,23 @@ async fn the_demo_wakes_a_guest_and_status_prints_the_table() {
     assert_eq!(s, StatusCode::OK, "{body:?}");
     assert_eq!(json_of(&body)["guest"], "whoami");
     assert!(h.contains_key("x-drowsy-wake"));
-    // The broken guest shows its error.
+    // The broken guest's visitors learn that it failed; the reason (which
+    // names the vmid) is for the operator, in the admin API.
     let (s, _, body) = get(addr, "broken.localhost", "/").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("could not wake"), "{text}");
+    assert!(!text.contains("mount point"), "{text}");
+    let (_, _, routes) = get(
+        demo.running.admin_addr.expect("admin"),
+        "localhost",
+        "/api/routes",
+    )
+    .await;
+    let error = json_of(&routes)["broken"]["error"].to_string();
     assert!(
-        String::from_utf8_lossy(&body).contains("mount point /mnt/data is missing"),
-        "{body:?}"
+        error.contains("mount point /mnt/data is missing"),
+        "{error}"
     );
 
     let admin = format!("http://{}", demo.running.admin_addr.expect("admin"));

@@ -58,10 +58,17 @@ async fn stopped_or_unknown_guests_get_503_naming_the_reason() {
     );
     let (s, _, body) = get(d.http(), "ghost.lan", "/").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
     assert!(
-        String::from_utf8_lossy(&body).contains("no guest matches name \"ghost\""),
-        "{body:?}"
+        text.contains("route ghost: the service is not available"),
+        "{text}"
     );
+    // The reason is the operator's: in the admin API.
+    let admin = d.running.admin_addr.expect("admin");
+    let (_, _, body) = get(admin, "localhost", "/api/routes").await;
+    let v = json_of(&body);
+    let error = v["ghost"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no guest matches name \"ghost\""), "{v}");
 }
 
 #[tokio::test]

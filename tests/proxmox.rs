@@ -81,6 +81,7 @@ impl Env {
             auth,
             ca_file: Some(self.ca.clone()),
             insecure_skip_verify: false,
+            insecure_loopback_guests: true,
             poll_interval: Duration::from_millis(30),
             request_timeout: Duration::from_secs(2),
         }

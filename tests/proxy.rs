@@ -54,18 +54,6 @@ async fn unknown_hosts_get_404_and_are_never_forwarded() {
     assert!(a.seen().is_empty());
 }
 
-/// Sends raw bytes and returns everything the server answers until it
-/// closes (or the deadline).
-async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
-        .await
-        .expect("server did not close");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn absolute_form_for_foreign_hosts_and_connect_are_refused() {
     let a = Backend::start().await;

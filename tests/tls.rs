@@ -3,68 +3,11 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use http::{StatusCode, Version};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::path::Path;
 use std::sync::Arc;
-
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-        Pki { ca }
-    }
-
-    /// Writes `<stem>.pem` and `<stem>.key` for `names` into `dir`.
-    fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let cert = params.signed_by(&key, &self.ca).expect("sign");
-        let (c, k) = (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c.display().to_string(), k.display().to_string())
-    }
-
-    fn ca_file(&self, dir: &Path) -> String {
-        let p = dir.join("ca.pem");
-        std::fs::write(&p, self.ca.pem()).expect("write ca");
-        p.display().to_string()
-    }
-
-    fn roots(&self) -> rustls::RootCertStore {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).expect("add ca");
-        roots
-    }
-}
-
-fn https_client(pki: &Pki, names: &[&str], addr: std::net::SocketAddr) -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut b = reqwest::Client::builder().use_preconfigured_tls(tls);
-    for n in names {
-        b = b.resolve(n, addr);
-    }
-    b.build().expect("client")
-}
 
 #[tokio::test]
 async fn https_entrypoint_picks_the_certificate_by_sni_and_speaks_h2() {
@@ -83,7 +26,7 @@ async fn https_entrypoint_picks_the_certificate_by_sni_and_speaks_h2() {
     let addr = d.running.https_addr().expect("https");
     // Certificate verification against each name proves the right
     // certificate was served for each SNI value.
-    let client = https_client(&pki, &["a.test", "x.b.test"], addr);
+    let client = pki.https_client(&["a.test", "x.b.test"], addr);
     for (host, backend) in [("a.test", &ba), ("x.b.test", &bb)] {
         let resp = client
             .get(format!("https://{host}:{}/h2", addr.port()))
@@ -162,7 +105,7 @@ async fn a_reload_reads_renewed_certificate_files() {
     .await;
     let addr = d.running.https_addr().expect("https");
     let url = |host: &str| format!("https://{host}:{}/", addr.port());
-    let client = https_client(&pki, &["old.test", "new.test"], addr);
+    let client = pki.https_client(&["old.test", "new.test"], addr);
     assert!(
         client.get(url("new.test")).send().await.is_err(),
         "new.test is not in the first certificate"
@@ -170,7 +113,7 @@ async fn a_reload_reads_renewed_certificate_files() {
     // Renewed in place, as certbot or acme.sh would.
     pki.leaf(dir.path(), "site", &["old.test", "new.test"]);
     d.running.reload_from_file().await.expect("reload");
-    let fresh = https_client(&pki, &["new.test"], addr);
+    let fresh = pki.https_client(&["new.test"], addr);
     let resp = fresh
         .get(url("new.test"))
         .send()

@@ -3,7 +3,6 @@
 //! `tls.certificates` entry covers. Names a CA cannot issue for are skipped.
 
 use crate::config::{Config, HostPattern, TlsCertificate};
-use rustls::pki_types::{DnsName, ServerName};
 use std::net::IpAddr;
 
 /// One certificate to obtain: `id` (its first name) names it in storage,
@@ -127,13 +126,9 @@ fn probe(suffix: &str) -> String {
 /// Whether a configured certificate is valid for `host` (its SANs, as
 /// webpki checks them).
 fn covered(certs: &[TlsCertificate], host: &str) -> bool {
-    let Ok(dns) = DnsName::try_from(host.to_string()) else {
-        return false;
-    };
-    let name = ServerName::DnsName(dns);
     certs
         .iter()
-        .any(|c| crate::proxy::tls::valid_for(&c.certified, &name))
+        .any(|c| crate::config::tls_files::covers(&c.certified, host))
 }
 
 /// Lines for `drowsy check`: what will be ordered and what is skipped.

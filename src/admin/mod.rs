@@ -1,4 +1,5 @@
-//! Admin endpoints: health, metrics, status API.
+//! The admin listener: health, metrics and the status API.
 
+pub mod guard;
 pub mod metrics;
 pub mod server;

@@ -1,21 +1,27 @@
 //! The admin listener: `/healthz`, `/metrics` and the JSON API.
 
+use super::guard::{self, AdminPolicy};
 use crate::admin::metrics::Metrics;
 use crate::idle::gate::WaitError;
 use crate::idle::Bound;
 use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
+use crate::proxy::listener::MAX_HEAD;
 use crate::proxy::pages;
-use crate::proxy::route::Route;
-use crate::proxy::service::Shared;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use crate::proxy::route::{Route, RouteKind};
+use crate::proxy::service::{self, Shared};
+use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// What the admin endpoints read.
@@ -26,40 +32,93 @@ pub struct AdminState {
     pub proxy: Arc<Shared>,
     /// Certificates for `/api/certs`.
     pub acme: Arc<crate::acme::Acme>,
+    pub policy: AdminPolicy,
+    /// `listen.header_read_timeout`: the admin listener is a front door too.
+    pub header_read_timeout: Duration,
 }
 
+/// Admin connections open at once; more wait in the kernel backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if !state.policy.loopback && state.policy.token.is_none() {
+        tracing::warn!(
+            admin = ?listener.local_addr().ok(),
+            "the admin API listens beyond loopback without listen.admin_token: wake and sleep calls are refused until one is set"
+        );
+    }
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.header_read_timeout)
+        .max_buf_size(MAX_HEAD);
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let state = state.clone();
-        let builder = builder.clone();
+        let http = http.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _permit = permit;
+            let svc = service_fn(move |req| handle(state.clone(), local.ip(), req));
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            let idle = tokio::time::sleep(ADMIN_IDLE);
             tokio::select! {
                 _ = stop.cancelled() => {}
+                _ = idle => {}
                 _ = conn => {}
             }
         });
     }
 }
 
+/// An admin connection lives at most this long (a wake waits up to
+/// `wake_timeout`, two minutes by default).
+const ADMIN_IDLE: Duration = Duration::from_secs(15 * 60);
+
 async fn handle(
     state: Arc<AdminState>,
+    local: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
+    let path = req.uri().path();
+    let changes_state = control_target(path).is_some();
+    if let Err(refusal) = guard::check(
+        &state.policy,
+        req.method(),
+        path,
+        req.headers(),
+        changes_state,
+        local,
+    ) {
+        let mut resp = pages::plain(refusal.status, refusal.message);
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"drowsy\""),
+            );
+        }
+        return Ok(resp);
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => pages::plain(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => {
@@ -218,6 +277,19 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
         });
+        // Why a guest route that does not sleep gets 503, which the public
+        // page leaves out.
+        if let RouteKind::Guest(_) = &route.kind {
+            let bound = route.binding.as_ref().map(|b| b.bound_full());
+            v["error"] = match bound.as_deref() {
+                Some(Bound::Guest { id, gate: None }) => service::guest_ip(&state.proxy, id)
+                    .err()
+                    .map(|u| u.detail)
+                    .into(),
+                Some(Bound::Missing(why)) => why.to_string().into(),
+                _ => serde_json::Value::Null,
+            };
+        }
         if let Some(gate) = route.binding.as_ref().and_then(|b| b.gate()) {
             let g = gate.snapshot();
             v["sleeps"] = true.into();

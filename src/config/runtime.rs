@@ -42,6 +42,10 @@ pub struct Config {
     pub source: PathBuf,
     pub listen: ListenSettings,
     pub tls: Vec<TlsCertificate>,
+    /// `tls.default_certificate`: the name whose certificate answers a
+    /// handshake no certificate covers (unknown or missing SNI). `None`
+    /// refuses such handshakes.
+    pub default_certificate: Option<String>,
     pub proxmox: Vec<ProxmoxSettings>,
     pub routes: Vec<RouteSettings>,
     /// Reload when the config file changes (in addition to SIGHUP).
@@ -57,11 +61,25 @@ pub struct ListenSettings {
     pub admin: Option<SocketAddr>,
     /// Peers whose X-Forwarded-For is trusted and appended to.
     pub trusted_proxies: Vec<IpNet>,
-    /// Connections accepted at once over all entrypoints; more wait in the
-    /// kernel backlog.
+    /// Connections accepted at once over all entrypoints and TCP routes;
+    /// more wait in the kernel backlog.
     pub max_connections: usize,
-    /// Time a client has to send the complete request head (slowloris guard).
+    /// Connections one client address (an IPv6 /64) may hold at once.
+    pub max_connections_per_ip: usize,
+    /// Requests in flight at once (held ones included); more get 503.
+    pub max_inflight_requests: usize,
+    /// Time a client has to send its first bytes, and then each complete
+    /// request head (slowloris guard).
     pub header_read_timeout: Duration,
+    /// Longest pause in the middle of a request body.
+    pub body_read_timeout: Duration,
+    /// Longest time a client may leave drowsy's writes unread.
+    pub send_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub keepalive_timeout: Duration,
+    /// An upgraded connection or TCP stream with no bytes either way is
+    /// closed after this (`None` = never).
+    pub tunnel_idle_timeout: Option<Duration>,
     pub tls_handshake_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
     /// How long in-flight requests and upgraded connections may take to
@@ -70,6 +88,36 @@ pub struct ListenSettings {
     /// Plain HTTP requests for a routed host are redirected to HTTPS
     /// (ACME HTTP-01 paths excepted).
     pub redirect_https: bool,
+    /// Bearer token for the admin API.
+    pub admin_token: Option<Secret>,
+    /// Log the query string of each request in the access log.
+    pub access_log_query: bool,
+}
+
+impl ListenSettings {
+    /// The settings a running entrypoint keeps until a restart (all but
+    /// `trusted_proxies` and `access_log_query`, which the route table
+    /// carries).
+    pub fn needs_restart(&self, new: &ListenSettings) -> bool {
+        let key = |l: &ListenSettings| {
+            (
+                (
+                    l.max_connections,
+                    l.max_connections_per_ip,
+                    l.max_inflight_requests,
+                ),
+                (l.header_read_timeout, l.body_read_timeout, l.send_timeout),
+                (
+                    l.keepalive_timeout,
+                    l.tunnel_idle_timeout,
+                    l.tls_handshake_timeout,
+                ),
+                (l.http2_max_concurrent_streams, l.shutdown_timeout),
+                (l.admin_token.clone(), l.redirect_https),
+            )
+        };
+        key(self) != key(new)
+    }
 }
 
 /// A certificate chain and key, read and checked when the config is loaded
@@ -99,6 +147,9 @@ pub struct ProxmoxSettings {
     pub auth: PveAuth,
     pub ca_file: Option<PathBuf>,
     pub insecure_skip_verify: bool,
+    /// Accept loopback addresses that guests report (the simulated cluster
+    /// runs its guests on 127.0.x.y; never set it for a real cluster).
+    pub insecure_loopback_guests: bool,
     pub poll_interval: Duration,
     /// Deadline for every single API request.
     pub request_timeout: Duration,
@@ -206,6 +257,9 @@ pub struct RouteSettings {
     pub target: Target,
     /// `Some` for a TCP stream route: the address to accept on.
     pub tcp_listen: Option<SocketAddr>,
+    /// The guest's address fixed in the config: drowsy does not ask
+    /// Proxmox (or the guest) for it.
+    pub address: Option<IpAddr>,
     pub backend: BackendSettings,
     /// `Some` when the route's guest may be put to sleep.
     pub sleep: Option<SleepSettings>,
@@ -240,8 +294,8 @@ impl RouteSettings {
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,
-    /// From the request being sent until the response head arrives
-    /// (`None` = no limit).
+    /// The backend's longest silence: not taking the next part of the
+    /// request body, or not answering after the last (`None` = no limit).
     pub response_timeout: Option<Duration>,
     pub pool_idle_timeout: Duration,
     /// Largest request body accepted; larger gets 413.

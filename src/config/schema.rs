@@ -35,11 +35,21 @@ pub struct RawListen {
     #[serde(default)]
     pub trusted_proxies: Vec<EnvString>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_inflight_requests: Option<usize>,
     pub header_read_timeout: Option<DurationSetting>,
+    pub body_read_timeout: Option<DurationSetting>,
+    pub send_timeout: Option<DurationSetting>,
+    pub keepalive_timeout: Option<DurationSetting>,
+    pub tunnel_idle_timeout: Option<DurationSetting>,
     pub tls_handshake_timeout: Option<DurationSetting>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub shutdown_timeout: Option<DurationSetting>,
     pub redirect_https: Option<bool>,
+    pub admin_token: Option<EnvString>,
+    pub admin_token_file: Option<EnvString>,
+    #[serde(default)]
+    pub access_log_query: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +57,7 @@ pub struct RawListen {
 pub struct RawTls {
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    pub default_certificate: Option<EnvString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +81,8 @@ pub struct RawProxmox {
     pub ca_file: Option<EnvString>,
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    #[serde(default)]
+    pub insecure_loopback_guests: bool,
     pub poll_interval: Option<DurationSetting>,
     pub request_timeout: Option<DurationSetting>,
 }
@@ -204,6 +217,7 @@ with_route_options! {
         scheme: Option<RawScheme>,
         backend: Option<EnvString>,
         listen: Option<EnvString>,
+        address: Option<EnvString>,
         depends_on: Option<Vec<String>>,
         no_wake: Option<RawNoWake>,
     }

@@ -70,3 +70,18 @@ pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     }
     Ok(roots)
 }
+
+/// Whether `cert` is valid for the DNS name `name` (its SANs, wildcards
+/// included, as webpki checks them for a client).
+pub fn covers(cert: &CertifiedKey, name: &str) -> bool {
+    let Ok(dns) = rustls::pki_types::DnsName::try_from(name.to_string()) else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::DnsName(dns);
+    let Ok(der) = cert.end_entity_cert() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(der)
+        .map(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+        .unwrap_or(false)
+}

@@ -81,8 +81,9 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
         errors: Vec::new(),
     };
     let base = file.parent().unwrap_or(Path::new("."));
-    let listen = listen(&mut ctx, &raw.listen);
+    let listen = listen(&mut ctx, &raw.listen, base);
     let tls = certificates(&mut ctx, &raw.tls, base);
+    let default_certificate = default_certificate(&mut ctx, &raw.tls, &tls);
     if listen.https.is_some()
         && tls.is_empty()
         && raw.tls.certificates.is_empty()
@@ -115,6 +116,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             source: file.to_path_buf(),
             listen,
             tls,
+            default_certificate,
             proxmox,
             routes,
             watch: raw.watch,
@@ -170,18 +172,19 @@ fn finite(
     }
 }
 
-fn listen(ctx: &mut Ctx, raw: &RawListen) -> ListenSettings {
+fn listen(ctx: &mut Ctx, raw: &RawListen, base: &Path) -> ListenSettings {
+    let at = |k: &str| path!["listen", k];
     let http = raw
         .http
         .as_ref()
-        .and_then(|v| socket_addr(ctx, &path!["listen", "http"], &v.0));
+        .and_then(|v| socket_addr(ctx, &at("http"), &v.0));
     let https = raw
         .https
         .as_ref()
-        .and_then(|v| socket_addr(ctx, &path!["listen", "https"], &v.0));
+        .and_then(|v| socket_addr(ctx, &at("https"), &v.0));
     let admin = match raw.admin.as_ref().map(|v| v.0.as_str()) {
         Some("off") | Some("none") => None,
-        Some(text) => socket_addr(ctx, &path!["listen", "admin"], text),
+        Some(text) => socket_addr(ctx, &at("admin"), text),
         None => DEFAULT_ADMIN.parse().ok(),
     };
     let trusted_proxies = raw
@@ -190,21 +193,27 @@ fn listen(ctx: &mut Ctx, raw: &RawListen) -> ListenSettings {
         .enumerate()
         .filter_map(|(i, v)| cidr(ctx, &path!["listen", "trusted_proxies", i], &v.0))
         .collect();
-    let max_connections = raw.max_connections.unwrap_or(4096);
-    if max_connections == 0 {
-        ctx.err(
-            &path!["listen", "max_connections"],
-            "must be at least 1",
-            None,
-        );
-    }
-    let http2_max_concurrent_streams = raw.http2_max_concurrent_streams.unwrap_or(256);
-    if http2_max_concurrent_streams == 0 {
-        ctx.err(
-            &path!["listen", "http2_max_concurrent_streams"],
-            "must be at least 1",
-            None,
-        );
+    let admin_token = secret(
+        ctx,
+        &path!["listen"],
+        "admin_token",
+        &raw.admin_token,
+        &raw.admin_token_file,
+        base,
+    );
+    if let Some(token) = &admin_token {
+        let key = if raw.admin_token.is_some() {
+            "admin_token"
+        } else {
+            "admin_token_file"
+        };
+        if let Err(why) = check_admin_token(token.expose()) {
+            ctx.err(
+                &at(key),
+                why,
+                Some("generate one with `openssl rand -hex 32`".into()),
+            );
+        }
     }
     let redirect_https = raw.redirect_https.unwrap_or(false);
     if redirect_https && https.is_none() {
@@ -220,27 +229,157 @@ fn listen(ctx: &mut Ctx, raw: &RawListen) -> ListenSettings {
         https,
         admin,
         trusted_proxies,
-        max_connections: max_connections.max(1),
-        header_read_timeout: finite(
+        max_connections: at_least_one(ctx, &at("max_connections"), raw.max_connections, 4096),
+        max_connections_per_ip: at_least_one(
             ctx,
-            &path!["listen", "header_read_timeout"],
+            &at("max_connections_per_ip"),
+            raw.max_connections_per_ip,
+            256,
+        ),
+        max_inflight_requests: at_least_one(
+            ctx,
+            &at("max_inflight_requests"),
+            raw.max_inflight_requests,
+            4096,
+        ),
+        header_read_timeout: positive(
+            ctx,
+            &at("header_read_timeout"),
             raw.header_read_timeout,
             Duration::from_secs(30),
         ),
-        tls_handshake_timeout: finite(
+        body_read_timeout: positive(
             ctx,
-            &path!["listen", "tls_handshake_timeout"],
+            &at("body_read_timeout"),
+            raw.body_read_timeout,
+            Duration::from_secs(60),
+        ),
+        send_timeout: positive(
+            ctx,
+            &at("send_timeout"),
+            raw.send_timeout,
+            Duration::from_secs(60),
+        ),
+        keepalive_timeout: positive(
+            ctx,
+            &at("keepalive_timeout"),
+            raw.keepalive_timeout,
+            Duration::from_secs(60),
+        ),
+        tunnel_idle_timeout: match raw.tunnel_idle_timeout {
+            None => Some(Duration::from_secs(3600)),
+            Some(DurationSetting(None)) => None,
+            Some(d) => Some(positive(
+                ctx,
+                &at("tunnel_idle_timeout"),
+                Some(d),
+                Duration::from_secs(3600),
+            )),
+        },
+        tls_handshake_timeout: positive(
+            ctx,
+            &at("tls_handshake_timeout"),
             raw.tls_handshake_timeout,
             Duration::from_secs(10),
         ),
-        http2_max_concurrent_streams: http2_max_concurrent_streams.max(1),
+        http2_max_concurrent_streams: at_least_one(
+            ctx,
+            &at("http2_max_concurrent_streams"),
+            raw.http2_max_concurrent_streams,
+            100,
+        ),
         shutdown_timeout: finite(
             ctx,
-            &path!["listen", "shutdown_timeout"],
+            &at("shutdown_timeout"),
             raw.shutdown_timeout,
             Duration::from_secs(30),
         ),
+        admin_token,
+        access_log_query: raw.access_log_query,
     }
+}
+
+/// A count that must be at least 1.
+fn at_least_one<T>(ctx: &mut Ctx, path: &[Seg], value: Option<T>, default: T) -> T
+where
+    T: Copy + PartialOrd + From<u8>,
+{
+    match value {
+        Some(v) if v < T::from(1) => {
+            ctx.err(path, "must be at least 1", None);
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+/// A duration that may be neither `never` nor zero.
+fn positive(
+    ctx: &mut Ctx,
+    path: &[Seg],
+    value: Option<DurationSetting>,
+    default: Duration,
+) -> Duration {
+    let d = finite(ctx, path, value, default);
+    if d.is_zero() {
+        ctx.err(
+            path,
+            "must be longer than 0",
+            Some(format!("e.g. {}", humantime::format_duration(default))),
+        );
+        return default;
+    }
+    d
+}
+
+/// The admin token travels as `Authorization: Bearer TOKEN` (RFC 6750
+/// §2.1: the b64token syntax), and must not be guessable.
+fn check_admin_token(token: &str) -> Result<(), String> {
+    let body = token.trim_end_matches('=');
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/');
+    if body.is_empty() || !body.chars().all(ok_char) {
+        return Err("may only hold letters, digits and `-._~+/` (followed by `=` padding)".into());
+    }
+    if token.len() < 16 {
+        return Err(format!(
+            "is {} characters long; use at least 16",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `tls.default_certificate`: must name a host some certificate covers.
+fn default_certificate(ctx: &mut Ctx, raw: &RawTls, certs: &[TlsCertificate]) -> Option<String> {
+    let name = raw.default_certificate.as_ref()?;
+    let at = path!["tls", "default_certificate"];
+    let host = match parse_host_pattern(&name.0) {
+        Ok(HostPattern::Exact(h)) if !h.starts_with('[') => h,
+        _ => {
+            ctx.err(
+                &at,
+                format!("`{}` is not a host name", name.0),
+                Some("name a host one of tls.certificates is valid for, e.g. home.arpa".into()),
+            );
+            return None;
+        }
+    };
+    let loaded = raw.certificates.len() == certs.len();
+    if loaded
+        && !certs
+            .iter()
+            .any(|c| super::tls_files::covers(&c.certified, &host))
+    {
+        ctx.err(
+            &at,
+            format!("no certificate in tls.certificates is valid for `{host}`"),
+            Some("name a host that one of the certificates lists".into()),
+        );
+        return None;
+    }
+    Some(host)
 }
 
 fn cidr(ctx: &mut Ctx, path: &[Seg], text: &str) -> Option<IpNet> {
@@ -414,6 +553,7 @@ fn clusters(ctx: &mut Ctx, raw: &[RawProxmox], base: &Path) -> Vec<ProxmoxSettin
             auth,
             ca_file,
             insecure_skip_verify: c.insecure_skip_verify,
+            insecure_loopback_guests: c.insecure_loopback_guests,
             poll_interval,
             request_timeout: finite(
                 ctx,
@@ -591,11 +731,13 @@ fn routes(
         };
         let depends_on = dependencies(ctx, &at, r, name, &names);
         let sleep = sleep_settings(ctx, &at, r, &raw.defaults, &target);
+        let address = route_address(ctx, &at, r, &target);
         out.push(RouteSettings {
             name: Arc::from(name.as_str()),
             hosts,
             target,
             tcp_listen,
+            address,
             backend: backend_settings(ctx, &at, r, &raw.defaults, base),
             sleep,
             depends_on,
@@ -604,6 +746,7 @@ fn routes(
     }
     check_cycles(ctx, &out);
     check_shared_guests(ctx, &out, clusters);
+    check_pins(ctx, &out);
     out
 }
 
@@ -680,6 +823,63 @@ fn check_shared_guests(ctx: &mut Ctx, routes: &[RouteSettings], clusters: &[Prox
                     .into(),
             ),
         );
+    }
+}
+
+/// `address:` pins a guest route's address; it needs a guest named by
+/// vmid or name (a guest named by its IP is found through that IP).
+fn route_address(ctx: &mut Ctx, at: &[Seg], r: &RawRoute, target: &Target) -> Option<IpAddr> {
+    let text = r.address.as_ref()?;
+    let p = [at.to_vec(), path!["address"]].concat();
+    let ip = match text.0.trim().parse::<IpAddr>() {
+        Ok(ip) if !(ip.is_unspecified() || ip.is_multicast()) => ip.to_canonical(),
+        _ => {
+            ctx.err(
+                &p,
+                format!("`{}` is not a usable IP address", text.0),
+                Some("e.g. 10.0.0.7 or fd00::7".into()),
+            );
+            return None;
+        }
+    };
+    match target.guest().map(|g| &g.key) {
+        Some(GuestKey::Vmid(_) | GuestKey::Name(_)) => Some(ip),
+        Some(GuestKey::Ip(_)) => {
+            ctx.err_key(
+                &p,
+                "the guest is already named by its IP address",
+                Some("drop `address`, or name the guest by vmid or name".into()),
+            );
+            None
+        }
+        None => {
+            ctx.err_key(
+                &p,
+                "`address` pins a guest's address; this route has no `guest`",
+                Some("put the address in the backend URL".into()),
+            );
+            None
+        }
+    }
+}
+
+/// Two routes naming one guest cannot pin it to two addresses.
+fn check_pins(ctx: &mut Ctx, routes: &[RouteSettings]) {
+    let mut seen: HashMap<&GuestRef, (IpAddr, &str)> = HashMap::new();
+    for r in routes {
+        let (Some(ip), Some(guest)) = (r.address, r.target.guest()) else {
+            continue;
+        };
+        match seen.get(guest) {
+            Some((other_ip, other)) if *other_ip != ip => ctx.err(
+                &path!["routes", &*r.name, "address"],
+                format!("route `{other}` pins the same guest to {other_ip}"),
+                Some("give every route of one guest the same address".into()),
+            ),
+            _ => {
+                seen.insert(guest, (ip, &r.name));
+            }
+        }
     }
 }
 

@@ -23,6 +23,11 @@ impl<'de> Deserialize<'de> for EnvString {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DurationSetting(pub Option<Duration>);
 
+/// The longest duration accepted: timers are set by adding durations to
+/// the clock, and a sum past what the clock can hold would be a crash.
+/// `never` is the way to say "no limit".
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("never") {
@@ -33,16 +38,11 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     })?;
     if d > MAX_DURATION {
         return Err(format!(
-            "duration `{s}` is longer than 10 years; write `never` to turn the timer off"
+            "duration `{s}` is longer than 10 years; write `never` for no limit"
         ));
     }
     Ok(Some(d))
 }
-
-/// The longest duration a setting accepts. Timers add durations to the
-/// current instant; a far larger one would overflow it and abort the
-/// process, and anything longer than this means `never` anyway.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for DurationSetting {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -141,6 +141,10 @@ mod tests {
         assert_eq!(parse_duration("Never"), Ok(None));
         assert!(parse_duration("15 minutes please").is_err());
         assert!(parse_duration("15").unwrap_err().contains("90s"));
+        // Added to the clock, this would overflow it.
+        assert!(parse_duration("18446744073709551615s")
+            .unwrap_err()
+            .contains("never"));
     }
 
     // A duration is added to the current instant by the timers; one too

@@ -34,6 +34,11 @@ pub enum Admit {
 
 pub const EVENTS_PATH: &str = "/.drowsy/events";
 
+/// What anonymous visitors learn about a failed wake. The reason itself
+/// (Proxmox errors naming URLs, tokens, ACL paths, nodes and vmids) goes to
+/// the log and the admin API only (DESIGN.md §9).
+pub const PUBLIC_WAKE_FAILURE: &str = "the service did not come up";
+
 /// Case-insensitive substring test without allocating.
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
@@ -138,14 +143,12 @@ pub async fn admit<B>(
     if wants_loading_page(policy.loading_page, req) {
         drop(guard);
         gate.request_wake();
-        return Admit::Respond(Box::new(loading(route, gate.backoff_error().as_deref())));
+        let failed = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
+        return Admit::Respond(Box::new(loading(route, failed)));
     }
     let Some(_slot) = gate.try_hold(policy.max_held_requests) else {
         return Admit::Respond(Box::new(pages::unavailable(
-            format!(
-                "route {route}: too many requests are waiting for the guest to wake (max_held_requests = {})",
-                policy.max_held_requests
-            ),
+            format!("route {route}: too many requests are waiting for the guest to wake"),
             gate.retry_after_secs(),
         )));
     };
@@ -157,8 +160,8 @@ pub async fn admit<B>(
             waited_ms: Some(start.elapsed().as_millis() as u64),
             pool: gate.pool_epoch(),
         },
-        Err(WaitError::Failed(why)) => Admit::Respond(Box::new(pages::unavailable(
-            format!("route {route}: could not wake the guest: {why}"),
+        Err(WaitError::Failed(_)) => Admit::Respond(Box::new(pages::unavailable(
+            format!("route {route}: could not wake the guest: {PUBLIC_WAKE_FAILURE}"),
             gate.retry_after_secs(),
         ))),
         Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
@@ -183,12 +186,25 @@ fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
+}
+
+/// A progress step as the public sees it: a failure's reason is replaced
+/// by [`PUBLIC_WAKE_FAILURE`].
+fn public_message(phase: &super::state::Phase) -> String {
+    match phase {
+        super::state::Phase::Failed(_) => format!("could not wake: {PUBLIC_WAKE_FAILURE}"),
+        other => other.message(),
+    }
 }
 
 /// One server-sent event for a progress step.
 fn sse(phase: &Phase) -> Bytes {
-    let data = serde_json::json!({ "phase": phase.event(), "message": phase.message() });
+    let data = serde_json::json!({ "phase": phase.event(), "message": public_message(phase) });
     Bytes::from(format!("event: {}\ndata: {data}\n\n", phase.event()))
 }
 
@@ -219,8 +235,8 @@ fn events(gate: &Arc<Gate>) -> Response<RespBody> {
                         _ => 0,
                     };
                     (Phase::Ready { ms }, true)
-                } else if let Some(why) = sig.failure_since(mark) {
-                    (Phase::Failed(why.clone()), true)
+                } else if let Some(f) = sig.failure_since(mark) {
+                    (Phase::Failed(f.why.clone()), true)
                 } else {
                     match &sig.phase {
                         // A failure of an earlier wake, or a ready that
@@ -249,6 +265,10 @@ fn events(gate: &Arc<Gate>) -> Response<RespBody> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
@@ -283,6 +303,19 @@ mod tests {
         assert!(!is_navigation(r.method(), r.headers()));
         let r = req(Method::GET, &[("accept", "*/*")]);
         assert!(!is_navigation(r.method(), r.headers()));
+    }
+
+    #[test]
+    fn failures_are_told_without_their_reason() {
+        use super::super::state::Phase;
+        let p = Phase::Failed("403 on /vms/105 for drowsy@pve!proxy".into());
+        let event = String::from_utf8(sse(&p).to_vec()).unwrap();
+        assert!(event.starts_with("event: error\n"), "{event}");
+        assert!(event.contains(PUBLIC_WAKE_FAILURE), "{event}");
+        assert!(
+            !event.contains("105") && !event.contains("drowsy@pve"),
+            "{event}"
+        );
     }
 
     #[test]

@@ -60,8 +60,16 @@ pub struct Signal {
     pub phase: Phase,
     /// Wakes begun so far (the current one, while `starting`).
     pub attempt: u64,
-    /// The last failed wake: its attempt number and reason.
-    pub failed: Option<(u64, Arc<str>)>,
+    /// The last failed wake.
+    pub failed: Option<Failure>,
+}
+
+/// A failed wake: which attempt, why, and whether it ran out of time.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub attempt: u64,
+    pub why: Arc<str>,
+    pub timed_out: bool,
 }
 
 impl Signal {
@@ -75,10 +83,10 @@ impl Signal {
     }
 
     /// The failure, if any, that concerns a waiter that arrived at `mark`.
-    pub(super) fn failure_since(&self, mark: WaitMark) -> Option<&Arc<str>> {
-        let (attempt, why) = self.failed.as_ref()?;
-        let relevant = *attempt > mark.attempt || (mark.waking && *attempt == mark.attempt);
-        relevant.then_some(why)
+    pub(super) fn failure_since(&self, mark: WaitMark) -> Option<&Failure> {
+        let f = self.failed.as_ref()?;
+        let relevant = f.attempt > mark.attempt || (mark.waking && f.attempt == mark.attempt);
+        relevant.then_some(f)
     }
 }
 
@@ -343,12 +351,16 @@ impl Gate {
     }
 
     /// The current wake failed; the guest is left in `state`.
-    pub(super) fn fail(&self, why: &Arc<str>, state: GuestState) {
+    pub(super) fn fail(&self, why: &Arc<str>, state: GuestState, timed_out: bool) {
         if let Ok(mut stats) = self.stats.lock() {
             stats.last_error = Some((Instant::now(), why.clone()));
         }
         self.transition(Some(state), |sig| {
-            sig.failed = Some((sig.attempt, why.clone()));
+            sig.failed = Some(Failure {
+                attempt: sig.attempt,
+                why: why.clone(),
+                timed_out,
+            });
             sig.phase = Phase::Failed(why.clone());
         });
     }
@@ -455,8 +467,11 @@ impl Gate {
                 if let Some(ready) = self.ready() {
                     return Ok(ready);
                 }
-                if let Some(why) = rx.borrow_and_update().failure_since(mark) {
-                    return Err(WaitError::Failed(why.clone()));
+                if let Some(f) = rx.borrow_and_update().failure_since(mark) {
+                    return Err(match f.timed_out {
+                        true => WaitError::Timeout,
+                        false => WaitError::Failed(f.why.clone()),
+                    });
                 }
                 if rx.changed().await.is_err() {
                     return Err(WaitError::Failed("drowsy is shutting down".into()));

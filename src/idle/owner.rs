@@ -104,6 +104,7 @@ impl Owner {
             self.gate.fail(
                 &Arc::from("drowsy stopped managing this guest"),
                 GuestState::Unknown,
+                false,
             );
         }
     }
@@ -250,13 +251,14 @@ impl Owner {
                 };
                 counter.inc();
                 let why: Arc<str> = Arc::from(e.to_string());
+                let timed_out = matches!(e, WakeError::Timeout(_));
                 // A running guest whose dependencies could not be woken
                 // stays running; its requests get the error.
                 let state = match (was, e) {
                     (GuestState::Running, WakeError::Dependency(_)) => GuestState::Running,
                     _ => GuestState::Error,
                 };
-                self.gate.fail(&why, state);
+                self.gate.fail(&why, state, timed_out);
                 tracing::warn!(route = %label.name, error = %why, "wake failed");
             }
         }
@@ -492,10 +494,11 @@ impl Owner {
                 self.gate.activity.touch();
                 self.gate.ready_now(0);
             }
-            Ok(Err(why)) => self.gate.fail(&Arc::from(why), GuestState::Error),
+            Ok(Err(why)) => self.gate.fail(&Arc::from(why), GuestState::Error, false),
             Err(_) => self.gate.fail(
                 &Arc::from(WakeError::Timeout(limit).to_string()),
                 GuestState::Error,
+                true,
             ),
         }
     }

@@ -17,7 +17,8 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// The page for `route`. `error` is set when the last wake failed.
+/// The page for `route`. `error` is set when the last wake failed: a
+/// public reason, never the internal one (DESIGN.md §9).
 pub fn loading_page(route: &str, error: Option<&str>) -> String {
     let route = escape_html(route);
     let (heading, status, hidden) = match error {

@@ -45,6 +45,7 @@ pub struct PveClient {
     principal: Principal,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    loopback_guests: bool,
 }
 
 impl fmt::Debug for PveClient {
@@ -91,6 +92,12 @@ impl PveClient {
                 "insecure_skip_verify is set: the Proxmox API certificate is not verified"
             );
         }
+        if settings.insecure_loopback_guests {
+            tracing::warn!(
+                cluster = %cluster,
+                "insecure_loopback_guests is set: loopback addresses reported by guests are used (for the simulated cluster only)"
+            );
+        }
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .http1_only()
@@ -112,11 +119,18 @@ impl PveClient {
             principal,
             metrics,
             timeout: settings.request_timeout,
+            loopback_guests: settings.insecure_loopback_guests,
         })
     }
 
     pub fn cluster(&self) -> &Arc<str> {
         &self.cluster
+    }
+
+    /// Whether loopback addresses reported by guests may be used
+    /// (`insecure_loopback_guests`).
+    pub fn loopback_guests(&self) -> bool {
+        self.loopback_guests
     }
 
     /// `GET {path}`; `path` starts with `/` and has its segments encoded,

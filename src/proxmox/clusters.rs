@@ -46,7 +46,13 @@ impl Clusters {
     /// the host of every plain backend (it may turn out to be a guest).
     pub fn set_needed(&self, config: &Config) {
         let needed: Vec<GuestRef> = config.routes.iter().filter_map(needed_ref).collect();
+        let pins: Vec<(GuestRef, std::net::IpAddr)> = config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.target.guest()?.clone(), r.address?)))
+            .collect();
         for c in &self.clusters {
+            c.poller.set_pins(pins.clone());
             c.poller.set_needed(needed.iter().cloned());
         }
     }

@@ -14,6 +14,11 @@ use std::net::IpAddr;
 /// that failure just means "not known yet". The config (`netN` / `ipconfigN`)
 /// is the fallback and the only source for a stopped guest. The error is
 /// returned only when the config cannot be read either.
+///
+/// Loopback addresses are dropped unless the cluster allows them
+/// (`insecure_loopback_guests`, for the simulated cluster): root in a guest
+/// can report 127.0.0.1 and would have drowsy send that route's traffic,
+/// cookies and all, to drowsy's own host.
 pub async fn discover_ips(
     client: &PveClient,
     node: &str,
@@ -21,8 +26,18 @@ pub async fn discover_ips(
     vmid: u32,
     running: bool,
 ) -> Result<Vec<IpAddr>, PveError> {
+    let allowed = |mut ips: Vec<IpAddr>| {
+        if !client.loopback_guests() {
+            let before = ips.len();
+            ips.retain(|ip| !net::is_loopback(ip));
+            if ips.len() != before {
+                tracing::debug!(cluster = %client.cluster(), vmid, "ignoring loopback addresses the guest reports");
+            }
+        }
+        ips
+    };
     if running {
-        match live_ips(client, node, kind, vmid).await {
+        match live_ips(client, node, kind, vmid).await.map(allowed) {
             Ok(ips) if !ips.is_empty() => return Ok(ips),
             Ok(_) => {}
             Err(e) => {
@@ -30,7 +45,7 @@ pub async fn discover_ips(
             }
         }
     }
-    config_ips(client, node, kind, vmid).await
+    config_ips(client, node, kind, vmid).await.map(allowed)
 }
 
 async fn live_ips(

@@ -3,9 +3,12 @@
 //! QEMU guest agent's `network-get-interfaces`.
 //!
 //! Every function returns usable addresses only (no `lo` interface, no
-//! link-local or unspecified address), IPv4 before IPv6, otherwise in the
-//! order Proxmox lists them. Loopback-range addresses on other interfaces are
-//! kept: the simulated cluster gives each guest its own 127.0.x.y.
+//! link-local, unspecified, broadcast or multicast address), IPv4 before
+//! IPv6, otherwise in the order Proxmox lists them. Loopback addresses on
+//! other interfaces are kept here and dropped by discovery (see
+//! [`is_loopback`]): the simulated cluster gives each guest its own
+//! 127.0.x.y, while on a real cluster a guest reporting one would point
+//! drowsy at its own host.
 
 use serde_json::Value;
 use std::net::IpAddr;
@@ -27,23 +30,36 @@ const VIRTUAL_PREFIXES: &[&str] = &[
     "wg",
 ];
 
-/// Whether an address can reach the guest from the proxy: link-local
-/// addresses need an interface scope the proxy does not have.
+/// Whether an address can reach one guest from the proxy: link-local
+/// addresses need an interface scope the proxy does not have; unspecified,
+/// "this network" (0.0.0.0/8, which Linux connects to as the local host),
+/// broadcast and multicast addresses name no single guest.
 pub fn usable(ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => !(v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()),
+        IpAddr::V4(v4) => {
+            !(v4.is_link_local() || v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast())
+        }
         IpAddr::V6(v6) => {
             let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            !(v6.is_unspecified() || link_local)
+            !(v6.is_unspecified() || link_local || v6.is_multicast())
         }
     }
 }
 
-/// `10.0.0.5/24` or `10.0.0.5` → the address. `dhcp`, `manual`, `auto` and
-/// anything unparsable → `None` (the address is not known from config).
+/// A loopback address, IPv4-mapped ones included (`::ffff:127.0.0.1`).
+pub fn is_loopback(ip: &IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// `10.0.0.5/24` or `10.0.0.5` → the address (IPv4-mapped IPv6 as IPv4).
+/// `dhcp`, `manual`, `auto` and anything unparsable → `None` (the address
+/// is not known from config).
 pub fn parse_cidr_addr(value: &str) -> Option<IpAddr> {
     let addr = value.split('/').next().unwrap_or(value).trim();
-    addr.parse::<IpAddr>().ok().filter(usable)
+    addr.parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+        .filter(usable)
 }
 
 /// The `key=value` pairs of a Proxmox property string such as
@@ -287,5 +303,29 @@ mod tests {
         assert!(lxc_config_ips(&json!([1, 2])).is_empty());
         assert!(lxc_net_ips("ip=300.1.1.1/24").is_empty());
         assert!(lxc_net_ips("ip=169.254.1.1/16").is_empty());
+    }
+
+    // What a guest could report to aim drowsy at something that is not it.
+    #[test]
+    fn addresses_naming_no_single_guest_are_dropped() {
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "ff02::1",
+            "fe80::1",
+        ] {
+            assert!(parse_cidr_addr(bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            parse_cidr_addr("::ffff:10.0.0.3"),
+            Some("10.0.0.3".parse().unwrap())
+        );
+        assert!(is_loopback(&"::ffff:127.0.0.1".parse().unwrap()));
+        assert!(is_loopback(&"::1".parse().unwrap()));
+        assert!(is_loopback(&"127.4.5.6".parse().unwrap()));
+        assert!(!is_loopback(&"10.0.0.1".parse().unwrap()));
     }
 }

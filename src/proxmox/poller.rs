@@ -45,6 +45,7 @@ impl Poller {
             client,
             cache,
             needed: RwLock::new(Arc::new(HashSet::new())),
+            pins: RwLock::new(Arc::new(Vec::new())),
             needed_changed: Notify::new(),
             nodes: RwLock::new(Vec::new()),
             polls: watch::channel(0).0,
@@ -64,6 +65,9 @@ struct Shared {
     client: Arc<PveClient>,
     cache: Arc<ClusterCache>,
     needed: RwLock<Arc<HashSet<GuestRef>>>,
+    /// Guests whose address the config fixes (route `address:`): they are
+    /// never asked for one.
+    pins: RwLock<Arc<Vec<(GuestRef, IpAddr)>>>,
     needed_changed: Notify,
     nodes: RwLock<Vec<String>>,
     /// Count of successful polls.
@@ -106,6 +110,12 @@ impl PollerHandle {
         self.shared.needed_changed.notify_one();
     }
 
+    /// Fixes the address of the guests `pins` name (route `address:`).
+    pub fn set_pins(&self, pins: Vec<(GuestRef, IpAddr)>) {
+        *write(&self.shared.pins) = Arc::new(pins);
+        self.shared.needed_changed.notify_one();
+    }
+
     /// Looks the guest's IPs up now (the wake path: a DHCP guest gets its
     /// address only after boot), live first, and stores them in the cache.
     pub async fn refresh_ips(&self, vmid: u32) -> Result<Guest, PveError> {
@@ -118,7 +128,10 @@ impl PollerHandle {
                 cluster: cluster.clone(),
                 vmid,
             })?;
-        let ips = discover_ips(&self.shared.client, &guest.node, guest.kind, vmid, true).await?;
+        let ips = match pin_of(&self.shared, &guest) {
+            Some(ip) => vec![ip],
+            None => discover_ips(&self.shared.client, &guest.node, guest.kind, vmid, true).await?,
+        };
         Ok(self
             .shared
             .cache
@@ -320,8 +333,16 @@ async fn discover(
     state: &mut LoopState,
     guests: &[Guest],
 ) -> HashMap<u32, Vec<IpAddr>> {
-    let todo = due_for_lookup(shared, state, guests);
+    let mut todo = due_for_lookup(shared, state, guests);
     let mut found = HashMap::new();
+    todo.retain(|g| match pin_of(shared, g) {
+        Some(ip) => {
+            state.looked_up_at.insert(g.vmid, g.status.clone());
+            found.insert(g.vmid, vec![ip]);
+            false
+        }
+        None => true,
+    });
     for chunk in todo.chunks(DISCOVERY_PARALLELISM) {
         let lookups = chunk.iter().map(|g| async move {
             let r = discover_ips(
@@ -372,7 +393,8 @@ fn due_for_lookup<'a>(shared: &Shared, state: &LoopState, guests: &'a [Guest]) -
         for g in matches {
             let stale = state.looked_up_at.get(&g.vmid) != Some(&g.status);
             let unknown = g.status.is_running() && ips_of(g).is_empty();
-            if (stale || unknown) && !due.iter().any(|d| d.vmid == g.vmid) {
+            let repinned = pin_of(shared, g).is_some_and(|ip| ips_of(g) != [ip]);
+            if (stale || unknown || repinned) && !due.iter().any(|d| d.vmid == g.vmid) {
                 due.push(g);
             }
         }
@@ -387,6 +409,21 @@ fn due_for_lookup<'a>(shared: &Shared, state: &LoopState, guests: &'a [Guest]) -
         due.extend(scan);
     }
     due
+}
+
+/// The address the config fixes for `g`, if a pin names it (by vmid or
+/// name; the config allows no other key for a pin).
+fn pin_of(shared: &Shared, g: &Guest) -> Option<IpAddr> {
+    let pins = read(&shared.pins).clone();
+    let cluster = shared.client.cluster();
+    pins.iter()
+        .filter(|(r, _)| r.cluster.as_ref().is_none_or(|c| c == cluster))
+        .find(|(r, _)| match normalize_key(&r.key) {
+            GuestKey::Vmid(id) => g.vmid == id,
+            GuestKey::Name(n) => !match_name(std::slice::from_ref(g), &n).is_empty(),
+            GuestKey::Ip(_) => false,
+        })
+        .map(|(_, ip)| *ip)
 }
 
 fn matching<'a>(

@@ -2,6 +2,7 @@
 //! Concrete enums rather than boxed bodies, so a request costs no extra
 //! allocation for its body.
 
+use super::conn::RequestGuard;
 use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -9,11 +10,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
 
 /// A request body went past `max_request_body`.
 #[derive(Debug)]
@@ -27,10 +31,14 @@ impl fmt::Display for TooLarge {
 
 impl std::error::Error for TooLarge {}
 
+/// Why the client's request body did not arrive whole; these are the
+/// client's doing, not the backend's.
 #[derive(Debug)]
 pub enum ReqBodyError {
     Client(hyper::Error),
     TooLarge,
+    /// Nothing arrived for `body_read_timeout`.
+    Stalled,
 }
 
 impl fmt::Display for ReqBodyError {
@@ -38,6 +46,7 @@ impl fmt::Display for ReqBodyError {
         match self {
             ReqBodyError::Client(e) => write!(f, "reading the client's request body: {e}"),
             ReqBodyError::TooLarge => TooLarge.fmt(f),
+            ReqBodyError::Stalled => f.write_str("the client stopped sending its request body"),
         }
     }
 }
@@ -47,26 +56,75 @@ impl std::error::Error for ReqBodyError {
         match self {
             ReqBodyError::Client(e) => Some(e),
             ReqBodyError::TooLarge => Some(&TooLarge),
+            ReqBodyError::Stalled => None,
         }
     }
 }
 
+/// How far a request body has got, for the response timeout: when the
+/// backend last took a part of it, and whether it is the client's turn
+/// (waiting for the client is not the backend's slowness).
+#[derive(Debug)]
+pub struct BodyProgress {
+    epoch: tokio::time::Instant,
+    /// Milliseconds after `epoch`, shifted left by one; the low bit is set
+    /// while drowsy waits for the client.
+    state: AtomicU64,
+}
+
+impl BodyProgress {
+    pub fn new() -> Arc<BodyProgress> {
+        Arc::new(BodyProgress {
+            epoch: tokio::time::Instant::now(),
+            state: AtomicU64::new(0),
+        })
+    }
+
+    fn note(&self, waiting_for_client: bool) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.state
+            .store((ms << 1) | u64::from(waiting_for_client), Ordering::Relaxed);
+    }
+
+    /// When the backend last made progress with the body, or `None` while
+    /// the body waits for the client.
+    pub fn backend_since(&self) -> Option<tokio::time::Instant> {
+        let v = self.state.load(Ordering::Relaxed);
+        (v & 1 == 0).then(|| self.epoch + Duration::from_millis(v >> 1))
+    }
+}
+
 pin_project! {
-    /// The client's request body on its way to the backend, cut off with an
+    /// The client's request body on its way to the backend: cut off with an
     /// error once it exceeds the route's limit (for bodies whose length was
-    /// not announced up front).
+    /// not announced up front) or stalls for `body_read_timeout`; notes its
+    /// progress for the response timeout.
     pub struct ReqBody {
         #[pin]
         inner: Incoming,
         remaining: Option<u64>,
+        read_timeout: Duration,
+        // Armed while the client owes the next bytes.
+        stall: Option<Pin<Box<Sleep>>>,
+        stalled: bool,
+        progress: Option<Arc<BodyProgress>>,
     }
 }
 
 impl ReqBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        read_timeout: Duration,
+        progress: Option<Arc<BodyProgress>>,
+    ) -> Self {
         ReqBody {
             inner,
             remaining: limit,
+            read_timeout,
+            stall: None,
+            stalled: false,
+            progress,
         }
     }
 }
@@ -79,8 +137,16 @@ impl Body for ReqBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let pending = matches!(polled, Poll::Pending);
+        if let Some(p) = this.progress {
+            p.note(pending);
+        }
+        if !pending {
+            *this.stalled = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
                     let n = data.len() as u64;
@@ -93,7 +159,23 @@ impl Body for ReqBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ReqBodyError::Client(e)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let timeout = *this.read_timeout;
+                let stall = match this.stall {
+                    Some(s) => {
+                        if !*this.stalled {
+                            s.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        }
+                        s
+                    }
+                    None => this.stall.insert(Box::pin(tokio::time::sleep(timeout))),
+                };
+                *this.stalled = true;
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ReqBodyError::Stalled))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -112,6 +194,9 @@ pub struct AccessLog {
     pub route: Option<Arc<str>>,
     pub method: Method,
     pub path: http::uri::PathAndQuery,
+    /// Log the query string too (`listen.access_log_query`); off by
+    /// default, since queries often carry tokens.
+    pub query: bool,
     pub peer: IpAddr,
     pub status: StatusCode,
     pub start: Instant,
@@ -124,12 +209,21 @@ impl Drop for AccessLog {
             target: "drowsy::access",
             route = self.route.as_deref().unwrap_or("-"),
             method = %self.method,
-            path = %self.path,
+            path = logged_path(&self.path, self.query),
             status = self.status.as_u16(),
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
             client = %self.peer,
         );
+    }
+}
+
+/// The path as the access log shows it: without the query unless asked.
+pub fn logged_path(pq: &http::uri::PathAndQuery, query: bool) -> &str {
+    if query {
+        pq.as_str()
+    } else {
+        pq.path()
     }
 }
 
@@ -151,6 +245,8 @@ pin_project! {
         log: Option<AccessLog>,
         // Keeps the guest counted as in use until the body is done.
         hold: Option<UseGuard>,
+        // Keeps the request counted in flight (per connection and overall).
+        guard: Option<RequestGuard>,
     }
 }
 
@@ -160,6 +256,7 @@ impl RespBody {
             inner: Inner::Stream { body },
             log: None,
             hold: None,
+            guard: None,
         }
     }
 
@@ -170,11 +267,16 @@ impl RespBody {
             inner: Inner::Channel { rx },
             log: None,
             hold: None,
+            guard: None,
         }
     }
 
     pub fn set_hold(&mut self, hold: UseGuard) {
         self.hold = Some(hold);
+    }
+
+    pub fn set_guard(&mut self, guard: RequestGuard) {
+        self.guard = Some(guard);
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
@@ -185,6 +287,7 @@ impl RespBody {
             },
             log: None,
             hold: None,
+            guard: None,
         }
     }
 
@@ -211,6 +314,9 @@ impl Body for RespBody {
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Channel { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
         };
+        if let Some(guard) = this.guard.as_ref() {
+            guard.note_pull(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
         if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, this.log.as_mut()) {
             if let Some(data) = frame.data_ref() {
                 log.bytes += data.len() as u64;
@@ -235,5 +341,17 @@ impl Body for RespBody {
             }
             Inner::Channel { .. } => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_log_leaves_out_queries_unless_asked() {
+        let pq: http::uri::PathAndQuery = "/reset?token=secret".parse().unwrap();
+        assert_eq!(logged_path(&pq, false), "/reset");
+        assert_eq!(logged_path(&pq, true), "/reset?token=secret");
     }
 }

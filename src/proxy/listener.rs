@@ -1,57 +1,105 @@
-//! Entrypoints: accept TCP connections (up to the global limit), do the TLS
-//! handshake with a deadline, and serve HTTP/1.1 or HTTP/2 with upgrades.
+//! Entrypoints: accept TCP connections within the connection limits, do
+//! the TLS handshake, tell HTTP/1 from HTTP/2 by the first bytes, and serve
+//! the connection with a deadline at every stage (DESIGN.md §9):
+//!
+//! - first bytes and each HTTP/1 request head: `header_read_timeout`;
+//! - TLS handshake: `tls_handshake_timeout`;
+//! - no request in flight: `keepalive_timeout` (HTTP/2 also PINGs the peer);
+//! - a client leaving drowsy's writes unread: `send_timeout` (in [`ClientIo`]).
 
 use super::conn::ConnInfo;
+use super::io::{ClientIo, Protocol};
 use super::service::{self, Shared};
-use hyper::service::service_fn;
+use crate::config::ListenSettings;
+use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The largest request head (and HTTP/1 read buffer) a client may make
+/// drowsy hold.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Per HTTP/2 stream, response bytes drowsy buffers for a client whose
+/// flow-control window is closed.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+/// HTTP/2 PINGs: sent after this long without a frame from the peer...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection is closed when the PING is not answered in this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Everything an accept loop needs, shared by all its connections.
 pub struct Entrypoint {
     pub shared: Arc<Shared>,
-    pub http: auto::Builder<TokioExecutor>,
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
     pub tls: Option<TlsAcceptor>,
+    pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
-    pub connections: Arc<Semaphore>,
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
     /// Stop accepting and let connections finish.
     pub stop: CancellationToken,
     /// Drop whatever is still open.
     pub kill: CancellationToken,
 }
 
-pub fn http_builder(
-    header_read_timeout: Duration,
-    h2_streams: u32,
-) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2_streams);
-    b
+impl Entrypoint {
+    pub fn new(
+        l: &ListenSettings,
+        shared: Arc<Shared>,
+        tls: Option<TlsAcceptor>,
+        stop: CancellationToken,
+        kill: CancellationToken,
+    ) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(l.header_read_timeout)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEAD);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(l.http2_max_concurrent_streams)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .max_header_list_size(MAX_HEAD as u32)
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        Entrypoint {
+            shared,
+            http1: h1,
+            http2: h2,
+            tls,
+            header_read_timeout: l.header_read_timeout,
+            tls_handshake_timeout: l.tls_handshake_timeout,
+            keepalive_timeout: l.keepalive_timeout,
+            send_timeout: l.send_timeout,
+            stop,
+            kill,
+        }
+    }
 }
 
 /// Accepts until `stop`, then waits for the open connections to finish.
 pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             _ = ep.stop.cancelled() => break,
-            p = ep.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+            p = ep.shared.limits.reserve() => match p {
+                Some(p) => p,
+                None => break,
             },
         };
         let accepted = tokio::select! {
@@ -60,13 +108,13 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(connection(
-                    stream,
-                    peer,
-                    ep.clone(),
-                    graceful.watcher(),
-                    permit,
-                ));
+                let capped = !ep.shared.table.load().is_trusted(peer.ip());
+                let Some(slot) = ep.shared.limits.admit(permit, peer.ip(), capped) else {
+                    tracing::debug!(client = %peer, "refused: max_connections_per_ip reached");
+                    continue;
+                };
+                let info = Arc::new(ConnInfo::new(peer, ep.tls.is_some(), Some(slot)));
+                connections.spawn(connection(stream, info, ep.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -77,58 +125,162 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ep: Arc<Entrypoint>,
-    watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn connection(stream: TcpStream, info: Arc<ConnInfo>, ep: Arc<Entrypoint>) {
     let _ = stream.set_nodelay(true);
-    let table = ep.shared.table.load();
-    let tls = ep.tls.is_some();
-    let info = Arc::new(ConnInfo::new(peer, tls, &table.trusted_proxies));
-    drop(table);
     match &ep.tls {
-        None => serve(TokioIo::new(stream), info, &ep, watcher).await,
+        None => serve(stream, info, &ep).await,
         Some(acceptor) => {
-            let accept = crate::acme::challenge::tlsalpn01::accept(
-                acceptor,
-                &ep.shared.acme.tls_alpn,
-                stream,
-            );
-            let handshake = tokio::time::timeout(ep.tls_handshake_timeout, accept);
-            let stream = tokio::select! {
-                _ = ep.kill.cancelled() => return,
-                r = handshake => r,
-            };
-            match stream {
-                Ok(Ok(Some(s))) => serve(TokioIo::new(s), info, &ep, watcher).await,
-                // A TLS-ALPN-01 validation: answered by the handshake itself.
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            if let Some(tls) = tls_accept(acceptor, stream, info.peer, &ep).await {
+                serve(tls, info, &ep).await;
             }
         }
     }
 }
 
-async fn serve<IO>(io: TokioIo<IO>, info: Arc<ConnInfo>, ep: &Entrypoint, watcher: Watcher)
+/// The TLS handshake of one connection, within `tls_handshake_timeout`
+/// (and cut short by shutdown). `None` when it failed; the reason is
+/// logged at debug level, since anyone can make handshakes fail.
+pub async fn tls_accept(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ep: &Entrypoint,
+) -> Option<TlsStream<TcpStream>> {
+    // A ClientHello asking only for `acme-tls/1` is an ACME TLS-ALPN-01
+    // validation: answered by the handshake itself, never served.
+    let accept =
+        crate::acme::challenge::tlsalpn01::accept(acceptor, &ep.shared.acme.tls_alpn, stream);
+    let handshake = tokio::time::timeout(ep.tls_handshake_timeout, accept);
+    let result = tokio::select! {
+        _ = ep.kill.cancelled() => return None,
+        r = handshake => r,
+    };
+    match result {
+        Ok(Ok(Some(tls))) => Some(tls),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Reads the first bytes (within `header_read_timeout`) to pick HTTP/1 or
+/// HTTP/2, then serves the connection.
+async fn serve<IO>(io: IO, info: Arc<ConnInfo>, ep: &Entrypoint)
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut io = ClientIo::new(io, ep.send_timeout);
+    // A connection that has not sent a request yet is closed at shutdown.
+    let sniffed = tokio::select! {
+        _ = ep.stop.cancelled() => return,
+        r = tokio::time::timeout(ep.header_read_timeout, io.sniff()) => r,
+    };
+    let protocol = match sniffed {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %info.peer, error = %e, "connection failed before a request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %info.peer, "no request within header_read_timeout");
+            return;
+        }
+    };
     let shared = ep.shared.clone();
-    let svc = service_fn(move |req| service::handle(shared.clone(), info.clone(), req));
-    let conn = watcher.watch(ep.http.serve_connection_with_upgrades(io, svc).into_owned());
-    tokio::select! {
-        _ = ep.kill.cancelled() => {}
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let conn_info = info.clone();
+    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
+    let io = TokioIo::new(io);
+    match protocol {
+        Protocol::Http1 => {
+            let conn = ep.http1.serve_connection(io, svc).with_upgrades();
+            drive(conn, &info, ep, std::future::pending()).await
+        }
+        Protocol::Http2 => {
+            let stalled = info.send_stalled(ep.send_timeout);
+            drive(ep.http2.serve_connection(io, svc), &info, ep, stalled).await
+        }
+    }
+}
+
+/// Runs a connection to its end. Shutdown and the keep-alive timeout close
+/// it gracefully (HTTP/2 with GOAWAY); one that still has not finished
+/// after another idle period is dropped, as is everything at `kill` and a
+/// connection whose client stopped reading (`stalled`).
+async fn drive<C>(conn: C, info: &ConnInfo, ep: &Entrypoint, stalled: impl Future<Output = ()>)
+where
+    C: Graceful,
+{
+    let mut conn = pin!(conn);
+    let mut stalled = pin!(stalled);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = stalled.as_mut() => {
+                tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
+                return;
+            }
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = ep.kill.cancelled() => return,
+            _ = ep.stop.cancelled(), if !closing => {
+                conn.as_mut().shut();
+                closing = true;
+            }
+            _ = info.idle.expired(ep.keepalive_timeout) => {
+                if closing {
+                    tracing::debug!(client = %info.peer, "idle connection did not close; dropping it");
+                    return;
+                }
+                conn.as_mut().shut();
+                closing = true;
             }
         }
+    }
+}
+
+/// A served connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shut(self: Pin<&mut Self>);
+}
+
+impl<I, B, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    fn shut(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, B, S, E> Graceful for http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: Read + Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }

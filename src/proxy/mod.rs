@@ -1,8 +1,11 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
+pub mod authority;
 pub mod body;
 pub mod conn;
 pub mod forward;
+pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod pages;
 pub mod redirect;
@@ -17,6 +20,7 @@ use crate::config::Config;
 use crate::idle::Plan;
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
+use limits::{ConnLimits, Inflight};
 use listener::Entrypoint;
 use route::RouteTable;
 use service::Shared;
@@ -25,7 +29,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +83,7 @@ impl Proxy {
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let acme = Arc::new(crate::acme::Hooks::default());
+        let l = &config.listen;
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
@@ -92,21 +96,25 @@ impl Proxy {
                 .redirect_https
                 .then(|| config.listen.https.map(|a| a.port()))
                 .flatten(),
+            limits: ConnLimits::new(l.max_connections, l.max_connections_per_ip),
+            inflight: Inflight::new(l.max_inflight_requests),
+            body_read_timeout: l.body_read_timeout,
+            tunnel_idle_timeout: l.tunnel_idle_timeout,
         });
-        let connections = Arc::new(Semaphore::new(config.listen.max_connections));
-        let l = &config.listen;
         let entry = |tls| {
-            Arc::new(Entrypoint {
-                shared: shared.clone(),
-                http: listener::http_builder(l.header_read_timeout, l.http2_max_concurrent_streams),
+            Arc::new(Entrypoint::new(
+                l,
+                shared.clone(),
                 tls,
-                tls_handshake_timeout: l.tls_handshake_timeout,
-                connections: connections.clone(),
-                stop: stop.clone(),
-                kill: kill.clone(),
-            })
+                stop.clone(),
+                kill.clone(),
+            ))
         };
-        let sni = Arc::new(tls::SniResolver::new(&config.tls, acme));
+        let sni = Arc::new(tls::SniResolver::new(
+            &config.tls,
+            config.default_certificate.as_deref(),
+            acme,
+        ));
         let mut loops = JoinSet::new();
         let mut http_addr = None;
         let mut https_addr = None;
@@ -168,6 +176,7 @@ impl Proxy {
         Ok(Prepared {
             table,
             tls: config.tls.clone(),
+            default_certificate: config.default_certificate.clone(),
             wanted,
             opened,
         })
@@ -177,7 +186,8 @@ impl Proxy {
     /// certificates, TCP route listeners. Open connections keep going.
     pub fn apply(&self, prepared: Prepared) {
         self.shared.table.store(Arc::new(prepared.table));
-        self.sni.set(&prepared.tls);
+        self.sni
+            .set(&prepared.tls, prepared.default_certificate.as_deref());
         self.tcp
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -239,6 +249,7 @@ fn tcp_routes(config: &Config) -> HashSet<SocketAddr> {
 pub struct Prepared {
     table: RouteTable,
     tls: Vec<crate::config::TlsCertificate>,
+    default_certificate: Option<String>,
     wanted: HashSet<SocketAddr>,
     /// Listeners for the new TCP routes' addresses.
     opened: Vec<(SocketAddr, TcpListener)>,

@@ -1,10 +1,15 @@
 //! Short plain-text responses drowsy writes itself (errors, not-found).
+//! They name the route at most, never internals (DESIGN.md §9): the
+//! details go to the log and the admin API.
 
 use super::body::RespBody;
-use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{Response, StatusCode, Version};
 
 /// A plain-text response. Never cached: it describes a passing state.
+/// `nosniff` keeps a browser from reading a reflected host name as HTML.
 pub fn plain(status: StatusCode, message: impl Into<String>) -> Response<RespBody> {
     let mut text = message.into();
     text.push('\n');
@@ -16,15 +21,23 @@ pub fn plain(status: StatusCode, message: impl Into<String>) -> Response<RespBod
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
 
-/// A plain-text response after which the connection is closed: the rest of
-/// what the client sent cannot be trusted or was not read.
-pub fn plain_close(status: StatusCode, message: impl Into<String>) -> Response<RespBody> {
+/// A plain-text response after which an HTTP/1 connection is closed: the
+/// rest of what the client sent cannot be trusted or was not read. HTTP/2
+/// has no `Connection` header (RFC 9113 §8.2.2); its stream just ends.
+pub fn plain_close(
+    status: StatusCode,
+    message: impl Into<String>,
+    version: Version,
+) -> Response<RespBody> {
     let mut resp = plain(status, message);
-    resp.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -34,4 +47,18 @@ pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Respons
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_is_for_http1_only() {
+        let r = plain_close(StatusCode::BAD_REQUEST, "bad", Version::HTTP_11);
+        assert_eq!(r.headers()[CONNECTION], "close");
+        let r = plain_close(StatusCode::BAD_REQUEST, "bad", Version::HTTP_2);
+        assert!(!r.headers().contains_key(CONNECTION));
+        assert_eq!(r.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
 }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -36,6 +37,10 @@ pub struct Route {
     /// In-flight accounting for routes without a gate (a gate counts its own).
     activity: Arc<Activity>,
     inflight: Gauge,
+    /// When a refused request was last logged as a warning (milliseconds
+    /// after `built`): at most one such line per minute per route.
+    warned: AtomicU64,
+    built: Instant,
 }
 
 pub enum RouteKind {
@@ -110,7 +115,22 @@ impl Route {
             inflight: metrics.inflight.get_or_create_owned(&RouteLabel {
                 route: settings.name.clone(),
             }),
+            warned: AtomicU64::new(0),
+            built: Instant::now(),
         })
+    }
+
+    /// Whether a warning about this route is due (at most one a minute, so
+    /// a flood of requests cannot flood the log).
+    pub fn warning_due(&self) -> bool {
+        const EVERY_MS: u64 = 60_000;
+        let now = self.built.elapsed().as_millis() as u64 + EVERY_MS;
+        let last = self.warned.load(Ordering::Relaxed);
+        now >= last + EVERY_MS
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Counts a request of a route without a gate in `drowsy_inflight`
@@ -140,7 +160,10 @@ impl Route {
 pub struct RouteTable {
     pub hosts: HostTable<Route>,
     pub routes: Vec<Arc<Route>>,
+    /// Here rather than with the listeners, so a reload applies it to
+    /// connections already open.
     pub trusted_proxies: Vec<IpNet>,
+    pub access_log_query: bool,
 }
 
 impl RouteTable {
@@ -163,6 +186,13 @@ impl RouteTable {
             hosts,
             routes,
             trusted_proxies: config.listen.trusted_proxies.clone(),
+            access_log_query: config.listen.access_log_query,
         })
+    }
+
+    /// Whether `peer` is one of `listen.trusted_proxies`.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        let ip = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }

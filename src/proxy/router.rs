@@ -3,7 +3,6 @@
 //! half-updated table and never take a lock.
 
 use crate::config::HostPattern;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,7 +37,7 @@ impl<R> HostTable<R> {
         }
     }
 
-    /// `host` must already be normalised (see [`normalize_host`]).
+    /// `host` must already be in normal form (see [`super::authority`]).
     pub fn lookup(&self, host: &str) -> Option<&Arc<R>> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);
@@ -51,33 +50,6 @@ impl<R> HostTable<R> {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcards.is_empty()
-    }
-}
-
-/// The host part of a Host header or `:authority`, lowercased, without port
-/// or trailing dot (RFC 9110 §7.2: host is case-insensitive; the port is
-/// not part of the name). Borrows when nothing needs to change, which is the
-/// common case.
-pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let host = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        let end = raw.find(']')?;
-        &raw[..=end]
-    } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-            Some(_) => return None,
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
-    }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
     }
 }
 
@@ -113,23 +85,5 @@ mod tests {
         assert_eq!(t.lookup("home.arpa").map(|r| **r), None);
         assert_eq!(t.lookup("evilhome.arpa").map(|r| **r), None);
         assert_eq!(t.lookup(".home.arpa").map(|r| **r), None);
-    }
-
-    #[test]
-    fn hosts_are_normalised_like_rfc_9110() {
-        assert_eq!(
-            normalize_host("Wiki.Home.Arpa:8080").as_deref(),
-            Some("wiki.home.arpa")
-        );
-        assert_eq!(
-            normalize_host("wiki.home.arpa.").as_deref(),
-            Some("wiki.home.arpa")
-        );
-        assert_eq!(normalize_host("[::1]:443").as_deref(), Some("[::1]"));
-        assert_eq!(normalize_host("10.0.0.5").as_deref(), Some("10.0.0.5"));
-        assert!(matches!(normalize_host("wiki"), Some(Cow::Borrowed(_))));
-        assert_eq!(normalize_host(""), None);
-        assert_eq!(normalize_host(":80"), None);
-        assert_eq!(normalize_host("a:b"), None);
     }
 }

@@ -2,17 +2,18 @@
 //! request to the forwarder. Everything here runs per request, so it only
 //! reads immutable tables and touches atomics.
 
+use super::authority::parse_authority;
 use super::body::{AccessLog, RespBody};
-use super::conn::ConnInfo;
+use super::conn::{ConnInfo, RequestGuard};
 use super::forward::{self, ForwardCtx};
+use super::limits::{ConnLimits, Inflight};
 use super::pages;
 use super::route::{Route, RouteKind, RouteTable};
-use super::router::normalize_host;
 use crate::admin::metrics::Metrics;
 use crate::idle::{self, Admit, Bound, GuestId};
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
-use http::{header, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -25,12 +26,19 @@ use tokio_util::task::TaskTracker;
 pub struct Shared {
     pub table: ArcSwap<RouteTable>,
     pub metrics: Arc<Metrics>,
-    /// Upgraded connections, tracked so shutdown can wait for them.
+    /// Upgraded connections and TCP streams, tracked so shutdown can wait
+    /// for them.
     pub upgrades: TaskTracker,
     /// Cancelled when the shutdown deadline passes.
     pub kill: CancellationToken,
     /// The Proxmox clusters, when any is configured.
     pub clusters: Option<Arc<Clusters>>,
+    /// Connection limits of every entrypoint and TCP route together.
+    pub limits: Arc<ConnLimits>,
+    /// `listen.max_inflight_requests`.
+    pub inflight: Arc<Inflight>,
+    pub body_read_timeout: Duration,
+    pub tunnel_idle_timeout: Option<Duration>,
     /// ACME certificates and challenge answers.
     pub acme: Arc<crate::acme::Hooks>,
     /// With `listen.redirect_https`: the HTTPS port plain requests go to.
@@ -50,21 +58,43 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let table = shared.table.load();
-    let early = super::redirect::before_routing(&shared, &conn, &table, &req);
-    let (route, mut resp) =
-        match early.map_or_else(|| find_route(&table, &req), |r| Err(Box::new(r))) {
-            Ok(route) => {
-                let resp = dispatch(&shared, &route, &conn, req).await;
-                route.record(resp.status().as_u16(), start);
-                (Some(route.name.clone()), resp)
-            }
-            Err(resp) => (None, *resp),
-        };
+    let http2 = req.version() == Version::HTTP_2;
+    let guard = shared
+        .inflight
+        .try_enter()
+        .map(|slot| RequestGuard::new(conn.clone(), slot, http2));
+    // ACME HTTP-01 answers and the HTTPS redirect come before routing.
+    let early = match guard {
+        Some(_) => super::redirect::before_routing(&shared, &conn, &table, &req).map(Box::new),
+        None => None,
+    };
+    let routed = match early {
+        Some(resp) => Err(resp),
+        None => find_route(&table, &req),
+    };
+    let (route, mut resp) = match (&guard, routed) {
+        (None, _) => (
+            None,
+            pages::unavailable("drowsy is busy; try again in a moment", 1),
+        ),
+        (Some(_), Ok((route, host))) => {
+            let trusted = table.is_trusted(conn.peer.ip());
+            let resp = dispatch(&shared, &route, &conn, req, &host, trusted).await;
+            route.record(resp.status().as_u16(), start);
+            (Some(route.name.clone()), resp)
+        }
+        (Some(_), Err(resp)) => (None, *resp),
+    };
     let status = resp.status();
-    resp.body_mut().set_log(AccessLog {
+    let body = resp.body_mut();
+    if let Some(guard) = guard {
+        body.set_guard(guard);
+    }
+    body.set_log(AccessLog {
         route,
         method,
         path,
+        query: table.access_log_query,
         peer: conn.peer.ip(),
         status,
         start,
@@ -73,11 +103,17 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// The route for a request, or the response that refuses it.
+fn bad_request(why: &str, version: Version) -> Box<Response<RespBody>> {
+    Box::new(pages::plain_close(StatusCode::BAD_REQUEST, why, version))
+}
+
+/// The route for a request and the host to forward (in normal form), or
+/// the response that refuses it.
 fn find_route(
     table: &RouteTable,
     req: &Request<Incoming>,
-) -> Result<Arc<Route>, Box<Response<RespBody>>> {
+) -> Result<(Arc<Route>, HeaderValue), Box<Response<RespBody>>> {
+    let version = req.version();
     if req.method() == Method::CONNECT {
         // drowsy is a reverse proxy only; tunnelling would make it an open proxy.
         return Err(Box::new(pages::plain(
@@ -85,47 +121,65 @@ fn find_route(
             "CONNECT is not supported",
         )));
     }
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
-            Some(Ok(h)) => h,
-            Some(Err(_)) => {
-                return Err(Box::new(pages::plain_close(
-                    StatusCode::BAD_REQUEST,
-                    "invalid Host header",
-                )))
-            }
-            // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1
-            // request without Host.
-            None if req.version() == Version::HTTP_11 => {
-                return Err(Box::new(pages::plain_close(
-                    StatusCode::BAD_REQUEST,
-                    "missing Host header",
-                )))
-            }
-            None => "",
-        },
+    // RFC 9112 §3.2: more than one Host line, or an invalid one, is a 400,
+    // whatever the request target says.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(bad_request("more than one Host header", version)),
+        (h, None) => h,
     };
-    let Some(host) = normalize_host(raw) else {
+    let from_header = match host_header {
+        Some(v) => match v.to_str().ok().and_then(parse_authority) {
+            Some(a) => Some(a),
+            None => return Err(bad_request("invalid Host header", version)),
+        },
+        None => None,
+    };
+    // The request target's authority wins when there is one: HTTP/2's
+    // :authority, or an absolute-form target (RFC 9112 §3.2.2).
+    let (authority, raw) = match req.uri().authority() {
+        Some(a) => {
+            let Some(parsed) = parse_authority(a.as_str()) else {
+                return Err(bad_request("invalid host in the request target", version));
+            };
+            // RFC 9113 §8.3.1: a Host that names another host than
+            // :authority makes the request malformed.
+            if version == Version::HTTP_2
+                && from_header
+                    .as_ref()
+                    .is_some_and(|h| (&h.host, h.port) != (&parsed.host, parsed.port))
+            {
+                return Err(bad_request("Host and :authority differ", version));
+            }
+            (Some(parsed), None)
+        }
+        None => (from_header, host_header),
+    };
+    let Some(authority) = authority else {
+        // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
+        // without Host.
+        if version == Version::HTTP_11 {
+            return Err(bad_request("missing Host header", version));
+        }
         return Err(Box::new(pages::plain(
             StatusCode::NOT_FOUND,
             "no route for this request (no host given)",
         )));
     };
-    match table.hosts.lookup(&host) {
-        Some(route) => Ok(route.clone()),
+    match table.hosts.lookup(&authority.host) {
+        Some(route) => Ok((route.clone(), authority.header_value(raw))),
         None => Err(Box::new(pages::plain(
             StatusCode::NOT_FOUND,
-            format!("no route for host {}", truncate(&host, 253)),
+            format!("no route for host {}", authority.host),
         ))),
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// How long a request waits for the first read of the cluster to tell
@@ -147,7 +201,7 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
     let mut bound = binding.bound().clone();
     if guest_route && matches!(*bound, Bound::Pending) {
         if let Some(why) = outage(shared) {
-            return Admit::Respond(refuse(route, &why));
+            return Admit::Respond(refuse(route, Unavailable::internal(why)));
         }
         bound = binding.settled(FIRST_POLL_WAIT).await;
     }
@@ -171,12 +225,15 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
                 waited_ms: None,
                 pool: 0,
             },
-            Err(why) => Admit::Respond(refuse(route, &why)),
+            Err(why) => Admit::Respond(refuse(route, why)),
         },
-        Bound::Missing(why) if guest_route => Admit::Respond(refuse(route, why)),
-        Bound::Pending if guest_route => {
-            Admit::Respond(refuse(route, "the Proxmox cluster has not been read yet"))
+        Bound::Missing(why) if guest_route => {
+            Admit::Respond(refuse(route, Unavailable::internal(why.to_string())))
         }
+        Bound::Pending if guest_route => Admit::Respond(refuse(
+            route,
+            Unavailable::internal("the Proxmox cluster has not been read yet".into()),
+        )),
         // A plain backend that is not (or not yet known as) a guest.
         _ => Admit::Forward {
             ip: None,
@@ -187,11 +244,18 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
     }
 }
 
-fn unavailable(route: &Route, why: &str) -> Response<RespBody> {
-    pages::unavailable(format!("route {}: {why}", route.name), 5)
+/// 503 with the public reason; the details go to the log (one warning a
+/// minute per route, the rest at debug level).
+fn unavailable(route: &Route, why: Unavailable) -> Response<RespBody> {
+    if route.warning_due() {
+        tracing::warn!(route = %route.name, reason = %why.detail, "cannot forward (further such requests are logged at debug level for a minute)");
+    } else {
+        tracing::debug!(route = %route.name, reason = %why.detail, "cannot forward");
+    }
+    pages::unavailable(format!("route {}: {}", route.name, why.public), 5)
 }
 
-fn refuse(route: &Route, why: &str) -> Box<Response<RespBody>> {
+fn refuse(route: &Route, why: Unavailable) -> Box<Response<RespBody>> {
     Box::new(unavailable(route, why))
 }
 
@@ -205,9 +269,25 @@ fn outage(shared: &Shared) -> Option<String> {
 async fn dispatch(
     shared: &Shared,
     route: &Arc<Route>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
+    host: &HeaderValue,
+    trusted: bool,
 ) -> Response<RespBody> {
+    let backend = &route.settings.backend;
+    // Before the gate: a body that is too large must not wake anything.
+    if let Some(limit) = backend.max_request_body {
+        if declared_length(&req).is_some_and(|n| n > limit) {
+            return pages::plain_close(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {limit} bytes, the limit of route {}",
+                    route.name
+                ),
+                req.version(),
+            );
+        }
+    }
     let (ip, hold, waited_ms, pool) = match pass(shared, route, &req).await {
         Admit::Respond(resp) => return *resp,
         Admit::Forward {
@@ -221,10 +301,16 @@ async fn dispatch(
         (RouteKind::Static(upstream), _) => upstream.clone(),
         (RouteKind::Guest(target), Some(ip)) => match target.upstream(ip) {
             Ok(up) => up,
-            Err(why) => return unavailable(route, &why),
+            Err(why) => return unavailable(route, Unavailable::internal(why)),
         },
         (RouteKind::Guest(_), None) => {
-            return unavailable(route, "the guest's IP address is not known yet")
+            return unavailable(
+                route,
+                Unavailable::new(
+                    "the guest's address is not known yet",
+                    "the guest's IP address is not known yet".into(),
+                ),
+            )
         }
         (RouteKind::Dependency, _) => {
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
@@ -235,8 +321,12 @@ async fn dispatch(
         route: &route.name,
         client: &client.1,
         upstream: &upstream,
-        max_request_body: route.settings.backend.max_request_body,
-        response_timeout: route.settings.backend.response_timeout,
+        host,
+        trusted,
+        max_request_body: backend.max_request_body,
+        response_timeout: backend.response_timeout,
+        body_read_timeout: shared.body_read_timeout,
+        tunnel_idle_timeout: shared.tunnel_idle_timeout,
         upgrades: &shared.upgrades,
         kill: &shared.kill,
     };
@@ -250,31 +340,61 @@ async fn dispatch(
 /// On responses that waited for a wake: how long, in milliseconds.
 static X_DROWSY_WAKE: http::HeaderName = http::HeaderName::from_static("x-drowsy-wake");
 
+/// Why a guest route cannot be served right now: a short public reason
+/// for the client, and the details (cluster, node, vmid, Proxmox errors)
+/// for the log and the admin API.
+#[derive(Debug)]
+pub struct Unavailable {
+    pub public: String,
+    pub detail: String,
+}
+
+impl Unavailable {
+    pub fn new(public: impl Into<String>, detail: String) -> Self {
+        Unavailable {
+            public: public.into(),
+            detail,
+        }
+    }
+
+    pub fn internal(detail: String) -> Self {
+        Unavailable::new("the service is not available", detail)
+    }
+}
+
 /// A running guest's address from the cluster cache (guests that do not
 /// sleep), or why there is none.
-pub fn guest_ip(shared: &Shared, id: &GuestId) -> Result<IpAddr, String> {
+pub fn guest_ip(shared: &Shared, id: &GuestId) -> Result<IpAddr, Unavailable> {
     let Some(clusters) = &shared.clusters else {
-        return Err("no Proxmox cluster is configured".into());
+        return Err(Unavailable::internal(
+            "no Proxmox cluster is configured".into(),
+        ));
     };
     let Some(guest) = clusters.cache.get(&id.cluster, id.vmid) else {
-        return Err(match outage(shared) {
+        return Err(Unavailable::internal(match outage(shared) {
             Some(why) => format!("guest {id} is not known: {why}"),
             None => format!("guest {id} is no longer in the cluster"),
-        });
+        }));
     };
     if !guest.status.is_running() {
-        return Err(format!(
-            "guest {} ({}) is {}",
-            guest.name,
-            guest.label(),
-            guest.status.as_str()
+        return Err(Unavailable::new(
+            format!("the guest is {}", guest.status.as_str()),
+            format!(
+                "guest {} ({}) is {}",
+                guest.name,
+                guest.label(),
+                guest.status.as_str()
+            ),
         ));
     }
     guest.ips.first().copied().ok_or_else(|| {
-        format!(
-            "guest {} ({}) is running but its IP address is not known yet",
-            guest.name,
-            guest.label()
+        Unavailable::new(
+            "the guest's address is not known yet",
+            format!(
+                "guest {} ({}) is running but its IP address is not known yet",
+                guest.name,
+                guest.label()
+            ),
         )
     })
 }

@@ -1,7 +1,10 @@
-//! TCP stream routes (`listen:` + guest + port): accept, wake the guest if
-//! needed, then dial it and pipe bytes both ways. The connection counts as
-//! use until it closes.
+//! TCP stream routes (`listen:` + guest + port): accept within the
+//! connection limits, wake the guest if needed, then dial it and pipe
+//! bytes both ways until either side closes or nothing moves for
+//! `tunnel_idle_timeout`. The connection counts as use until it closes.
 
+use super::io::tunnel;
+use super::limits::ConnSlot;
 use super::route::{Route, RouteKind};
 use super::service::{guest_ip, Shared};
 use crate::idle::Bound;
@@ -20,15 +23,22 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = shared.limits.reserve() => match p {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(route) = shared
-                    .table
-                    .load()
+                let table = shared.table.load();
+                let capped = !table.is_trusted(peer.ip());
+                let Some(route) = table
                     .routes
                     .iter()
                     .find(|r| r.settings.tcp_listen == Some(addr))
@@ -36,9 +46,13 @@ pub async fn accept_loop(
                 else {
                     continue;
                 };
+                let Some(slot) = shared.limits.admit(permit, peer.ip(), capped) else {
+                    tracing::debug!(route = %route.name, client = %peer, "refused: max_connections_per_ip reached");
+                    continue;
+                };
                 let shared = shared.clone();
                 shared.upgrades.clone().spawn(async move {
-                    if let Err(why) = connection(stream, &route, &shared).await {
+                    if let Err(why) = connection(stream, slot, &route, &shared).await {
                         tracing::warn!(route = %route.name, client = %peer, "tcp connection refused: {why}");
                     }
                 });
@@ -51,7 +65,12 @@ pub async fn accept_loop(
     }
 }
 
-async fn connection(mut client: TcpStream, route: &Route, shared: &Shared) -> Result<(), String> {
+async fn connection(
+    client: TcpStream,
+    _slot: ConnSlot,
+    route: &Route,
+    shared: &Shared,
+) -> Result<(), String> {
     let RouteKind::Guest(target) = &route.kind else {
         return Err("not a guest route".into());
     };
@@ -84,27 +103,24 @@ async fn connection(mut client: TcpStream, route: &Route, shared: &Shared) -> Re
             };
             (ip, guard)
         }
-        Bound::Guest { id, gate: None } => (Some(guest_ip(shared, id)?), route.enter()),
+        Bound::Guest { id, gate: None } => (
+            Some(guest_ip(shared, id).map_err(|u| u.detail)?),
+            route.enter(),
+        ),
         Bound::Missing(why) => return Err(why.to_string()),
         Bound::Pending => return Err("the Proxmox cluster has not been read yet".into()),
     };
     let ip = ip.ok_or("the guest's IP address is not known yet")?;
     let addr = SocketAddr::new(ip, target.port);
     let connect = TcpStream::connect(addr);
-    let mut backend = tokio::time::timeout(route.settings.backend.connect_timeout, connect)
+    let backend = tokio::time::timeout(route.settings.backend.connect_timeout, connect)
         .await
         .map_err(|_| format!("timed out connecting to {addr}"))?
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let _ = backend.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    tokio::select! {
-        _ = shared.kill.cancelled() => {}
-        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
-            if let Err(e) = r {
-                tracing::debug!(route = %route.name, error = %e, "tcp stream ended");
-            }
-        }
-    }
+    let end = tunnel(client, backend, shared.tunnel_idle_timeout, &shared.kill).await;
+    tracing::debug!(route = %route.name, end = ?end, "tcp stream closed");
     Ok(())
 }
 

@@ -1,24 +1,26 @@
 //! TLS for the https entrypoint: the certificate is chosen by SNI among the
-//! configured ones, then the ACME-managed ones; ALPN offers h2 and http/1.1.
+//! configured ones, then the ACME-managed ones; ALPN offers h2 and
+//! http/1.1.
 
+use crate::config::tls_files::covers;
 use crate::config::TlsCertificate;
 use arc_swap::ArcSwap;
-use rustls::pki_types::{DnsName, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::sync::Arc;
 
-/// Picks the first certificate valid for the SNI name (its SANs, wildcards
-/// included, as webpki checks them), else the ACME certificate for it;
-/// without SNI, or when none matches, the first certificate, so clients
-/// still get a handshake they can judge. With `acme:` configured a name
-/// without a certificate is refused instead: its own one may be on its way,
-/// and another host's would only be rejected by the client.
+/// Picks the first configured certificate valid for the SNI name (its SANs,
+/// wildcards included, as webpki checks them), else the ACME certificate
+/// for it. A handshake whose name no certificate covers, or that names
+/// none, gets the `tls.default_certificate` when one is set, and is refused
+/// otherwise: serving some other certificate would only tell a scanner
+/// which names live here (and for a name whose ACME certificate is on its
+/// way, the client would reject it anyway).
 /// The certificates are swapped as a whole on reload, so renewed files
 /// take effect for the next handshake.
 pub struct SniResolver {
-    certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    certs: ArcSwap<Certs>,
     acme: Arc<crate::acme::Hooks>,
 }
 
@@ -28,50 +30,43 @@ impl std::fmt::Debug for SniResolver {
     }
 }
 
+#[derive(Debug, Default)]
+struct Certs {
+    all: Vec<Arc<CertifiedKey>>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
 impl SniResolver {
-    pub fn new(certs: &[TlsCertificate], acme: Arc<crate::acme::Hooks>) -> Self {
+    pub fn new(
+        certs: &[TlsCertificate],
+        default: Option<&str>,
+        acme: Arc<crate::acme::Hooks>,
+    ) -> Self {
         let resolver = SniResolver {
-            certs: ArcSwap::from_pointee(Vec::new()),
+            certs: ArcSwap::from_pointee(Certs::default()),
             acme,
         };
-        resolver.set(certs);
+        resolver.set(certs, default);
         resolver
     }
 
-    pub fn set(&self, certs: &[TlsCertificate]) {
-        self.certs.store(Arc::new(
-            certs.iter().map(|c| c.certified.clone()).collect(),
-        ));
+    pub fn set(&self, certs: &[TlsCertificate], default: Option<&str>) {
+        let all: Vec<Arc<CertifiedKey>> = certs.iter().map(|c| c.certified.clone()).collect();
+        let fallback = default.and_then(|name| all.iter().find(|c| covers(c, name)).cloned());
+        self.certs.store(Arc::new(Certs { all, fallback }));
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
-        let matching = sni
-            .and_then(|name| DnsName::try_from(name.to_string()).ok())
-            .and_then(|dns| {
-                let name = ServerName::DnsName(dns);
-                certs.iter().find(|c| valid_for(c, &name))
-            });
-        if let Some(c) = matching {
+        let configured = sni.and_then(|name| certs.all.iter().find(|c| covers(c, name)));
+        if let Some(c) = configured {
             return Some(c.clone());
         }
         if let Some(c) = sni.and_then(|name| self.acme.certs.get(name)) {
             return Some(c);
         }
-        if self.acme.certs.enabled() {
-            return None;
-        }
-        certs.first().cloned()
+        certs.fallback.clone()
     }
-}
-
-pub(crate) fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
-    let Ok(der) = cert.end_entity_cert() else {
-        return false;
-    };
-    webpki::EndEntityCert::try_from(der)
-        .map(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
-        .unwrap_or(false)
 }
 
 impl ResolvesServerCert for SniResolver {

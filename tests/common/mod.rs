@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
+pub mod pki;
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
@@ -42,6 +44,9 @@ pub struct BackendState {
     pub upload_started: Notify,
     /// `/download?gate=1` waits for this after sending half its bytes.
     pub release_download: Notify,
+    /// Notified when a `/download` stops early because nobody takes its
+    /// bytes any more (the proxy dropped the exchange).
+    pub download_abandoned: Notify,
 }
 
 pub struct Backend {
@@ -204,6 +209,7 @@ fn download(state: Arc<BackendState>, req: &Request<Incoming>) -> Response<TestB
             }
             let n = chunk.len().min((total - sent) as usize);
             if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                state.download_abandoned.notify_one();
                 return;
             }
             sent += n as u64;
@@ -327,6 +333,19 @@ pub async fn send(
     (status, headers, body)
 }
 
+/// Sends raw bytes and returns everything the server answers until it
+/// closes (or the deadline).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("server did not close");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn json_of(body: &Bytes) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
@@ -372,8 +391,15 @@ impl SimEnv {
         SimEnv { sim, dir, ca }
     }
 
-    /// The `proxmox:` section pointing at this simulator.
+    /// The `proxmox:` section pointing at this simulator. Its guests live
+    /// on 127.0.x.y, so guest-reported loopback addresses are accepted.
     pub fn proxmox_yaml(&self) -> String {
+        self.proxmox_yaml_strict() + "    insecure_loopback_guests: true\n"
+    }
+
+    /// The same, as for a real cluster: loopback addresses that guests
+    /// report are ignored.
+    pub fn proxmox_yaml_strict(&self) -> String {
         format!(
             "proxmox:\n  - name: home\n    url: {}\n    token_id: {}\n    token_secret: {}\n    ca_file: {}\n    poll_interval: 100ms\n    request_timeout: 1s\n",
             self.sim.url(),

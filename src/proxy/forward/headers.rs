@@ -5,14 +5,17 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 /// Hop-by-hop fields that are never forwarded (RFC 9110 §7.6.1), plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection` that clients still send.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// non-standard `Keep-Alive` and `Proxy-Connection` that clients still send,
+/// and `HTTP2-Settings`, which belongs to an h2c upgrade (RFC 7540 §3.2.1)
+/// and is never forwarded even when `Connection` does not name it.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Does a `Connection` header list `token`? (RFC 9110 §7.6.1: a
@@ -30,6 +33,23 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// in `Connection`.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// An upgrade to WebSocket only (RFC 6455 §4.1: `Upgrade: websocket`).
+/// Any other protocol, `h2c` above all, would give the client a raw tunnel
+/// to the backend past every rule of the proxy, so it is never forwarded:
+/// such a request goes on as a plain request.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let single = match (values.next(), values.next()) {
+        (Some(v), None) => v,
+        _ => return false,
+    };
+    single
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+        && connection_has(headers, "upgrade")
 }
 
 /// Removes hop-by-hop headers: `Connection` and every field it names, the
@@ -107,6 +127,12 @@ pub fn client_ip(peer: IpAddr) -> IpAddr {
     peer.to_canonical()
 }
 
+/// [`client_ip`] as a header value (made once per connection).
+pub fn client_ip_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client_ip(peer).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Sets the X-Forwarded-* family (the de-facto form of RFC 7239's
 /// `Forwarded`). A trusted peer is another proxy: its X-Forwarded-For is
 /// extended and its -Proto/-Host kept, since it saw the original request.
@@ -115,27 +141,27 @@ pub fn client_ip(peer: IpAddr) -> IpAddr {
 /// same reason when the peer is untrusted.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    client: &HeaderValue,
     trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client_ip(peer).to_string();
-    let xff = if trusted {
-        let prior: Vec<&str> = headers
+    let prior: Vec<&str> = match trusted {
+        true => headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            ip
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        }
-    } else {
-        ip
+            .collect(),
+        false => Vec::new(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = match prior.is_empty() {
+        true => Some(client.clone()),
+        false => {
+            let ip = client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
+        }
+    };
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -153,6 +179,73 @@ pub fn set_forwarded(
     }
     if !trusted {
         headers.remove(header::FORWARDED);
+    }
+}
+
+/// Client-address and front-end headers that some backends believe
+/// (nginx's realip, CDN conventions, framework defaults). From a peer that
+/// is not a trusted proxy they are forged by definition.
+fn is_spoofable(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+            | "x-original-forwarded-for"
+            | "x-forwarded"
+            | "forwarded-for"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-forwarded-protocol"
+            | "x-url-scheme"
+            | "front-end-https"
+    )
+}
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Drops what a client could use to pose as someone else: header names
+/// with `_` from everyone (CGI and WSGI turn `X_Forwarded_For` and
+/// `X-Forwarded-For` into the same variable; nginx drops them too), and
+/// from untrusted peers the client-address headers above, replacing
+/// `X-Real-IP` with the real one. `client` is the peer's address as a
+/// header value.
+pub fn scrub_client_headers(headers: &mut HeaderMap, trusted: bool, client: &HeaderValue) {
+    let doomed =
+        |name: &HeaderName| name.as_str().contains('_') || (!trusted && is_spoofable(name));
+    // The common request carries none: one pass over the names, no allocation.
+    if headers.keys().any(doomed) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    if !trusted {
+        headers.insert(&X_REAL_IP, client.clone());
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into one field per cookie ("crumbs",
+/// RFC 9113 §8.2.3); they are joined with `; ` again before an HTTP/1.1
+/// backend sees them, which expects a single line (RFC 6265 §5.4).
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -246,7 +339,7 @@ mod tests {
         let host = HeaderValue::from_static("wiki.home.arpa");
         set_forwarded(
             &mut h,
-            "192.168.1.9".parse().unwrap(),
+            &client_ip_value("192.168.1.9".parse().unwrap()),
             false,
             "http",
             Some(&host),
@@ -267,7 +360,7 @@ mod tests {
         let host = HeaderValue::from_static("wiki.home.arpa");
         set_forwarded(
             &mut h,
-            "10.0.0.1".parse().unwrap(),
+            &client_ip_value("10.0.0.1".parse().unwrap()),
             true,
             "http",
             Some(&host),
@@ -286,5 +379,59 @@ mod tests {
             client_ip("::ffff:10.0.0.3".parse().unwrap()),
             "10.0.0.3".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_upgrades() {
+        let ws = map(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]);
+        assert!(is_websocket_upgrade(&ws));
+        for other in ["h2c", "websocket, h2c", "TLS/1.2"] {
+            let h = map(&[("connection", "Upgrade"), ("upgrade", other)]);
+            assert!(!is_websocket_upgrade(&h), "{other}");
+        }
+        let twice = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(!is_websocket_upgrade(&twice));
+    }
+
+    #[test]
+    fn http2_settings_is_dropped_even_when_connection_does_not_name_it() {
+        let mut h = map(&[("http2-settings", "AAMAAABk"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("http2-settings"));
+    }
+
+    #[test]
+    fn forged_client_headers_are_scrubbed() {
+        let client = client_ip_value("192.0.2.1".parse().unwrap());
+        let mut h = map(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        scrub_client_headers(&mut h, false, &client);
+        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.1");
+        assert!(!h.contains_key("cf-connecting-ip") && !h.contains_key("x_forwarded_for"));
+        assert!(h.contains_key("accept"));
+        let mut h = map(&[("x-real-ip", "203.0.113.5"), ("x_real_ip", "6.6.6.6")]);
+        scrub_client_headers(&mut h, true, &client);
+        assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.5");
+        assert!(!h.contains_key("x_real_ip"));
+    }
+
+    // RFC 9113 §8.2.3: crumbs are concatenated with "; ".
+    #[test]
+    fn cookie_crumbs_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookie_crumbs(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, vec!["a=1; b=2; c=3"]);
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
     }
 }

@@ -5,7 +5,7 @@ pub mod client;
 pub mod headers;
 mod upgrade;
 
-use super::body::{ReqBody, RespBody, TooLarge};
+use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
 use super::conn::ConnInfo;
 use super::pages;
 use crate::idle::UseGuard;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -83,63 +84,60 @@ pub struct ForwardCtx<'a> {
     pub route: &'a Arc<str>,
     pub client: &'a BackendClient,
     pub upstream: &'a Upstream,
+    /// The host the client asked for, in normal form (Host and
+    /// X-Forwarded-Host to the backend).
+    pub host: &'a HeaderValue,
+    /// The peer is one of `trusted_proxies`.
+    pub trusted: bool,
     pub max_request_body: Option<u64>,
     pub response_timeout: Option<Duration>,
+    pub body_read_timeout: Duration,
+    pub tunnel_idle_timeout: Option<Duration>,
     pub upgrades: &'a TaskTracker,
     pub kill: &'a CancellationToken,
 }
 
 /// Sends `req` to the backend and returns its response (or drowsy's own
 /// error page). `hold` is kept alive for as long as the exchange lasts,
-/// including an upgraded connection.
+/// including an upgraded connection, which also keeps `conn` (and so its
+/// connection slot).
 pub async fn forward(
     ctx: ForwardCtx<'_>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     hold: Option<UseGuard>,
 ) -> Response<RespBody> {
-    if let Some(limit) = ctx.max_request_body {
-        if declared_length(&req).is_some_and(|n| n > limit) {
-            return pages::plain_close(
-                StatusCode::PAYLOAD_TOO_LARGE,
+    let version = req.version();
+    let upgrade = version == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The response timeout counts the backend's silence, not the upload:
+    // a long upload is not a slow backend.
+    let progress = (!req.body().is_end_stream()).then(BodyProgress::new);
+    let outgoing = match prepare(&ctx, conn, req, upgrade, progress.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(route = %ctx.route, error = %e, "cannot build the backend request");
+            return pages::plain(StatusCode::BAD_REQUEST, "cannot forward this request");
+        }
+    };
+    let result = match exchange(ctx.client.request(outgoing), progress, ctx.response_timeout).await
+    {
+        Some(r) => r,
+        None => {
+            let limit = ctx.response_timeout.unwrap_or_default();
+            return pages::plain(
+                StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "request body larger than {limit} bytes, the limit of route {}",
-                    ctx.route
+                    "route {}: the backend sent no response within {}",
+                    ctx.route,
+                    humantime::format_duration(limit)
                 ),
             );
         }
-    }
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let outgoing = match prepare(&ctx, conn, req, upgrade) {
-        Ok(r) => r,
-        Err(e) => {
-            return pages::plain(
-                StatusCode::BAD_REQUEST,
-                format!("cannot forward this request: {e}"),
-            )
-        }
-    };
-    let sent = ctx.client.request(outgoing);
-    let result = match ctx.response_timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                return pages::plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "route {}: the backend sent no response within {}",
-                        ctx.route,
-                        humantime::format_duration(limit)
-                    ),
-                )
-            }
-        },
-        None => sent.await,
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => return backend_error(ctx.route, &e),
+        Err(e) => return backend_error(ctx.route, &e, version),
     };
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switched, client_upgrade) {
@@ -147,8 +145,12 @@ pub async fn forward(
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             upgrade::pipe(
                 ctx.upgrades,
-                ctx.kill.clone(),
-                ctx.route.clone(),
+                upgrade::Tunnel {
+                    route: ctx.route.clone(),
+                    kill: ctx.kill.clone(),
+                    idle: ctx.tunnel_idle_timeout,
+                    conn: conn.clone(),
+                },
                 client_upgrade,
                 backend_upgrade,
                 hold,
@@ -156,13 +158,13 @@ pub async fn forward(
             headers::strip_hop_by_hop(resp.headers_mut(), true);
             resp.map(|_| RespBody::empty())
         }
-        (true, None) => pages::plain(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "route {}: the backend switched protocols without being asked",
-                ctx.route
-            ),
-        ),
+        (true, None) => {
+            tracing::warn!(route = %ctx.route, "the backend switched protocols without being asked");
+            pages::plain(
+                StatusCode::BAD_GATEWAY,
+                format!("route {}: the backend failed", ctx.route),
+            )
+        }
         (false, _) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
             let mut resp = resp.map(RespBody::stream);
@@ -174,11 +176,45 @@ pub async fn forward(
     }
 }
 
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+/// The backend exchange, `None` when the backend stayed silent for
+/// `limit`: like nginx's proxy_send_timeout and proxy_read_timeout, the
+/// clock runs while the backend neither takes the next part of the request
+/// body (`progress`; waiting for the client does not count) nor answers
+/// after the last one. A request without a body starts it at once.
+async fn exchange<F, T>(
+    request: F,
+    progress: Option<Arc<BodyProgress>>,
+    limit: Option<Duration>,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let Some(limit) = limit else {
+        return Some(request.await);
+    };
+    let clock = async {
+        let Some(progress) = progress else {
+            return tokio::time::sleep(limit).await;
+        };
+        loop {
+            match progress.backend_since() {
+                // The client's turn: body_read_timeout watches that.
+                None => tokio::time::sleep(limit).await,
+                Some(since) => {
+                    let deadline = since + limit;
+                    if tokio::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        r = request => Some(r),
+        _ = clock => None,
+    }
 }
 
 /// Rewrites the client's request into the backend request in place.
@@ -187,31 +223,27 @@ fn prepare(
     conn: &ConnInfo,
     req: Request<Incoming>,
     upgrade: bool,
+    progress: Option<Arc<BodyProgress>>,
 ) -> Result<Request<ReqBody>, http::Error> {
     let (mut parts, body) = req.into_parts();
-    // The Host the client asked for: the request-target's authority when it
-    // has one (HTTP/2, or absolute-form, where RFC 9112 §3.2.2 says Host is
-    // ignored), else the Host header.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::scrub_client_headers(&mut parts.headers, ctx.trusted, &conn.client);
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookie_crumbs(&mut parts.headers);
+    }
     headers::set_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
-        conn.trusted,
+        &conn.client,
+        ctx.trusted,
         conn.proto(),
-        host.as_ref(),
+        Some(ctx.host),
     );
-    if let Some(h) = host {
-        parts.headers.insert(header::HOST, h);
-    }
+    parts.headers.insert(header::HOST, ctx.host.clone());
     parts.uri = ctx.upstream.uri(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
         parts,
-        ReqBody::new(body, ctx.max_request_body),
+        ReqBody::new(body, ctx.max_request_body, ctx.body_read_timeout, progress),
     ))
 }
 
@@ -226,34 +258,60 @@ fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> 
     None
 }
 
-/// Maps a client error to the status a user expects: 413 for our own body
-/// limit, 504 for a connect timeout, 502 for everything else the backend did.
-fn backend_error(route: &str, err: &hyper_util::client::legacy::Error) -> Response<RespBody> {
-    if find_source::<TooLarge>(err).is_some() {
-        return pages::plain_close(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than the limit of route {route}"),
-        );
+/// nginx's "client closed request": the client went away (or broke its
+/// body) before the response; not the backend's fault, so not a 502.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Maps a client error to the status a user expects: the client's own
+/// body problems (413 over the limit, 408 stalled, 400 malformed, 499
+/// aborted), 504 for a connect timeout, 502 for what the backend did.
+fn backend_error(
+    route: &str,
+    err: &hyper_util::client::legacy::Error,
+    version: Version,
+) -> Response<RespBody> {
+    if let Some(body) = find_source::<ReqBodyError>(err) {
+        tracing::debug!(route, error = %body, "the client's request body did not arrive");
+        return match body {
+            ReqBodyError::TooLarge => pages::plain_close(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than the limit of route {route}"),
+                version,
+            ),
+            ReqBodyError::Stalled => pages::plain_close(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving",
+                version,
+            ),
+            ReqBodyError::Client(e) if e.is_parse() => {
+                pages::plain_close(StatusCode::BAD_REQUEST, "malformed request body", version)
+            }
+            ReqBodyError::Client(_) => pages::plain_close(
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
+                "the request body was cut off",
+                version,
+            ),
+        };
     }
     let io = find_source::<std::io::Error>(err);
     if err.is_connect() {
+        let why = io.map_or_else(|| err.to_string(), |e| e.to_string());
+        tracing::warn!(route, error = %why, "backend connection failed");
         if io.is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
             return pages::plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("route {route}: timed out connecting to the backend"),
             );
         }
-        let why = io.map_or_else(|| err.to_string(), |e| e.to_string());
-        tracing::warn!(route, error = %why, "backend connection failed");
         return pages::plain(
             StatusCode::BAD_GATEWAY,
-            format!("route {route}: could not connect to the backend ({why})"),
+            format!("route {route}: could not connect to the backend"),
         );
     }
     let why = find_source::<hyper::Error>(err).map_or_else(|| err.to_string(), |e| e.to_string());
     tracing::warn!(route, error = %why, "backend request failed");
     pages::plain(
         StatusCode::BAD_GATEWAY,
-        format!("route {route}: the backend failed ({why})"),
+        format!("route {route}: the backend failed"),
     )
 }

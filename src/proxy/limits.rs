@@ -1,0 +1,182 @@
+//! The bounds that keep one client (or many) from taking drowsy down:
+//! connections at once (all entrypoints and TCP routes together),
+//! connections per client address, and requests in flight.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Connection limits shared by every listener of one proxy.
+#[derive(Debug)]
+pub struct ConnLimits {
+    global: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// One accepted connection's place: released when dropped. An upgraded
+/// connection keeps it until its pipe closes.
+#[derive(Debug)]
+pub struct ConnSlot {
+    _global: OwnedSemaphorePermit,
+    per_ip: Option<(Arc<ConnLimits>, IpAddr)>,
+}
+
+/// The address a per-client cap counts by: IPv4 addresses as they are, an
+/// IPv6 address by its /64 (one host usually holds a whole /64), mapped
+/// IPv4 as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+impl ConnLimits {
+    pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            global: Arc::new(Semaphore::new(max_connections)),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip,
+        })
+    }
+
+    /// Waits for a free place under `max_connections`. Accept loops take it
+    /// before accepting, so extra clients wait in the kernel backlog.
+    pub async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.global.clone().acquire_owned().await.ok()
+    }
+
+    /// Turns a reserved place into the connection's slot, unless `peer`
+    /// already holds `max_connections_per_ip`. Trusted proxies carry many
+    /// clients and are not capped.
+    pub fn admit(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        peer: IpAddr,
+        capped: bool,
+    ) -> Option<ConnSlot> {
+        if !capped {
+            return Some(ConnSlot {
+                _global: permit,
+                per_ip: None,
+            });
+        }
+        let key = client_key(peer);
+        {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(key).or_insert(0);
+            if *n >= self.max_per_ip {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(ConnSlot {
+            _global: permit,
+            per_ip: Some((self.clone(), key)),
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some((limits, key)) = &self.per_ip {
+            let mut map = limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight over the whole proxy (`listen.max_inflight_requests`).
+#[derive(Debug)]
+pub struct Inflight {
+    now: AtomicUsize,
+    max: usize,
+}
+
+/// One request in flight, until its response body is done.
+#[derive(Debug)]
+pub struct InflightSlot(Arc<Inflight>);
+
+impl Inflight {
+    pub fn new(max: usize) -> Arc<Inflight> {
+        Arc::new(Inflight {
+            now: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    pub fn try_enter(self: &Arc<Self>) -> Option<InflightSlot> {
+        let before = self.now.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.now.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InflightSlot(self.clone()))
+    }
+}
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.3".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn per_address_cap_and_release() {
+        let limits = ConnLimits::new(10, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let one = limits.admit(limits.reserve().await.unwrap(), ip, true);
+        let two = limits.admit(limits.reserve().await.unwrap(), ip, true);
+        assert!(one.is_some() && two.is_some());
+        assert!(limits
+            .admit(limits.reserve().await.unwrap(), ip, true)
+            .is_none());
+        // Uncapped (a trusted proxy) still gets in.
+        assert!(limits
+            .admit(limits.reserve().await.unwrap(), ip, false)
+            .is_some());
+        drop(one);
+        assert!(limits
+            .admit(limits.reserve().await.unwrap(), ip, true)
+            .is_some());
+        drop(two);
+        assert_eq!(limits.global.available_permits(), 10);
+    }
+
+    #[test]
+    fn inflight_bound() {
+        let f = Inflight::new(2);
+        let a = f.try_enter();
+        let b = f.try_enter();
+        assert!(a.is_some() && b.is_some());
+        assert!(f.try_enter().is_none());
+        drop(a);
+        assert!(f.try_enter().is_some());
+    }
+}
