@@ -147,7 +147,7 @@ struct Env {
 
 fn config(env: &Env, idle_ms: u64, round: u64) -> String {
     let mut y = format!(
-        "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  shutdown_timeout: 2s\nproxmox:\n  - name: home\n    url: {}\n    token_id: {TOKEN_ID}\n    token_secret: {TOKEN_SECRET}\n    ca_file: {}\n    poll_interval: 200ms\n    request_timeout: 2s\ndefaults:\n  idle_timeout: {idle_ms}ms\n  wake_timeout: 30s\n  wake_retry_after: 1s\n  loading_page: never\nroutes:\n",
+        "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  shutdown_timeout: 2s\nproxmox:\n  - name: home\n    url: {}\n    token_id: {TOKEN_ID}\n    token_secret: {TOKEN_SECRET}\n    ca_file: {}\n    insecure_loopback_guests: true\n    poll_interval: 200ms\n    request_timeout: 2s\ndefaults:\n  idle_timeout: {idle_ms}ms\n  wake_timeout: 30s\n  wake_retry_after: 1s\n  loading_page: never\nroutes:\n",
         env.http,
         env.admin,
         env.sim.url(),
@@ -597,7 +597,7 @@ async fn idle_twenty(a: &Args) -> Result<(), Error> {
         .collect();
     let env = start_env(guests).await?;
     let mut y = format!(
-        "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\nproxmox:\n  - name: home\n    url: {}\n    token_id: {TOKEN_ID}\n    token_secret: {TOKEN_SECRET}\n    ca_file: {}\ndefaults:\n  idle_timeout: 20s\n  loading_page: never\nroutes:\n",
+        "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\nproxmox:\n  - name: home\n    url: {}\n    token_id: {TOKEN_ID}\n    token_secret: {TOKEN_SECRET}\n    ca_file: {}\n    insecure_loopback_guests: true\ndefaults:\n  idle_timeout: 20s\n  loading_page: never\nroutes:\n",
         env.http,
         env.admin,
         env.sim.url(),
