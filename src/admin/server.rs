@@ -1,8 +1,10 @@
 //! The admin listener: `/healthz`, `/metrics` and the JSON API.
 
 use crate::admin::metrics::Metrics;
+use crate::cluster::usage::GuestUsage;
 use crate::idle::gate::WaitError;
 use crate::idle::Bound;
+use crate::idle::GuestId;
 use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
@@ -13,6 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -26,6 +29,8 @@ pub struct AdminState {
     pub proxy: Arc<Shared>,
     /// Certificates for `/api/certs`.
     pub acme: Arc<crate::acme::Acme>,
+    /// The gates, for what the other instances see (`cluster:`).
+    pub gates: Option<Arc<crate::idle::Gates>>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
@@ -73,7 +78,10 @@ async fn handle(
             resp
         }
         (&Method::GET, "/api/guests") => json(&guests(&state)),
-        (&Method::GET, "/api/routes") => json(&routes_json(&state)),
+        (&Method::GET, "/api/routes") => {
+            let usage = cluster_usage(&state).await;
+            json(&routes_json(&state, usage.as_ref()))
+        }
         (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
         (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs") => {
             pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
@@ -196,8 +204,50 @@ async fn control(state: &AdminState, name: &str, action: &str) -> Response<RespB
     }
 }
 
+/// What the other instances see of each guest: `None` without `cluster:`,
+/// `Some(Err)` while Redis cannot be read.
+async fn cluster_usage(state: &AdminState) -> Option<Result<HashMap<GuestId, GuestUsage>, ()>> {
+    let cluster = state.gates.as_ref()?.cluster()?;
+    let table = state.proxy.table.load();
+    let mut ids: Vec<GuestId> = table
+        .routes
+        .iter()
+        .filter_map(|r| Some(r.binding.as_ref()?.gate()?.id.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Some(
+        crate::cluster::usage::read(&cluster, &ids)
+            .await
+            .map_err(|_| ()),
+    )
+}
+
+fn cluster_json(
+    usage: Option<&Result<HashMap<GuestId, GuestUsage>, ()>>,
+    id: &GuestId,
+) -> serde_json::Value {
+    match usage {
+        None => serde_json::Value::Null,
+        Some(Err(())) => serde_json::json!({ "up": false, "in_use": null, "stopping": null }),
+        Some(Ok(map)) => {
+            let g = map.get(id).cloned().unwrap_or_default();
+            serde_json::json!({
+                "up": true,
+                "in_use": g.instances.iter().map(|(name, inflight, last_use)| serde_json::json!({
+                    "instance": name, "inflight": inflight, "last_use": last_use,
+                })).collect::<Vec<_>>(),
+                "stopping": g.stopping,
+            })
+        }
+    }
+}
+
 /// `GET /api/routes`: every route with its guest's state.
-fn routes_json(state: &AdminState) -> serde_json::Value {
+fn routes_json(
+    state: &AdminState,
+    usage: Option<&Result<HashMap<GuestId, GuestUsage>, ()>>,
+) -> serde_json::Value {
     let table = state.proxy.table.load();
     let mut out = serde_json::Map::new();
     for route in &table.routes {
@@ -217,6 +267,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "last_wake_ms": serde_json::Value::Null,
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
+            "cluster": serde_json::Value::Null,
         });
         if let Some(gate) = route.binding.as_ref().and_then(|b| b.gate()) {
             let g = gate.snapshot();
@@ -230,6 +281,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             v["last_wake_ms"] = g.last_wake_ms.into();
             v["address"] = g.address.map(|a| a.to_string()).into();
             v["error"] = g.last_error.into();
+            v["cluster"] = cluster_json(usage, &gate.id);
         }
         out.insert(route.name.to_string(), v);
     }
