@@ -15,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Use ends only after this long without a request, so a client's next
-/// request a moment later costs no round trip.
-pub const LINGER: Duration = Duration::from_secs(1);
+/// Use ends only after up to a second without a request (a third of
+/// `claim_ttl` when that is shorter), so a client's next request a moment
+/// later costs no round trip.
+fn linger(c: &Cluster) -> Duration {
+    (c.settings.claim_ttl / 3).min(Duration::from_secs(1))
+}
 
 /// The current `cluster:` (none without one); reloads replace it.
 pub type Slot = watch::Receiver<Option<Arc<Cluster>>>;
@@ -51,6 +54,8 @@ struct Inner {
     known_stops: Option<u64>,
     /// The owner is looking into a stop elsewhere: no claims until then.
     verifying: bool,
+    /// When someone without a guard last asked for the claim.
+    wanted_at: Option<Instant>,
 }
 
 /// One guest's link to the shared store, shared by its owner and its
@@ -71,6 +76,7 @@ impl Presence {
                 last_write: None,
                 known_stops: None,
                 verifying: false,
+                wanted_at: None,
             }),
         })
     }
@@ -187,31 +193,38 @@ impl Presence {
         Ok(())
     }
 
-    fn refresh_every(c: &Cluster) -> Duration {
-        (c.settings.claim_ttl / 3).min(Duration::from_secs(1))
-    }
-
     /// One step of the publisher; returns when to look again (`None`: only
     /// when something happens).
     async fn turn(&self, c: &Cluster, gate: &Gate) -> Option<Duration> {
+        if gate.take_claim_wanted() {
+            self.lock().wanted_at = Some(Instant::now());
+        }
         let busy = gate.in_use();
         if !c.is_up() {
             // Serve as if alone; nobody can stop the guest meanwhile.
             gate.set_claim(Claim::Degraded);
             return None;
         }
-        let (published, last_write, verifying) = {
+        let (published, last_write, verifying, wanted_at) = {
             let inner = self.lock();
-            (inner.published, inner.last_write, inner.verifying)
+            (
+                inner.published,
+                inner.last_write,
+                inner.verifying,
+                inner.wanted_at,
+            )
         };
-        let refresh = Self::refresh_every(c);
+        let refresh = linger(c);
         let due = last_write.is_none_or(|t| t.elapsed() >= refresh);
-        let lingering = gate.activity.last_active().elapsed() < LINGER;
+        // A claim just asked for (or just used) is kept a moment, so the
+        // one who asked sees it.
+        let wanted = wanted_at.is_some_and(|t| t.elapsed() < refresh);
+        let lingering = wanted || gate.activity.last_active().elapsed() < refresh;
         let never = gate.settings().idle_timeout.is_none();
         match gate.claim() {
             Claim::Off | Claim::Needed | Claim::Degraded => {
                 let running = gate.state() == GuestState::Running;
-                if busy && running && !verifying {
+                if (busy || wanted) && running && !verifying {
                     self.claim(c, gate).await;
                     return Some(refresh);
                 }
@@ -266,6 +279,7 @@ impl Presence {
     async fn claim(&self, c: &Cluster, gate: &Gate) {
         let seen = self.publish_busy(c, gate, "claim").await;
         let known = self.lock().known_stops;
+        tracing::debug!(route = %gate.label(), ?seen, ?known, "claim");
         match seen {
             Seen::Clear { stops } if known == Some(stops) => gate.set_claim(Claim::Held),
             Seen::Down => gate.set_claim(Claim::Degraded),

@@ -161,6 +161,9 @@ pub(super) struct Requests {
     pub kick: Notify,
     /// Wakes the cluster publisher: a request waits for a claim.
     pub claim: Notify,
+    /// Someone without a guard (an admin wake, a waking dependent) waits
+    /// for the claim.
+    pub claim_wanted: AtomicBool,
     pub sleep: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -237,6 +240,7 @@ impl Gate {
                 fenced: AtomicBool::new(false),
                 kick: Notify::new(),
                 claim: Notify::new(),
+                claim_wanted: AtomicBool::new(false),
                 sleep,
             },
             stats: Mutex::new(Stats::default()),
@@ -452,11 +456,22 @@ impl Gate {
         self.requests.claim.notified().await;
     }
 
+    /// Asks the publisher for the claim.
+    fn want_claim(&self) {
+        self.requests.claim_wanted.store(true, Ordering::SeqCst);
+        self.requests.claim.notify_one();
+    }
+
+    /// Whether someone asked for the claim since the last look.
+    pub(crate) fn take_claim_wanted(&self) -> bool {
+        self.requests.claim_wanted.swap(false, Ordering::SeqCst)
+    }
+
     /// Waits (at most `limit`) while only the claim is missing; `true`
     /// when the gate is ready afterwards.
     pub async fn wait_claimed(&self, limit: Duration) -> bool {
         let mut rx = self.signal.subscribe();
-        self.requests.claim.notify_one();
+        self.want_claim();
         let waited = tokio::time::timeout(limit, async {
             loop {
                 rx.borrow_and_update();
@@ -515,7 +530,7 @@ impl Gate {
             self.requests.kick.notify_one();
         }
         if self.claim() == Claim::Needed {
-            self.requests.claim.notify_one();
+            self.want_claim();
         }
     }
 

@@ -556,6 +556,7 @@ impl Owner {
     /// (and woken again if anything here waits for it). The fence across
     /// instances, followed like the local one.
     async fn follow_elsewhere(&mut self) {
+        tracing::debug!(route = %self.gate.label(), state = self.gate.state().as_str(), "looking at a stop elsewhere");
         let limit = self.gate.gate_settings().sleep.wake_timeout;
         let was = self.gate.state();
         if was == GuestState::Running && steps::stopping_elsewhere(&self.presence).await {

@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
+pub mod redis;
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
