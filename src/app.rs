@@ -40,12 +40,17 @@ impl Running {
             true => None,
             false => Some(Arc::new(Clusters::start(config, &metrics)?)),
         };
-        let gates = clusters.as_ref().map(|c| Gates::start(config, c, &metrics));
-        if let (Some(gates), Some(settings)) = (&gates, &config.cluster) {
-            let cluster = Cluster::start(settings, &metrics).map_err(StartError::Cluster)?;
-            tracing::info!(redis = %settings.describe(), instance = %settings.instance, "sharing guests with other instances");
-            gates.set_cluster(Some(cluster));
-        }
+        let cluster = match (&clusters, &config.cluster) {
+            (Some(_), Some(settings)) => {
+                let c = Cluster::start(settings, &metrics).map_err(StartError::Cluster)?;
+                tracing::info!(redis = %settings.describe(), instance = %settings.instance, "sharing guests with other instances");
+                Some(c)
+            }
+            _ => None,
+        };
+        let gates = clusters
+            .as_ref()
+            .map(|c| Gates::start(config, c, &metrics, cluster));
         let plan = gates.as_ref().map(|g| g.plan(config));
         let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), plan.as_ref()).await?;
         let acme = Arc::new(Acme::new(proxy.shared().acme.clone(), metrics.clone()));

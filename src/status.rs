@@ -307,6 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn the_instances_using_a_guest_get_a_column_with_a_cluster() {
+        let v = serde_json::json!({
+            "wiki": {"hosts": ["wiki.lan"], "guest": "vmid 105", "state": "running", "inflight": 0,
+                     "cluster": {"up": true, "stopping": null, "in_use": [
+                         {"instance": "proxy-a", "inflight": 2, "last_use": 1.0},
+                         {"instance": "proxy-b", "inflight": 0, "last_use": 1.0}]}},
+            "db": {"hosts": [], "guest": "vmid 120", "state": "stopped", "inflight": 0,
+                   "cluster": {"up": false, "stopping": null, "in_use": null}},
+            "nas": {"hosts": ["nas.lan"], "target": "http://10.0.0.5:80", "inflight": 0, "cluster": null},
+        });
+        let t = table(&v, 0.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("IN USE ON"), "{t}");
+        assert!(lines[1].ends_with("? (Redis unreachable)"), "{t}");
+        assert!(lines[2].ends_with("-"), "{t}");
+        assert!(lines[3].ends_with("proxy-a(2) proxy-b"), "{t}");
+        // Without a cluster, the table is as before.
+        let alone =
+            serde_json::json!({"nas": {"hosts": ["nas.lan"], "inflight": 0, "cluster": null}});
+        assert!(!table(&alone, 0.0).contains("IN USE ON"));
+    }
+
+    #[test]
     fn certs_table_shows_expiry_renewal_and_errors() {
         let v = serde_json::json!([
             {"name": "wiki.example.com", "names": ["wiki.example.com"], "source": "acme", "state": "valid",

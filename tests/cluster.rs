@@ -17,8 +17,12 @@ use tokio_tungstenite::tungstenite::Message;
 const LXC_START: &str = "POST /nodes/{node}/lxc/{vmid}/status/start";
 
 fn cluster_yaml(redis: &Redis, instance: &str) -> String {
+    cluster_yaml_with(redis, instance, "1s", "300ms")
+}
+
+fn cluster_yaml_with(redis: &Redis, instance: &str, ttl: &str, timeout: &str) -> String {
     let mut out = format!(
-        "cluster:\n  redis: {}\n  instance: {instance}\n  claim_ttl: 1s\n  timeout: 300ms\n",
+        "cluster:\n  redis: {}\n  instance: {instance}\n  claim_ttl: {ttl}\n  timeout: {timeout}\n",
         redis.url()
     );
     if let Some(ca) = redis.ca_file() {
@@ -51,7 +55,9 @@ fn stops(env: &SimEnv) -> u64 {
         .call_counts()
         .iter()
         .filter(|(k, _)| {
-            k.contains("/status/shutdown") || k.contains("/status/stop") || k.contains("/status/suspend")
+            k.contains("/status/shutdown")
+                || k.contains("/status/stop")
+                || k.contains("/status/suspend")
         })
         .map(|(_, n)| n)
         .sum()
@@ -68,7 +74,11 @@ fn metric(d: &Drowsy, name: &str, labels: &str) -> f64 {
 }
 
 fn round_trips(d: &Drowsy, op: &str) -> f64 {
-    metric(d, "drowsy_cluster_round_trips_total", &format!("op=\"{op}\""))
+    metric(
+        d,
+        "drowsy_cluster_round_trips_total",
+        &format!("op=\"{op}\""),
+    )
 }
 
 /// Waits (on a deadline) until `pred` holds, looking every 10 ms.
@@ -83,9 +93,7 @@ async fn until(what: &str, mut pred: impl FnMut() -> bool) {
     }
 }
 
-async fn websocket(
-    addr: std::net::SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+async fn websocket(addr: std::net::SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     tokio::time::timeout(
         DEADLINE,
@@ -126,7 +134,10 @@ async fn a_websocket_on_one_instance_keeps_the_guest_awake_for_all() {
     assert_eq!(in_use[0]["instance"], "proxy-a", "{routes}");
     assert_eq!(in_use[0]["inflight"], 1, "{routes}");
     let table = drowsy::status::table(&routes, 0.0);
-    assert!(table.contains("IN USE ON") && table.contains("proxy-a(1)"), "{table}");
+    assert!(
+        table.contains("IN USE ON") && table.contains("proxy-a(1)"),
+        "{table}"
+    );
     ws.send(Message::text("still here")).await.expect("send");
     let echo = tokio::time::timeout(DEADLINE, ws.next())
         .await
@@ -136,7 +147,10 @@ async fn a_websocket_on_one_instance_keeps_the_guest_awake_for_all() {
     assert_eq!(echo.into_text().expect("text").as_str(), "still here");
     ws.close(None).await.expect("close");
     drop(ws);
-    until("the guest to sleep", || env.sim.guest_status(105) == Some("stopped")).await;
+    until("the guest to sleep", || {
+        env.sim.guest_status(105) == Some("stopped")
+    })
+    .await;
     wait_state(&a.gate("wiki"), GuestState::Stopped).await;
     wait_state(&b.gate("wiki"), GuestState::Stopped).await;
     assert_eq!(stops(&env), 1, "{:?}", env.sim.call_counts());
@@ -228,7 +242,7 @@ async fn the_stop_race_between_instances_loses_nothing() {
         // B's request comes on its idle→busy edge: its claim is given back.
         until("B to give its claim back", || gb.claim() == Claim::Needed).await;
         let delay_a = Duration::from_micros((i * 7919) % 3000);
-        let delay_b = Duration::from_micros((i * 104_729) % 3000);
+        let delay_b = Duration::from_micros((i * 104_729) % 6000);
         let addr = b.http();
         let ga2 = ga.clone();
         let (slept, answer) = tokio::join!(
@@ -291,7 +305,10 @@ async fn with_redis_down_everything_is_served_nothing_is_stopped_and_it_recovers
         })
         .await;
     }
-    until("the guest to sleep", || env.sim.guest_status(105) == Some("stopped")).await;
+    until("the guest to sleep", || {
+        env.sim.guest_status(105) == Some("stopped")
+    })
+    .await;
     wait_state(&a.gate("wiki"), GuestState::Stopped).await;
     wait_state(&b.gate("wiki"), GuestState::Stopped).await;
     assert_eq!(stops(&env), 1, "{:?}", env.sim.call_counts());
@@ -333,7 +350,10 @@ async fn a_killed_instance_claims_expire_and_the_guest_then_sleeps() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "drowsy never listened");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drowsy never listened"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let b = instance(&env, &redis, "proxy-b", "300ms").await;
@@ -349,7 +369,10 @@ async fn a_killed_instance_claims_expire_and_the_guest_then_sleeps() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(ws);
-    until("the guest to sleep", || env.sim.guest_status(105) == Some("stopped")).await;
+    until("the guest to sleep", || {
+        env.sim.guest_status(105) == Some("stopped")
+    })
+    .await;
     wait_state(&b.gate("wiki"), GuestState::Stopped).await;
     assert_eq!(stops(&env), 1, "{:?}", env.sim.call_counts());
 }
@@ -385,4 +408,59 @@ async fn a_reload_adds_and_removes_the_cluster() {
     until("no claim", || gate.claim() == Claim::Off).await;
     let (s, _, _) = get(d.http(), "wiki.lan", "/").await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// Requests while this instance's claim is held never ask Redis: only the
+/// periodic refresh (at most one per refresh interval) talks to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_path_makes_no_round_trips_to_redis() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki").running(true)]).await;
+    // A generous timeout: a loaded machine must not look like Redis down.
+    let a = Drowsy::start(&config(
+        &env,
+        &cluster_yaml_with(&redis, "proxy-a", "3s", "1s"),
+        "127.0.0.1:0",
+        "1h",
+    ))
+    .await;
+    // An open WebSocket keeps the claim held throughout.
+    let _ws = websocket(a.http()).await;
+    let gate = a.gate("wiki");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while gate.claim() != Claim::Held {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no claim: {:?} {} up={} {}",
+            gate.claim(),
+            gate.state().as_str(),
+            metric(&a, "drowsy_cluster_up", "instance=\"proxy-a\""),
+            a.running
+                .metrics
+                .encode()
+                .lines()
+                .filter(|l| l.contains("round_trips_total{"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ops = ["claim", "release", "check", "fence", "marker"];
+    let before: Vec<f64> = ops.iter().map(|op| round_trips(&a, op)).collect();
+    let refreshes = round_trips(&a, "refresh");
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let (s, _, _) = get(a.http(), "wiki.lan", &format!("/warm{i}")).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let elapsed = started.elapsed();
+    let after: Vec<f64> = ops.iter().map(|op| round_trips(&a, op)).collect();
+    assert_eq!(before, after, "round trips by {ops:?}");
+    // A refresh every second at most.
+    let most = (elapsed.as_millis() / 1000 + 2) as f64;
+    let refreshed = round_trips(&a, "refresh") - refreshes;
+    assert!(refreshed <= most, "{refreshed} refreshes in {elapsed:?}");
 }

@@ -14,7 +14,7 @@
 //! learns that the guest went down since it last saw it up.
 
 use super::client::{value, Cluster, Down};
-use super::keys::{self, GuestKeys, Marker, Use, LONG_TTL};
+use super::keys::{self, GuestKeys, Kind, Marker, Use, LONG_TTL};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,8 +152,12 @@ pub async fn precheck(c: &Cluster, k: &GuestKeys) -> Result<(), Refusal> {
     }
     if let Some((m, ttl)) = marker(c, k).await.map_err(|_| unreachable())? {
         if m.instance != **c.instance() {
+            let doing = match m.kind {
+                Kind::Stop => "stopping",
+                Kind::Wake => "starting",
+            };
             return Err(Refusal {
-                why: format!("instance {} is stopping it", m.instance),
+                why: format!("instance {} is {doing} it", m.instance),
                 retry: ttl.max(Duration::from_secs(1)),
             });
         }
@@ -176,7 +180,7 @@ fn unreachable() -> Refusal {
 /// instance's use. `Ok` means no other instance used the guest when the
 /// marker was already visible to them.
 pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Lease, Refusal> {
-    let marker = Marker::new(c.instance());
+    let marker = Marker::new(Kind::Stop, c.instance());
     let mut p = redis::pipe();
     p.cmd("SET")
         .arg(&k.marker)
@@ -188,7 +192,7 @@ pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Le
     let v = c.run("fence", &p).await.map_err(|_| unreachable())?;
     if !v.first().is_some_and(value::is_ok) {
         return Err(Refusal {
-            why: "another instance is stopping it".into(),
+            why: "another instance is stopping or starting it".into(),
             retry: Duration::from_secs(1),
         });
     }
@@ -246,6 +250,28 @@ impl Lease {
     }
 }
 
+/// Before a start: take the marker as a start, so the other instances
+/// wait for this start instead of racing it (Proxmox runs one power task
+/// per guest at a time). `None` when another instance holds the marker
+/// (wait for it with [`wait_clear`]) or Redis cannot be asked (start
+/// anyway: Proxmox answers a second start with "already running").
+pub async fn take_wake(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Option<Lease> {
+    let marker = Marker::new(Kind::Wake, c.instance());
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(&k.marker)
+        .arg(marker.encode())
+        .arg("NX")
+        .arg("PX")
+        .arg(keys::px(lease));
+    let v = c.run("wake", &p).await.ok()?;
+    v.first().is_some_and(value::is_ok).then(|| Lease {
+        cluster: c.clone(),
+        keys: k.clone(),
+        marker,
+    })
+}
+
 /// Waits while another instance holds the marker (at most `limit`).
 /// Returns early when Redis cannot be asked.
 pub async fn wait_clear(c: &Cluster, k: &GuestKeys, limit: Duration) {
@@ -293,7 +319,7 @@ mod model {
         store.lock().expect("store").use_b = Some(busy());
         let marker = store.lock().expect("store").marker;
         let stops = store.lock().expect("store").stops;
-        let m = marker.map(Marker::new);
+        let m = marker.map(|i| Marker::new(super::super::keys::Kind::Stop, i));
         match see(m.as_ref(), "b", stops) {
             Seen::Clear { stops } => !check_stops || stops == 0,
             _ => false,

@@ -7,8 +7,9 @@
 //!   once idle it lives until proxy-a's own `idle_timeout` has passed since
 //!   its last use. So "idle everywhere" is "no other instance has one".
 //! - `drowsy:{home:105}:instances`: the names that ever wrote a use key.
-//! - `drowsy:{home:105}:stopping`: the stop marker, `INSTANCE NONCE`, set
-//!   with `NX` and a lease by the one instance that stops the guest.
+//! - `drowsy:{home:105}:stopping`: the marker, `stop|wake INSTANCE NONCE`,
+//!   set with `NX` and a lease by the one instance that stops the guest
+//!   (or starts it: others wait for that start instead of racing it).
 //! - `drowsy:{home:105}:stops`: a counter bumped by every stop, so an
 //!   instance learns that the guest was stopped since it last saw it up.
 
@@ -64,31 +65,51 @@ impl Use {
     }
 }
 
-/// The stop marker's value: who holds it, and a nonce so that only the
-/// holder's own release deletes it.
+/// What the marker's holder is doing to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Stop,
+    /// Starting it: others wait for the start rather than racing it.
+    Wake,
+}
+
+/// The marker's value: what, who, and a nonce so that only the holder's
+/// own release deletes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marker {
+    pub kind: Kind,
     pub instance: String,
     pub nonce: String,
 }
 
 impl Marker {
-    pub fn new(instance: &str) -> Marker {
+    pub fn new(kind: Kind, instance: &str) -> Marker {
         Marker {
+            kind,
             instance: instance.to_string(),
             nonce: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
     pub fn encode(&self) -> String {
-        format!("{} {}", self.instance, self.nonce)
+        let kind = match self.kind {
+            Kind::Stop => "stop",
+            Kind::Wake => "wake",
+        };
+        format!("{kind} {} {}", self.instance, self.nonce)
     }
 
+    /// Anything unreadable counts as a stop: the careful reading.
     pub fn decode(text: &str) -> Marker {
-        let (instance, nonce) = text.split_once(' ').unwrap_or((text, ""));
+        let mut parts = text.splitn(3, ' ');
+        let kind = match parts.next() {
+            Some("wake") => Kind::Wake,
+            _ => Kind::Stop,
+        };
         Marker {
-            instance: instance.to_string(),
-            nonce: nonce.to_string(),
+            kind,
+            instance: parts.next().unwrap_or("").to_string(),
+            nonce: parts.next().unwrap_or("").to_string(),
         }
     }
 }
@@ -135,7 +156,9 @@ mod tests {
         };
         assert_eq!(Use::decode(&u.encode()), Some(u));
         assert_eq!(Use::decode("garbage"), None);
-        let m = Marker::new("proxy-a");
-        assert_eq!(Marker::decode(&m.encode()), m);
+        for kind in [Kind::Stop, Kind::Wake] {
+            let m = Marker::new(kind, "proxy-a");
+            assert_eq!(Marker::decode(&m.encode()), m);
+        }
     }
 }

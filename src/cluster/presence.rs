@@ -7,7 +7,7 @@
 //! Redis themselves; while the claim is held they pass on atomics alone.
 
 use super::client::{value, Cluster, Down};
-use super::keys::{self, GuestKeys, Marker, Use, LONG_TTL};
+use super::keys::{self, GuestKeys, Kind, Marker, Use, LONG_TTL};
 use crate::idle::fence::Claim;
 use crate::idle::{Gate, GuestId, GuestState};
 use std::sync::{Arc, Mutex};
@@ -322,10 +322,11 @@ fn keep_instances(p: &mut redis::Pipeline, k: &GuestKeys, ttl_ms: u64) {
 }
 
 /// What a claim's reads mean: a marker of this instance's own is its own
-/// stop, which the local fence already orders against this request.
+/// stop, which the local fence already orders against this request; a
+/// start under way elsewhere is no stop.
 pub fn see(marker: Option<&Marker>, me: &str, stops: u64) -> Seen {
     match marker {
-        Some(m) if m.instance != me => Seen::Stopping {
+        Some(m) if m.instance != me && m.kind == Kind::Stop => Seen::Stopping {
             by: m.instance.clone(),
         },
         _ => Seen::Clear { stops },

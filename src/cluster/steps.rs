@@ -7,6 +7,10 @@ use super::presence::{Presence, Seen};
 use crate::idle::{Claim, Gate};
 use std::time::Duration;
 
+/// A start marker outlives a start task at most this long (a crashed
+/// starter holds the others back no longer).
+const START_LEASE: Duration = Duration::from_secs(30);
+
 /// Before a wake: publish this instance's use (so no instance starts a
 /// stop from now on) and wait out a stop under way elsewhere, so the start
 /// does not race it. Returns the stop counter to adopt once the guest is
@@ -81,5 +85,25 @@ pub async fn stopping_elsewhere(presence: &Presence) -> bool {
 pub async fn wait_stop_elsewhere(presence: &Presence, limit: Duration) {
     if let Some(c) = presence.cluster() {
         fence::wait_clear(&c, &presence.keys, limit).await;
+    }
+}
+
+/// Right before a start: take the start marker, waiting out another
+/// instance's start or stop first, so one power task runs at a time. The
+/// caller releases it once its start returned. `None` without a cluster,
+/// while Redis is down, or when `limit` passed (then the start goes ahead:
+/// Proxmox answers a second one with "already running").
+pub async fn before_start(presence: &Presence, limit: Duration) -> Option<Lease> {
+    let c = presence.cluster()?;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(lease) = fence::take_wake(&c, &presence.keys, limit.min(START_LEASE)).await {
+            return Some(lease);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !c.is_up() || left.is_zero() {
+            return None;
+        }
+        fence::wait_clear(&c, &presence.keys, left).await;
     }
 }

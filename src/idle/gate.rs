@@ -322,6 +322,8 @@ impl Gate {
         let (Some(was), Some(s)) = (was, state) else {
             return;
         };
+        // The cluster publisher claims only a running guest: let it look.
+        self.requests.claim.notify_one();
         self.label.load().metrics.show_state(s);
         if was.is_awake() && !s.is_awake() {
             // Dependencies wait for their dependents to sleep: tell them.

@@ -287,7 +287,13 @@ impl Owner {
         self.wake_dependencies().await?;
         let guest = self.find_guest().map_err(WakeError::Other)?;
         if was != GuestState::Running {
-            self.power_on(&guest, was).await.map_err(WakeError::Other)?;
+            // One start at a time across instances.
+            let turn = steps::before_start(&self.presence, limit).await;
+            let started = self.power_on(&guest, was).await;
+            if let Some(turn) = turn {
+                turn.release().await;
+            }
+            started.map_err(WakeError::Other)?;
             self.gate.publish(Phase::Started);
         }
         self.wait_for_service(&guest)

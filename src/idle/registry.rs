@@ -120,11 +120,16 @@ fn dependency_settings() -> SleepSettings {
 
 impl Gates {
     /// The registry for `config`, finding guests as the cache fills.
-    pub fn start(config: &Config, clusters: &Arc<Clusters>, metrics: &Arc<Metrics>) -> Arc<Gates> {
+    pub fn start(
+        config: &Config,
+        clusters: &Arc<Clusters>,
+        metrics: &Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Gates> {
         let gates = Arc::new(Gates {
             clusters: clusters.clone(),
             metrics: metrics.clone(),
-            cluster: watch::channel(None).0,
+            cluster: watch::channel(cluster).0,
             inner: Mutex::new(Inner::default()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -336,6 +341,10 @@ impl Gates {
     fn spawn(&self, id: GuestId, label: Arc<str>, settings: GateSettings) -> Owned {
         let presence = Presence::new(&id, self.cluster.subscribe());
         let (gate, sleeps) = Gate::new(id, label, settings, &self.metrics);
+        if self.cluster.borrow().is_some() {
+            // No request passes unclaimed, from the first one on.
+            gate.set_claim(crate::idle::Claim::Needed);
+        }
         let stop = self.stop.child_token();
         let owner = Owner::new(gate.clone(), self.clusters.clone(), presence.clone());
         self.tasks.spawn(owner.run(sleeps, stop.clone()));
