@@ -148,6 +148,25 @@ fn the_example_config_is_valid() {
     let (code, out, err) = check(&example, &[("PVE_TOKEN_SECRET", "x")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("route wiki: wiki.home.arpa"), "{out}");
+    // Its commented `cluster:` block is valid too, once uncommented.
+    let mut in_block = false;
+    let with_cluster: String = example
+        .lines()
+        .map(|l| {
+            in_block = l.starts_with("# cluster:") || (in_block && l.starts_with("#  "));
+            let line = if in_block { &l[2..] } else { l };
+            format!("{line}\n")
+        })
+        .collect();
+    let (code, out, err) = check(
+        &with_cluster,
+        &[("PVE_TOKEN_SECRET", "x"), ("REDIS_PASSWORD", "y")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cluster: instance proxy-a, redis://10.0.0.9:6379/0"),
+        "{out}"
+    );
 }
 
 const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";
