@@ -6,6 +6,7 @@ use crate::acme::Acme;
 use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
+use crate::cluster::Cluster;
 use crate::config::{self, Config, ProxmoxSettings, PveAuth};
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
@@ -40,7 +41,17 @@ impl Running {
             true => None,
             false => Some(Arc::new(Clusters::start(config, &metrics)?)),
         };
-        let gates = clusters.as_ref().map(|c| Gates::start(config, c, &metrics));
+        let cluster = match (&clusters, &config.cluster) {
+            (Some(_), Some(settings)) => {
+                let c = Cluster::start(settings, &metrics).map_err(StartError::Cluster)?;
+                tracing::info!(redis = %settings.describe(), instance = %settings.instance, "sharing guests with other instances");
+                Some(c)
+            }
+            _ => None,
+        };
+        let gates = clusters
+            .as_ref()
+            .map(|c| Gates::start(config, c, &metrics, cluster));
         let plan = gates.as_ref().map(|g| g.plan(config));
         let proxy = Proxy::start(config, metrics.clone(), clusters.clone(), plan.as_ref()).await?;
         let acme = Arc::new(Acme::new(proxy.shared().acme.clone(), metrics.clone()));
@@ -60,6 +71,7 @@ impl Running {
                     loopback: addr.ip().is_loopback(),
                 },
                 header_read_timeout: config.listen.header_read_timeout,
+                gates: gates.clone(),
             });
             tokio::spawn(server::serve(listener, state, stop.clone()));
         }
@@ -155,9 +167,41 @@ impl Running {
         if let Some(clusters) = &self.clusters {
             clusters.set_needed(&new);
         }
+        self.reload_cluster(&new);
         *self.lock_config() = new;
         self.reloads.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// A reload may add, change or remove `cluster:`. A new store starts
+    /// empty of this instance's claims; requests claim again on their next
+    /// idle→busy edge.
+    fn reload_cluster(&self, new: &Config) {
+        let Some(gates) = &self.gates else { return };
+        let old = gates.cluster();
+        if old.as_ref().map(|c| &c.settings) == new.cluster.as_ref() {
+            return;
+        }
+        if let Some(old) = &old {
+            old.close();
+        }
+        let next = match &new.cluster {
+            Some(settings) => match Cluster::start(settings, &self.metrics) {
+                Ok(c) => {
+                    tracing::info!(redis = %settings.describe(), instance = %settings.instance, "sharing guests with other instances");
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::error!("cluster: {e}; guests are managed by this instance alone");
+                    None
+                }
+            },
+            None => {
+                tracing::info!("cluster removed: guests are managed by this instance alone");
+                None
+            }
+        };
+        gates.set_cluster(next);
     }
 
     /// With `watch: true`: reloads when the config file's contents change
@@ -194,6 +238,9 @@ impl Running {
         self.stop.cancel();
         if let Some(gates) = &self.gates {
             gates.shutdown().await;
+            if let Some(c) = gates.cluster() {
+                c.close();
+            }
         }
         if let Some(clusters) = &self.clusters {
             clusters.shutdown();

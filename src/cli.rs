@@ -199,6 +199,14 @@ pub fn summary(cfg: &Config) -> String {
         };
         out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
     }
+    if let Some(c) = &cfg.cluster {
+        out.push_str(&format!(
+            "cluster: instance {}, {} (claims outlive a dead instance by {})\n",
+            c.instance,
+            c.describe(),
+            humantime::format_duration(c.claim_ttl)
+        ));
+    }
     out.push_str(&crate::acme::names::summary(cfg));
     for w in warnings(cfg) {
         out.push_str(&format!("warning: {w}\n"));

@@ -11,6 +11,7 @@ pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod idle;

@@ -180,13 +180,20 @@ fn short_duration(secs: f64) -> String {
 }
 
 /// Rows as columns padded to the widest cell.
-fn aligned<const N: usize>(rows: Vec<[String; N]>) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+fn aligned<R: AsRef<[String]>>(rows: Vec<R>) -> String {
+    let n = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.as_ref().get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row
+            .as_ref()
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
@@ -274,7 +281,14 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
         "SLEEPS IN",
         "LAST WAKE",
     ];
-    let mut rows: Vec<[String; 7]> = vec![header.map(String::from)];
+    let with_cluster = routes
+        .as_object()
+        .is_some_and(|m| m.values().any(|r| !r["cluster"].is_null()));
+    let mut head: Vec<String> = header.map(String::from).to_vec();
+    if with_cluster {
+        head.push("IN USE ON".into());
+    }
+    let mut rows: Vec<Vec<String>> = vec![head];
     if let Some(map) = routes.as_object() {
         for (name, r) in map {
             let hosts: Vec<&str> = r["hosts"]
@@ -298,7 +312,7 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             let last_wake = r["last_wake_ms"]
                 .as_u64()
                 .map_or("-".into(), |ms| format!("{ms} ms"));
-            rows.push([
+            let mut row = vec![
                 name.clone(),
                 host,
                 guest,
@@ -306,10 +320,45 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
                 r["inflight"].to_string(),
                 sleeps_in,
                 last_wake,
-            ]);
+            ];
+            if with_cluster {
+                row.push(in_use_on(&r["cluster"]));
+            }
+            rows.push(row);
         }
     }
     aligned(rows)
+}
+
+/// Which instances use the guest, from a route's `cluster` object:
+/// `proxy-a(2) proxy-b` (in flight in parentheses), and who stops it.
+fn in_use_on(c: &serde_json::Value) -> String {
+    if c.is_null() {
+        return "-".into();
+    }
+    if c["up"] == false {
+        return "? (Redis unreachable)".into();
+    }
+    let mut parts: Vec<String> = c["in_use"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let name = u["instance"].as_str().unwrap_or("?");
+            match u["inflight"].as_u64() {
+                Some(n) if n > 0 => format!("{name}({n})"),
+                _ => name.to_string(),
+            }
+        })
+        .collect();
+    if let Some(by) = c["stopping"].as_str() {
+        parts.push(format!("[stopping: {by}]"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -338,6 +387,29 @@ mod tests {
         );
         let col = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[2][col..col + 7], "running");
+    }
+
+    #[test]
+    fn the_instances_using_a_guest_get_a_column_with_a_cluster() {
+        let v = serde_json::json!({
+            "wiki": {"hosts": ["wiki.lan"], "guest": "vmid 105", "state": "running", "inflight": 0,
+                     "cluster": {"up": true, "stopping": null, "in_use": [
+                         {"instance": "proxy-a", "inflight": 2, "last_use": 1.0},
+                         {"instance": "proxy-b", "inflight": 0, "last_use": 1.0}]}},
+            "db": {"hosts": [], "guest": "vmid 120", "state": "stopped", "inflight": 0,
+                   "cluster": {"up": false, "stopping": null, "in_use": null}},
+            "nas": {"hosts": ["nas.lan"], "target": "http://10.0.0.5:80", "inflight": 0, "cluster": null},
+        });
+        let t = table(&v, 0.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("IN USE ON"), "{t}");
+        assert!(lines[1].ends_with("? (Redis unreachable)"), "{t}");
+        assert!(lines[2].ends_with("-"), "{t}");
+        assert!(lines[3].ends_with("proxy-a(2) proxy-b"), "{t}");
+        // Without a cluster, the table is as before.
+        let alone =
+            serde_json::json!({"nas": {"hosts": ["nas.lan"], "inflight": 0, "cluster": null}});
+        assert!(!table(&alone, 0.0).contains("IN USE ON"));
     }
 
     #[test]

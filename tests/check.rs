@@ -148,6 +148,25 @@ fn the_example_config_is_valid() {
     let (code, out, err) = check(&example, &[("PVE_TOKEN_SECRET", "x")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("route wiki: wiki.home.arpa"), "{out}");
+    // Its commented `cluster:` block is valid too, once uncommented.
+    let mut in_block = false;
+    let with_cluster: String = example
+        .lines()
+        .map(|l| {
+            in_block = l.starts_with("# cluster:") || (in_block && l.starts_with("#  "));
+            let line = if in_block { &l[2..] } else { l };
+            format!("{line}\n")
+        })
+        .collect();
+    let (code, out, err) = check(
+        &with_cluster,
+        &[("PVE_TOKEN_SECRET", "x"), ("REDIS_PASSWORD", "y")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cluster: instance proxy-a, redis://10.0.0.9:6379/0"),
+        "{out}"
+    );
 }
 
 const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";
@@ -312,4 +331,63 @@ fn route_address_pins_need_a_guest() {
     let ok = "  a:\n    host: a.lan\n    guest: wiki\n    port: 80\n    address: 10.0.0.5\n";
     let (code, _, err) = check(&format!("{HEAD}{cluster}routes:\n{ok}"), &[]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn cluster_keys_are_checked_with_their_position() {
+    let (code, _, err) = check(
+        &format!("{HEAD}cluster:\n  redis: http://10.0.0.9:6379\n  instance: proxy-a\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("drowsy.yml:4:10: cluster.redis: `http://` is not a Redis URL scheme"),
+        "{err}"
+    );
+    let (code, _, err) = check(
+        &format!("{HEAD}cluster:\n  redis: redis://:pw@10.0.0.9/0\n  redis_password: ${{REDIS_PW}}\n  instance: bad name\n  claim_ttl: 500ms\n"),
+        &[("REDIS_PW", "s3cret-value")],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "drowsy.yml:5:3: cluster.redis_password: the password is already in the redis URL"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:6:13: cluster.instance: `bad name` is not a valid instance name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:7:14: cluster.claim_ttl: must be at least 1s"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret-value") && !err.contains(":pw@"),
+        "a secret leaked: {err}"
+    );
+    let (code, _, err) = check(
+        &format!("{HEAD}cluster:\n  redis: redis://10.0.0.9/x\n  ca_file: /nonexistent/ca.pem\n  instance: a\n  redis_passwrd: x\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("redis_password"), "a did-you-mean hint: {err}");
+}
+
+#[test]
+fn a_valid_cluster_is_summarized_without_its_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("redis-pw");
+    std::fs::write(&pw, "hunter2\n").expect("write");
+    let (code, out, err) = check(
+        &format!("{HEAD}cluster:\n  redis: rediss://drowsy@redis.lan:6380/2\n  redis_password_file: {}\n  instance: proxy-a\n", pw.display()),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("cluster: instance proxy-a, rediss://redis.lan:6380/2"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
 }

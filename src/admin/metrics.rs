@@ -69,6 +69,18 @@ pub struct CertNameLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    /// `cluster.instance`.
+    pub instance: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterOpLabel {
+    /// What the round trip was for: `claim`, `refresh`, `release`, ...
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `ok` or `error`.
     pub result: &'static str,
@@ -93,6 +105,8 @@ pub struct Metrics {
     pub cert_not_after_seconds: Family<CertNameLabel, Gauge>,
     pub cert_renewals_total: Family<ResultLabel, Counter>,
     pub acme_orders_total: Family<ResultLabel, Counter>,
+    pub cluster_up: Family<InstanceLabel, Gauge>,
+    pub cluster_round_trips: Family<ClusterOpLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -182,8 +196,22 @@ impl Metrics {
             "ACME orders (new certificates and renewals), by result",
             acme_orders_total.clone(),
         );
+        let cluster_up = Family::<InstanceLabel, Gauge>::default();
+        registry.register(
+            "cluster_up",
+            "1 while the Redis of `cluster:` answers, 0 while it does not",
+            cluster_up.clone(),
+        );
+        let cluster_round_trips = Family::<ClusterOpLabel, Counter>::default();
+        registry.register(
+            "cluster_round_trips",
+            "Round trips to the Redis of `cluster:`, by purpose",
+            cluster_round_trips.clone(),
+        );
         Metrics {
             registry,
+            cluster_up,
+            cluster_round_trips,
             cert_not_after_seconds,
             cert_renewals_total,
             acme_orders_total,

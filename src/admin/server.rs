@@ -2,8 +2,10 @@
 
 use super::guard::{self, AdminPolicy};
 use crate::admin::metrics::Metrics;
+use crate::cluster::usage::GuestUsage;
 use crate::idle::gate::WaitError;
 use crate::idle::Bound;
+use crate::idle::GuestId;
 use crate::proxmox::Clusters;
 use crate::proxy::body::RespBody;
 use crate::proxy::listener::MAX_HEAD;
@@ -16,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub struct AdminState {
     pub policy: AdminPolicy,
     /// `listen.header_read_timeout`: the admin listener is a front door too.
     pub header_read_timeout: Duration,
+    /// The gates, for what the other instances see (`cluster:`).
+    pub gates: Option<Arc<crate::idle::Gates>>,
 }
 
 /// Admin connections open at once; more wait in the kernel backlog.
@@ -132,7 +137,10 @@ async fn handle(
             resp
         }
         (&Method::GET, "/api/guests") => json(&guests(&state)),
-        (&Method::GET, "/api/routes") => json(&routes_json(&state)),
+        (&Method::GET, "/api/routes") => {
+            let usage = cluster_usage(&state).await;
+            json(&routes_json(&state, usage.as_ref()))
+        }
         (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
         (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs") => {
             pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
@@ -255,8 +263,50 @@ async fn control(state: &AdminState, name: &str, action: &str) -> Response<RespB
     }
 }
 
+/// What the other instances see of each guest: `None` without `cluster:`,
+/// `Some(Err)` while Redis cannot be read.
+async fn cluster_usage(state: &AdminState) -> Option<Result<HashMap<GuestId, GuestUsage>, ()>> {
+    let cluster = state.gates.as_ref()?.cluster()?;
+    let table = state.proxy.table.load();
+    let mut ids: Vec<GuestId> = table
+        .routes
+        .iter()
+        .filter_map(|r| Some(r.binding.as_ref()?.gate()?.id.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Some(
+        crate::cluster::usage::read(&cluster, &ids)
+            .await
+            .map_err(|_| ()),
+    )
+}
+
+fn cluster_json(
+    usage: Option<&Result<HashMap<GuestId, GuestUsage>, ()>>,
+    id: &GuestId,
+) -> serde_json::Value {
+    match usage {
+        None => serde_json::Value::Null,
+        Some(Err(())) => serde_json::json!({ "up": false, "in_use": null, "stopping": null }),
+        Some(Ok(map)) => {
+            let g = map.get(id).cloned().unwrap_or_default();
+            serde_json::json!({
+                "up": true,
+                "in_use": g.instances.iter().map(|(name, inflight, last_use)| serde_json::json!({
+                    "instance": name, "inflight": inflight, "last_use": last_use,
+                })).collect::<Vec<_>>(),
+                "stopping": g.stopping,
+            })
+        }
+    }
+}
+
 /// `GET /api/routes`: every route with its guest's state.
-fn routes_json(state: &AdminState) -> serde_json::Value {
+fn routes_json(
+    state: &AdminState,
+    usage: Option<&Result<HashMap<GuestId, GuestUsage>, ()>>,
+) -> serde_json::Value {
     let table = state.proxy.table.load();
     let mut out = serde_json::Map::new();
     for route in &table.routes {
@@ -276,6 +326,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "last_wake_ms": serde_json::Value::Null,
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
+            "cluster": serde_json::Value::Null,
         });
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
@@ -302,6 +353,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             v["last_wake_ms"] = g.last_wake_ms.into();
             v["address"] = g.address.map(|a| a.to_string()).into();
             v["error"] = g.last_error.into();
+            v["cluster"] = cluster_json(usage, &gate.id);
         }
         out.insert(route.name.to_string(), v);
     }

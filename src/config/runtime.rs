@@ -52,6 +52,44 @@ pub struct Config {
     pub watch: bool,
     /// Automatic certificates (`acme:`), when configured.
     pub acme: Option<AcmeSettings>,
+    /// Several instances in front of the same guests (`cluster:`).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `cluster:` (DESIGN.md §13), validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSettings {
+    /// `rediss://` (TLS) rather than `redis://`.
+    pub tls: bool,
+    /// Host name or IP literal (no brackets).
+    pub host: String,
+    pub port: u16,
+    /// The database number (the URL's path).
+    pub db: i64,
+    /// An ACL user (the URL's user part).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Trust this CA (PEM) for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    /// This instance's name in the shared facts.
+    pub instance: Arc<str>,
+    /// How long a claim of this instance outlives it if it dies.
+    pub claim_ttl: Duration,
+    /// A Redis command slower than this counts as Redis being down.
+    pub timeout: Duration,
+}
+
+impl ClusterSettings {
+    /// The server, for humans: never with the password.
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}/{}", self.port, self.db)
+    }
 }
 
 #[derive(Clone, Debug)]

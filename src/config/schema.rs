@@ -24,6 +24,21 @@ pub struct RawConfig {
     #[serde(default)]
     pub watch: bool,
     pub acme: Option<RawAcme>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `cluster:` (DESIGN.md §13): several drowsy instances sharing use and
+/// stop decisions through Redis or Valkey.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: EnvString,
+    pub redis_password: Option<EnvString>,
+    pub redis_password_file: Option<EnvString>,
+    pub instance: Option<EnvString>,
+    pub ca_file: Option<EnvString>,
+    pub claim_ttl: Option<DurationSetting>,
+    pub timeout: Option<DurationSetting>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,7 @@ macro_rules! path {
 }
 
 mod acme;
+mod cluster;
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
@@ -100,6 +101,10 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
         .as_ref()
         .and_then(|a| acme::acme(&mut ctx, a, &listen, base));
     let proxmox = clusters(&mut ctx, &raw.proxmox, base);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|c| cluster::cluster(&mut ctx, c, base));
     let routes = routes(&mut ctx, &raw, &proxmox, base);
     if listen.http.is_none()
         && listen.https.is_none()
@@ -121,6 +126,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             routes,
             watch: raw.watch,
             acme,
+            cluster,
         })
     } else {
         Err(ConfigErrors(ctx.errors))

@@ -38,6 +38,9 @@ pub const EVENTS_PATH: &str = "/.drowsy/events";
 /// (Proxmox errors naming URLs, tokens, ACL paths, nodes and vmids) goes to
 /// the log and the admin API only (DESIGN.md §9).
 pub const PUBLIC_WAKE_FAILURE: &str = "the service did not come up";
+/// How long a request of a running guest waits for this instance's claim
+/// before it is treated like one that waits for a wake.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// Case-insensitive substring test without allocating.
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
@@ -121,6 +124,18 @@ pub async fn admit<B>(
             waited_ms: None,
             pool: gate.pool_epoch(),
         };
+    }
+    // Up, but other instances may see this one as idle (`cluster:`): one
+    // round trip to the shared store, not a wake.
+    if gate.awaiting_claim() && gate.wait_claimed(CLAIM_WAIT).await {
+        if let Some(ip) = gate.ready() {
+            return Admit::Forward {
+                ip,
+                guard,
+                waited_ms: None,
+                pool: gate.pool_epoch(),
+            };
+        }
     }
     if quiet {
         return Admit::Respond(Box::new(pages::unavailable(

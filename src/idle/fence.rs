@@ -14,9 +14,42 @@
 //! - Dependent vs dependency: a dependent moves to `starting`, then reads
 //!   its dependency's state; the dependency moves to `stopping`, then reads
 //!   its dependents' states.
+//! - Request vs claim release (several instances, DESIGN.md §13): a request
+//!   counts itself, then reads whether this instance's use is claimed in
+//!   the shared store; the publisher takes the claim back, then reads the
+//!   count (and whether a dependent is awake) before it tells the other
+//!   instances that this one is idle.
 
 use super::state::GuestState;
 use super::sync::{fence, AtomicU8, AtomicUsize, Ordering};
+
+/// This instance's claim on the guest in the shared store (`cluster:`), as
+/// the request path reads it: a request is forwarded only while the claim
+/// is not `Needed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Claim {
+    /// No `cluster:`: nothing to claim.
+    Off = 0,
+    /// Other instances may see this one as idle: a request must first
+    /// publish its use and check that no instance is stopping the guest.
+    Needed = 1,
+    /// Published as in use, and no stop was under way when it was.
+    Held = 2,
+    /// Redis cannot be reached: serve as if alone (no instance can stop).
+    Degraded = 3,
+}
+
+impl Claim {
+    pub fn from_u8(v: u8) -> Claim {
+        match v {
+            1 => Claim::Needed,
+            2 => Claim::Held,
+            3 => Claim::Degraded,
+            _ => Claim::Off,
+        }
+    }
+}
 
 /// Moves the guest to `state`, visible to every later read of the other
 /// side; returns the state before.
@@ -31,9 +64,31 @@ pub fn announce(state: &AtomicU8, new: GuestState) -> GuestState {
 /// guest? Only while it runs; a `stopping` seen here means the owner will
 /// see the guard (or the dependent) and keep the guest up, or the request
 /// waits for the next wake.
-pub fn admitted(state: &AtomicU8) -> bool {
+pub fn admitted(state: &AtomicU8, claim: &AtomicU8) -> bool {
     fence(Ordering::SeqCst);
     GuestState::from_u8(state.load(Ordering::SeqCst)) == GuestState::Running
+        && claim.load(Ordering::SeqCst) != Claim::Needed as u8
+}
+
+/// The publisher side of a claim: take it back, then look whether anything
+/// still needs it (`busy`: something in flight, a dependent awake). `true`:
+/// nothing did, and the instance may publish that it is idle. `false`: the
+/// claim stays (it was never given up in the store).
+pub fn release_claim(claim: &AtomicU8, busy: impl FnOnce() -> bool) -> bool {
+    let held = Claim::Held as u8;
+    let needed = Claim::Needed as u8;
+    if claim
+        .compare_exchange(held, needed, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return false;
+    }
+    fence(Ordering::SeqCst);
+    if !busy() {
+        return true;
+    }
+    let _ = claim.compare_exchange(needed, held, Ordering::SeqCst, Ordering::SeqCst);
+    false
 }
 
 /// The owner side: announce the stop, then look at what is in flight.
@@ -65,6 +120,10 @@ mod model {
         AtomicU8::new(GuestState::Running as u8)
     }
 
+    fn no_claim() -> AtomicU8 {
+        AtomicU8::new(Claim::Off as u8)
+    }
+
     #[test]
     fn a_request_is_never_forwarded_to_a_guest_being_stopped() {
         loom::model(|| {
@@ -73,7 +132,7 @@ mod model {
             let (s, n) = (state.clone(), inflight.clone());
             let request = thread::spawn(move || {
                 n.fetch_add(1, Ordering::SeqCst);
-                admitted(&s)
+                admitted(&s, &no_claim())
             });
             let stopped = announce_stop(&state, &inflight);
             let forwarded = request.join().expect("request thread");
@@ -90,7 +149,7 @@ mod model {
             let (d, t) = (dep.clone(), dependent.clone());
             let waking = thread::spawn(move || {
                 announce(&t, GuestState::Starting);
-                admitted(&d)
+                admitted(&d, &no_claim())
             });
             let stopping = announce_stop(&dep, &dep_inflight) && !any_awake([&*dependent]);
             let relied_on_it = waking.join().expect("dependent thread");
@@ -115,7 +174,7 @@ mod model {
             let request = thread::spawn(move || {
                 let route = tb.load(Ordering::SeqCst);
                 rs[route].fetch_add(1, Ordering::SeqCst);
-                admitted(&s)
+                admitted(&s, &no_claim())
             });
             let tb = table.clone();
             let reload = thread::spawn(move || tb.store(1, Ordering::SeqCst));
@@ -139,12 +198,55 @@ mod model {
             let request = thread::spawn(move || {
                 let route = tb.load(Ordering::SeqCst);
                 rs[route].fetch_add(1, Ordering::SeqCst);
-                admitted(&s)
+                admitted(&s, &no_claim())
             });
             table.store(1, Ordering::SeqCst);
             let stopped = announce_stop(&state, &routes[1]);
             let forwarded = request.join().expect("request thread");
             assert!(!(forwarded && stopped), "guard lost");
+        });
+    }
+
+    /// A request and the publisher giving up this instance's claim: never
+    /// is the request forwarded on the claim while the publisher tells the
+    /// others that this instance is idle.
+    #[test]
+    fn a_request_is_never_forwarded_on_a_claim_being_released() {
+        loom::model(|| {
+            let state = Arc::new(running());
+            let claim = Arc::new(AtomicU8::new(Claim::Held as u8));
+            let inflight = Arc::new(AtomicUsize::new(0));
+            let (s, c, n) = (state.clone(), claim.clone(), inflight.clone());
+            let request = thread::spawn(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+                admitted(&s, &c)
+            });
+            let released = release_claim(&claim, || inflight.load(Ordering::SeqCst) > 0);
+            let forwarded = request.join().expect("request thread");
+            assert!(
+                !(forwarded && released),
+                "forwarded while published as idle"
+            );
+        });
+    }
+
+    /// A dependent that starts waking relies on its dependency's claim;
+    /// the dependency's publisher reads its dependents after taking its
+    /// claim back.
+    #[test]
+    fn a_dependency_claim_is_never_released_under_a_waking_dependent() {
+        loom::model(|| {
+            let dep = Arc::new(running());
+            let claim = Arc::new(AtomicU8::new(Claim::Held as u8));
+            let dependent = Arc::new(AtomicU8::new(GuestState::Stopped as u8));
+            let (d, c, t) = (dep.clone(), claim.clone(), dependent.clone());
+            let waking = thread::spawn(move || {
+                announce(&t, GuestState::Starting);
+                admitted(&d, &c)
+            });
+            let released = release_claim(&claim, || any_awake([&*dependent]));
+            let relied_on_it = waking.join().expect("dependent thread");
+            assert!(!(relied_on_it && released));
         });
     }
 }

@@ -5,7 +5,7 @@
 //! it, and it lives across reloads: only its settings are swapped.
 
 use super::activity::{Activity, UseGuard};
-use super::fence;
+use super::fence::{self, Claim};
 use super::state::{GuestState, Phase};
 use super::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::admin::metrics::{Metrics, RouteLabel, RouteResultLabel, RouteStateLabel, WakeResult};
@@ -163,7 +163,15 @@ pub(super) struct Stats {
 pub(super) struct Requests {
     pub wake: AtomicBool,
     pub recheck: AtomicBool,
+    /// Another instance is stopping the guest, or stopped it since this
+    /// one last saw it up (`cluster:`): the owner must look.
+    pub fenced: AtomicBool,
     pub kick: Notify,
+    /// Wakes the cluster publisher: a request waits for a claim.
+    pub claim: Notify,
+    /// Someone without a guard (an admin wake, a waking dependent) waits
+    /// for the claim.
+    pub claim_wanted: AtomicBool,
     pub sleep: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -182,6 +190,8 @@ pub struct Gate {
     settings: ArcSwap<GateSettings>,
     pub activity: Arc<Activity>,
     pub(super) state: AtomicU8,
+    /// This instance's claim in the shared store (see `fence::Claim`).
+    pub(super) claim: AtomicU8,
     /// The guest's last known address; kept while it sleeps, since a DHCP
     /// guest usually gets the same lease back and probing starts there.
     pub(super) address: ArcSwapOption<IpAddr>,
@@ -222,6 +232,7 @@ impl Gate {
             settings: ArcSwap::from_pointee(settings),
             activity: Arc::new(Activity::default()),
             state: AtomicU8::new(GuestState::Unknown as u8),
+            claim: AtomicU8::new(Claim::Off as u8),
             address: ArcSwapOption::empty(),
             signal: watch::channel(Signal {
                 seq: 0,
@@ -234,7 +245,10 @@ impl Gate {
             requests: Requests {
                 wake: AtomicBool::new(false),
                 recheck: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
                 kick: Notify::new(),
+                claim: Notify::new(),
+                claim_wanted: AtomicBool::new(false),
                 sleep,
             },
             stats: Mutex::new(Stats::default()),
@@ -316,6 +330,8 @@ impl Gate {
         let (Some(was), Some(s)) = (was, state) else {
             return;
         };
+        // The cluster publisher claims only a running guest: let it look.
+        self.requests.claim.notify_one();
         self.label.load().metrics.show_state(s);
         if was.is_awake() && !s.is_awake() {
             // Dependencies wait for their dependents to sleep: tell them.
@@ -393,14 +409,99 @@ impl Gate {
     /// Ready to forward to: running, its dependencies running, and (when it
     /// is probed) its address known. Call it after taking a guard.
     pub fn ready(&self) -> Option<Option<IpAddr>> {
-        if !fence::admitted(&self.state) || !self.deps_up() {
+        if !fence::admitted(&self.state, &self.claim) || !self.deps_up() {
             return None;
         }
+        self.usable_address()
+    }
+
+    fn usable_address(&self) -> Option<Option<IpAddr>> {
         match self.address.load().as_deref() {
             Some(ip) => Some(Some(*ip)),
             None if self.settings.load().probe_ports.is_empty() => Some(None),
             None => None,
         }
+    }
+
+    /// Whether the owner must wake the guest: it (or a dependency) is not
+    /// up. A missing claim alone is the publisher's job.
+    pub(super) fn needs_wake(&self) -> bool {
+        self.state() != GuestState::Running || !self.deps_up() || self.usable_address().is_none()
+    }
+
+    /// Up here, and only this instance's claim is missing: a request waits
+    /// one round trip to the shared store rather than for a wake.
+    pub fn awaiting_claim(&self) -> bool {
+        self.claim() == Claim::Needed && !self.needs_wake()
+    }
+
+    pub fn claim(&self) -> Claim {
+        Claim::from_u8(self.claim.load(Ordering::SeqCst))
+    }
+
+    /// Sets the claim and lets waiters look again.
+    pub(crate) fn set_claim(&self, c: Claim) {
+        if self.claim.swap(c as u8, Ordering::SeqCst) != c as u8 {
+            self.transition(None, |_| {});
+        }
+    }
+
+    /// Gives the claim up when nothing needs it any more (the fence with
+    /// the request path); `true` when it was given up.
+    pub(crate) fn release_claim(&self) -> bool {
+        fence::release_claim(&self.claim, || {
+            self.activity.inflight() > 0 || self.dependents_awake()
+        })
+    }
+
+    /// Anything here that needs the guest: a guard, a dependent awake.
+    pub(crate) fn in_use(&self) -> bool {
+        self.activity.inflight() > 0 || self.dependents_awake()
+    }
+
+    /// Tells the owner that another instance stops (or stopped) the guest.
+    pub(crate) fn fence_from_elsewhere(&self) {
+        self.requests.fenced.store(true, Ordering::SeqCst);
+        self.requests.kick.notify_one();
+    }
+
+    /// The cluster publisher waits on this.
+    pub(crate) async fn claim_wanted(&self) {
+        self.requests.claim.notified().await;
+    }
+
+    /// Asks the publisher for the claim.
+    fn want_claim(&self) {
+        self.requests.claim_wanted.store(true, Ordering::SeqCst);
+        self.requests.claim.notify_one();
+    }
+
+    /// Whether someone asked for the claim since the last look.
+    pub(crate) fn take_claim_wanted(&self) -> bool {
+        self.requests.claim_wanted.swap(false, Ordering::SeqCst)
+    }
+
+    /// Waits (at most `limit`) while only the claim is missing; `true`
+    /// when the gate is ready afterwards.
+    pub async fn wait_claimed(&self, limit: Duration) -> bool {
+        let mut rx = self.signal.subscribe();
+        self.want_claim();
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                rx.borrow_and_update();
+                if self.ready().is_some() {
+                    return true;
+                }
+                if !self.awaiting_claim() {
+                    return false;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or(false)
     }
 
     /// Every dependency (and theirs) runs.
@@ -438,9 +539,12 @@ impl Gate {
     /// Asks the owner to wake the guest (and its dependencies) unless all
     /// is up. Any number of calls before the owner looks make one wake.
     pub fn request_wake(&self) {
-        if self.ready().is_none() {
+        if self.needs_wake() {
             self.requests.wake.store(true, Ordering::SeqCst);
             self.requests.kick.notify_one();
+        }
+        if self.claim() == Claim::Needed {
+            self.want_claim();
         }
     }
 

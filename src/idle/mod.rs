@@ -9,7 +9,7 @@
 mod activity;
 pub mod admit;
 pub mod binding;
-mod fence;
+pub mod fence;
 pub mod gate;
 mod owner;
 pub mod page;
@@ -21,6 +21,7 @@ mod sync;
 pub use activity::{Activity, UseGuard};
 pub use admit::{admit, Admit, HoldPolicy};
 pub use binding::{Binding, Bound, Want};
+pub use fence::Claim;
 pub use gate::{Gate, GuestId};
 pub use registry::{Gates, Plan, Retired};
 pub use state::GuestState;

@@ -7,6 +7,7 @@ use super::gate::{Gate, GuestId};
 use super::probe;
 use super::state::{GuestState, Phase};
 use super::sync::Ordering;
+use crate::cluster::{steps, Presence};
 use crate::config::StopMethod;
 use crate::proxmox::power::{self, LiveStatus, PowerAction};
 use crate::proxmox::{Clusters, Guest, PveClient};
@@ -40,6 +41,12 @@ pub struct Owner {
     polls: Option<watch::Receiver<u64>>,
     /// When the live status was last asked because the cache disagreed.
     last_verify: Option<Instant>,
+    /// This guest's link to the other instances (`cluster:`).
+    presence: Arc<Presence>,
+    /// No idle stop before this (another instance uses the guest).
+    not_before: Option<Instant>,
+    /// The stop counter read when this wake published its use.
+    claimed: Option<u64>,
 }
 
 /// Runs `step` unless `stop` fires first; `None` when it did.
@@ -51,13 +58,16 @@ async fn unless<T>(stop: &CancellationToken, step: impl Future<Output = T>) -> O
 }
 
 impl Owner {
-    pub fn new(gate: Arc<Gate>, clusters: Arc<Clusters>) -> Self {
+    pub fn new(gate: Arc<Gate>, clusters: Arc<Clusters>, presence: Arc<Presence>) -> Self {
         let polls = clusters.poller(&gate.id.cluster).map(|p| p.polls());
         Owner {
             gate,
             clusters,
             polls,
             last_verify: None,
+            presence,
+            not_before: None,
+            claimed: None,
         }
     }
 
@@ -111,8 +121,11 @@ impl Owner {
 
     /// Wake and recheck requests, coalesced into flags.
     async fn requested(&mut self) {
+        if self.gate.requests.fenced.swap(false, Ordering::SeqCst) {
+            self.follow_elsewhere().await;
+        }
         if self.gate.requests.wake.swap(false, Ordering::SeqCst)
-            && self.gate.ready().is_none()
+            && self.gate.needs_wake()
             && self.gate.backoff_error().is_none()
         {
             self.wake().await;
@@ -180,17 +193,21 @@ impl Owner {
         if self.gate.dependents_awake() {
             return None;
         }
-        Some(match self.gate.activity.idle_at(idle) {
+        let at = match self.gate.activity.idle_at(idle) {
             Some(at) => at.max(Instant::now()),
             None => Instant::now() + RECHECK.min(idle),
-        })
+        };
+        Some(self.not_before.map_or(at, |t| at.max(t)))
     }
 
     async fn idle_check(&mut self) {
         let Some(idle) = self.gate.gate_settings().sleep.idle_timeout else {
             return;
         };
-        if self.gate.state() != GuestState::Running || self.gate.dependents_awake() {
+        if self.gate.state() != GuestState::Running
+            || self.gate.dependents_awake()
+            || self.not_before.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         match self.gate.activity.idle_at(idle) {
@@ -236,6 +253,7 @@ impl Owner {
             Ok(ip) => {
                 self.gate.set_address(ip);
                 self.gate.activity.touch();
+                steps::confirm(&self.gate, &self.presence, self.claimed.take()).await;
                 let ms = elapsed.as_millis() as u64;
                 self.gate.wakes.fetch_add(1, Ordering::Relaxed);
                 self.gate.last_wake_ms.store(ms.max(1), Ordering::Relaxed);
@@ -266,10 +284,18 @@ impl Owner {
 
     /// Dependencies, start (or resume), then readiness. Returns the address.
     async fn wake_steps(&mut self, was: GuestState) -> Result<Option<IpAddr>, WakeError> {
+        let limit = self.gate.gate_settings().sleep.wake_timeout;
+        self.claimed = steps::pre_claim(&self.gate, &self.presence, limit).await;
         self.wake_dependencies().await?;
         let guest = self.find_guest().map_err(WakeError::Other)?;
         if was != GuestState::Running {
-            self.power_on(&guest, was).await.map_err(WakeError::Other)?;
+            // One start at a time across instances.
+            let turn = steps::before_start(&self.presence, limit).await;
+            let started = self.power_on(&guest, was).await;
+            if let Some(turn) = turn {
+                turn.release().await;
+            }
+            started.map_err(WakeError::Other)?;
             self.gate.publish(Phase::Started);
         }
         self.wait_for_service(&guest)
@@ -400,6 +426,17 @@ impl Owner {
     /// after is held and wakes it again once the stop is done. An idle
     /// sleep also gives way to a dependent that started waking meanwhile.
     async fn sleep(&mut self, reason: &'static str) -> Result<(), String> {
+        let lease_for = self.gate.gate_settings().sleep.stop_timeout + STOP_MARGIN;
+        let lease = match steps::stop_fence(&self.presence, lease_for).await {
+            Ok(lease) => lease,
+            Err(refusal) => {
+                if reason == "idle" {
+                    self.not_before = Some(Instant::now() + refusal.retry);
+                }
+                return Err(refusal.why);
+            }
+        };
+        self.not_before = None;
         let clear = self.gate.announce_stop();
         let refusal = if !clear {
             Some(format!(
@@ -411,13 +448,28 @@ impl Owner {
         } else {
             None
         };
-        if let Some(why) = refusal {
+        let committed = match (&refusal, &lease) {
+            (None, Some(lease)) => lease
+                .commit()
+                .await
+                .map_err(|e| format!("Redis became unreachable while stopping: {}", e.0)),
+            _ => Ok(()),
+        };
+        if let Some(why) = refusal.or(committed.err()) {
             self.gate.set_state(GuestState::Running);
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
             return Err(why);
         }
         self.gate.publish(Phase::Stopping);
         tracing::info!(route = %self.gate.label(), reason, "putting guest to sleep");
-        match self.stop_guest().await {
+        let stopped = self.stop_guest().await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        self.presence.forget_up();
+        match stopped {
             Ok(state) => {
                 self.gate.stopped();
                 self.gate.metrics().metrics.sleeps.inc();
@@ -487,11 +539,13 @@ impl Owner {
         self.gate.begin_wake();
         self.gate.publish(Phase::Started);
         let limit = self.gate.gate_settings().sleep.wake_timeout;
+        let claimed = steps::pre_claim(&self.gate, &self.presence, limit).await;
         match tokio::time::timeout(limit, self.wait_for_service(guest)).await {
             Ok(Ok(ip)) => {
                 self.gate.set_address(ip);
                 // Counts as use from now.
                 self.gate.activity.touch();
+                steps::confirm(&self.gate, &self.presence, claimed).await;
                 self.gate.ready_now(0);
             }
             Ok(Err(why)) => self.gate.fail(&Arc::from(why), GuestState::Error, false),
@@ -501,6 +555,69 @@ impl Owner {
                 true,
             ),
         }
+    }
+}
+
+impl Owner {
+    /// Another instance stops the guest, or stopped it since this one last
+    /// saw it up (or this one has not looked yet): requests wait while the
+    /// stop lasts; then the guest is found up (the claim is taken) or down
+    /// (and woken again if anything here waits for it). The fence across
+    /// instances, followed like the local one.
+    async fn follow_elsewhere(&mut self) {
+        tracing::debug!(route = %self.gate.label(), state = self.gate.state().as_str(), "looking at a stop elsewhere");
+        let limit = self.gate.gate_settings().sleep.wake_timeout;
+        let was = self.gate.state();
+        if was == GuestState::Running && steps::stopping_elsewhere(&self.presence).await {
+            self.gate.set_state(GuestState::Stopping);
+            self.gate.publish(Phase::Stopping);
+            steps::wait_stop_elsewhere(&self.presence, limit).await;
+        }
+        let claimed = steps::pre_claim(&self.gate, &self.presence, limit).await;
+        if matches!(was, GuestState::Running) && self.answers_now().await {
+            if self.gate.state() != GuestState::Running {
+                // The other instance gave up its stop.
+                self.gate.set_state(GuestState::Running);
+                self.gate.publish(Phase::Idle);
+            }
+            steps::confirm(&self.gate, &self.presence, claimed).await;
+            return;
+        }
+        self.presence.done_verifying();
+        if matches!(was, GuestState::Running) {
+            tracing::info!(route = %self.gate.label(), "the guest was stopped by another instance");
+            self.presence.forget_up();
+            self.gate.stopped();
+            self.gate.set_state(GuestState::Stopped);
+            self.gate.publish(Phase::Stopped);
+        }
+        if self.gate.in_use() && self.gate.needs_wake() {
+            self.wake().await;
+        }
+    }
+
+    /// One look: does the guest's service accept connections now (or,
+    /// with nothing to probe, does Proxmox say it runs)?
+    async fn answers_now(&self) -> bool {
+        let ports = self.gate.gate_settings().probe_ports.clone();
+        if ports.is_empty() {
+            let (Ok(guest), Ok(client)) = (self.find_guest(), self.client()) else {
+                return false;
+            };
+            return matches!(
+                power::live_status(&client, &guest).await,
+                Ok(LiveStatus::Running)
+            );
+        }
+        let Some(ip) = self.gate.address() else {
+            return false;
+        };
+        for port in ports {
+            if !probe::accepts(SocketAddr::new(ip, port)).await {
+                return false;
+            }
+        }
+        true
     }
 }
 

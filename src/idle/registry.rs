@@ -13,6 +13,7 @@ use super::binding::{Binding, Bound, Want};
 use super::gate::{Gate, GateSettings, GuestId};
 use super::owner::Owner;
 use crate::admin::metrics::Metrics;
+use crate::cluster::{presence, Cluster, Presence};
 use crate::config::{
     Config, GuestKey, LoadingPage, RouteSettings, SleepSettings, StopMethod, Target,
 };
@@ -21,6 +22,7 @@ use crate::proxmox::{Clusters, LookupError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -94,6 +96,8 @@ struct Inner {
 pub struct Gates {
     clusters: Arc<Clusters>,
     metrics: Arc<Metrics>,
+    /// The other instances' store (`cluster:`), swapped by reloads.
+    cluster: watch::Sender<Option<Arc<Cluster>>>,
     inner: Mutex<Inner>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -116,10 +120,16 @@ fn dependency_settings() -> SleepSettings {
 
 impl Gates {
     /// The registry for `config`, finding guests as the cache fills.
-    pub fn start(config: &Config, clusters: &Arc<Clusters>, metrics: &Arc<Metrics>) -> Arc<Gates> {
+    pub fn start(
+        config: &Config,
+        clusters: &Arc<Clusters>,
+        metrics: &Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Gates> {
         let gates = Arc::new(Gates {
             clusters: clusters.clone(),
             metrics: metrics.clone(),
+            cluster: watch::channel(cluster).0,
             inner: Mutex::new(Inner::default()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -329,11 +339,28 @@ impl Gates {
     }
 
     fn spawn(&self, id: GuestId, label: Arc<str>, settings: GateSettings) -> Owned {
+        let presence = Presence::new(&id, self.cluster.subscribe());
         let (gate, sleeps) = Gate::new(id, label, settings, &self.metrics);
+        if self.cluster.borrow().is_some() {
+            // No request passes unclaimed, from the first one on.
+            gate.set_claim(crate::idle::Claim::Needed);
+        }
         let stop = self.stop.child_token();
+        let owner = Owner::new(gate.clone(), self.clusters.clone(), presence.clone());
+        self.tasks.spawn(owner.run(sleeps, stop.clone()));
         self.tasks
-            .spawn(Owner::new(gate.clone(), self.clusters.clone()).run(sleeps, stop.clone()));
+            .spawn(presence::run(gate.clone(), presence, stop.clone()));
         Owned { gate, stop }
+    }
+
+    /// Uses `cluster` (or none) from now on: a reload added, changed or
+    /// removed `cluster:`.
+    pub fn set_cluster(&self, cluster: Option<Arc<Cluster>>) {
+        self.cluster.send_replace(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.borrow().clone()
     }
 
     /// The gate a route's guest has now (none while it is not found, or

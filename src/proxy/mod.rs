@@ -49,6 +49,8 @@ pub enum StartError {
     Proxmox(#[from] crate::proxmox::PveError),
     #[error("{0}")]
     Acme(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// A running proxy: its entrypoints are bound and serving.

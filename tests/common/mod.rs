@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
 pub mod pki;
+pub mod redis;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
