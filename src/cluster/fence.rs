@@ -43,6 +43,8 @@ pub struct Lease {
     cluster: Arc<Cluster>,
     keys: GuestKeys,
     marker: Marker,
+    /// The stop counter when the marker was taken.
+    pub stops: u64,
 }
 
 /// Whether the others' use forbids a stop: `None` when every other
@@ -189,6 +191,7 @@ pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Le
         .arg("PX")
         .arg(keys::px(lease));
     p.cmd("SMEMBERS").arg(&k.instances);
+    p.cmd("GET").arg(&k.stops);
     let v = c.run("fence", &p).await.map_err(|_| unreachable())?;
     if !v.first().is_some_and(value::is_ok) {
         return Err(Refusal {
@@ -200,6 +203,7 @@ pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Le
         cluster: c.clone(),
         keys: k.clone(),
         marker,
+        stops: v.get(2).and_then(value::int).unwrap_or(0).max(0) as u64,
     };
     let names = v.get(1).map(value::texts).unwrap_or_default();
     let others = read_uses(
@@ -269,6 +273,7 @@ pub async fn take_wake(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Opti
         cluster: c.clone(),
         keys: k.clone(),
         marker,
+        stops: 0,
     })
 }
 

@@ -97,6 +97,11 @@ impl Presence {
         inner.verifying = false;
     }
 
+    /// The stop counter when this instance last knew the guest up.
+    pub fn known_stops(&self) -> Option<u64> {
+        self.lock().known_stops
+    }
+
     /// This instance stopped the guest, or saw it stopped.
     pub fn forget_up(&self) {
         self.lock().known_stops = None;

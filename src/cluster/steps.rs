@@ -61,13 +61,21 @@ pub async fn confirm(gate: &Gate, presence: &Presence, stops: Option<u64>) {
 }
 
 /// A cheap look first (is another instance using the guest?), then the
-/// fence itself. `Ok(None)` without a cluster.
-pub async fn stop_fence(presence: &Presence, lease: Duration) -> Result<Option<Lease>, Refusal> {
+/// fence itself. `Ok(None)` without a cluster. With the lease comes
+/// whether this instance's view may be stale: a stop elsewhere since it
+/// last knew the guest up (or it never learnt the count), so the guest may
+/// be down already and the owner asks Proxmox before stopping it.
+pub async fn stop_fence(
+    presence: &Presence,
+    lease: Duration,
+) -> Result<Option<(Lease, bool)>, Refusal> {
     let Some(c) = presence.cluster() else {
         return Ok(None);
     };
     fence::precheck(&c, &presence.keys).await?;
-    fence::take(&c, &presence.keys, lease).await.map(Some)
+    let lease = fence::take(&c, &presence.keys, lease).await?;
+    let stale = presence.known_stops() != Some(lease.stops);
+    Ok(Some((lease, stale)))
 }
 
 /// Whether another instance holds the stop marker now.

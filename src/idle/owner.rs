@@ -427,8 +427,9 @@ impl Owner {
     /// sleep also gives way to a dependent that started waking meanwhile.
     async fn sleep(&mut self, reason: &'static str) -> Result<(), String> {
         let lease_for = self.gate.gate_settings().sleep.stop_timeout + STOP_MARGIN;
-        let lease = match steps::stop_fence(&self.presence, lease_for).await {
-            Ok(lease) => lease,
+        let (lease, stale) = match steps::stop_fence(&self.presence, lease_for).await {
+            Ok(Some((lease, stale))) => (Some(lease), stale),
+            Ok(None) => (None, false),
             Err(refusal) => {
                 if reason == "idle" {
                     self.not_before = Some(Instant::now() + refusal.retry);
@@ -437,6 +438,19 @@ impl Owner {
             }
         };
         self.not_before = None;
+        if stale && !self.still_running().await {
+            // Another instance stopped it since this one last saw it up:
+            // follow, rather than stop it a second time.
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            self.presence.forget_up();
+            tracing::info!(route = %self.gate.label(), "guest was stopped by another instance");
+            self.gate.stopped();
+            self.gate.set_state(GuestState::Stopped);
+            self.gate.publish(Phase::Stopped);
+            return Ok(());
+        }
         let clear = self.gate.announce_stop();
         let refusal = if !clear {
             Some(format!(
@@ -485,6 +499,18 @@ impl Owner {
                 Err(e)
             }
         }
+    }
+
+    /// Whether Proxmox says the guest runs right now (when it cannot be
+    /// asked: as drowsy believes, running).
+    async fn still_running(&self) -> bool {
+        let (Ok(guest), Ok(client)) = (self.find_guest(), self.client()) else {
+            return true;
+        };
+        !matches!(
+            power::live_status(&client, &guest).await,
+            Ok(LiveStatus::Stopped)
+        )
     }
 
     async fn stop_guest(&mut self) -> Result<GuestState, String> {

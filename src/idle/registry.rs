@@ -190,8 +190,8 @@ impl Gates {
         inner.needs = plan.needs;
         inner.bindings = plan.bindings;
         inner.by_route = plan.by_route;
-        self.resolve(&mut inner);
-        self.assign(&mut inner)
+        let found = self.resolve(&inner);
+        self.assign(&mut inner, &found)
     }
 
     /// Stops the owners of gates a commit left without users.
@@ -205,16 +205,20 @@ impl Gates {
     /// After a cache change: look again for what is not found yet.
     fn refresh(&self) {
         let mut inner = self.lock();
-        if self.resolve(&mut inner) {
-            let retired = self.assign(&mut inner);
+        let found = self.resolve(&inner);
+        if !found.is_empty() {
+            let retired = self.assign(&mut inner, &found);
             drop(inner);
             self.retire(retired);
         }
     }
 
-    /// Resolves bindings that have not found their guest; true when one did.
-    fn resolve(&self, inner: &mut Inner) -> bool {
-        let mut found = false;
+    /// Looks for the guests of bindings that have not found theirs. Those
+    /// found are returned, not yet set: a binding must show its guest and
+    /// that guest's gate at once, or a request in between would pass
+    /// ungated (unseen by the idle fence).
+    fn resolve(&self, inner: &Inner) -> HashMap<Want, GuestId> {
+        let mut found = HashMap::new();
         for binding in inner.bindings.values() {
             let next = match &**binding.bound() {
                 Bound::Guest { .. } => continue,
@@ -226,16 +230,19 @@ impl Gates {
                 (Bound::Missing(_), _) => true,
                 _ => false,
             };
-            if let (Bound::Missing(why), Want::Guest(_)) = (&next, &binding.want) {
-                if !was_missing {
-                    tracing::warn!(guest = %binding.want.describe(), "{why}");
+            match next {
+                Bound::Guest { id, .. } => {
+                    tracing::debug!(want = %binding.want.describe(), guest = %id, "guest found");
+                    found.insert(binding.want.clone(), id);
                 }
+                Bound::Missing(why) => {
+                    if !was_missing && matches!(binding.want, Want::Guest(_)) {
+                        tracing::warn!(guest = %binding.want.describe(), "{why}");
+                    }
+                    binding.set(Bound::Missing(why));
+                }
+                Bound::Pending => binding.set(Bound::Pending),
             }
-            if let Bound::Guest { id, .. } = &next {
-                tracing::debug!(want = %binding.want.describe(), guest = %id, "guest found");
-                found = true;
-            }
-            binding.set(next);
         }
         found
     }
@@ -265,11 +272,12 @@ impl Gates {
 
     /// Gives each guest that needs one its gate, with the merged settings
     /// of the routes that reach it, and points the bindings at them.
-    fn assign(&self, inner: &mut Inner) -> Retired {
+    fn assign(&self, inner: &mut Inner, newly: &HashMap<Want, GuestId>) -> Retired {
+        let guest_of = |b: &Binding| b.guest().or_else(|| newly.get(&b.want).cloned());
         let found: HashMap<Arc<str>, GuestId> = inner
             .needs
             .iter()
-            .filter_map(|n| Some((n.name.clone(), inner.by_route.get(&n.name)?.guest()?)))
+            .filter_map(|n| Some((n.name.clone(), guest_of(inner.by_route.get(&n.name)?)?)))
             .collect();
         let depended: HashSet<&Arc<str>> = inner.needs.iter().flat_map(|n| &n.depends_on).collect();
         // Routes per guest, in file order.
@@ -322,16 +330,18 @@ impl Gates {
             }
         }
         for binding in inner.bindings.values() {
-            if let Some(id) = binding.guest() {
-                let gate = inner.gates.get(&id).map(|o| o.gate.clone());
-                let same = match (&gate, binding.gate()) {
+            let Some(id) = guest_of(binding) else {
+                continue;
+            };
+            let gate = inner.gates.get(&id).map(|o| o.gate.clone());
+            let same = binding.guest().is_some()
+                && match (&gate, binding.gate()) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, &b),
                     (None, None) => true,
                     _ => false,
                 };
-                if !same {
-                    binding.set(Bound::Guest { id, gate });
-                }
+            if !same {
+                binding.set(Bound::Guest { id, gate });
             }
         }
         link(inner, &found);
