@@ -317,13 +317,14 @@ async fn ticket_login_requires_csrf_on_post() {
 async fn tickets_expire() {
     let sim = sim_with(vec![], |o| o.ticket_lifetime = ms(200)).await;
     let api = Api::new(&sim).with(Auth::None);
+    // Taken before the login: the ticket cannot be older than this.
+    let issued = Instant::now();
     let login = api
         .post(
             "/access/ticket",
             &[("username", USERNAME), ("password", PASSWORD)],
         )
         .await;
-    let issued = Instant::now();
     let ticket = login.body["data"]["ticket"]
         .as_str()
         .expect("ticket")
