@@ -311,6 +311,64 @@ impl RouteRules {
     }
 }
 
+/// What `drowsy check` says about access control: each policy, and the
+/// policies and wake rules of each route that has any.
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    for p in &cfg.access {
+        let what = match &p.kind {
+            PolicyKind::Ip(r) => format!(
+                "allow {} range(s), deny {} range(s)",
+                r.allow.len(),
+                r.deny.len()
+            ),
+            PolicyKind::BasicAuth(b) => format!(
+                "basic_auth, {} user(s), realm \"{}\"",
+                b.users.len(),
+                b.realm
+            ),
+            // Scheme, host, port and path only: never credentials.
+            PolicyKind::ForwardAuth(f) => format!(
+                "forward_auth {}://{}{}{}",
+                f.url.scheme(),
+                f.url.host_str().unwrap_or("-"),
+                f.url.port().map_or(String::new(), |p| format!(":{p}")),
+                f.url.path()
+            ),
+            PolicyKind::RateLimit(r) => format!(
+                "rate_limit one per {} (burst {})",
+                humantime::format_duration(r.every),
+                r.burst
+            ),
+        };
+        out.push_str(&format!("access {}: {what}\n", p.name));
+    }
+    for r in &cfg.routes {
+        let a = &r.access;
+        if a.policies.is_empty() && a.wake_from.is_none() && a.wake_rate_limit.is_none() {
+            continue;
+        }
+        let names: Vec<&str> = a.policies.iter().map(|n| &**n).collect();
+        let mut line = format!("route {} access: [{}]", r.name, names.join(", "));
+        if !a.public_paths.is_empty() {
+            line.push_str(&format!(", public {}", a.public_paths.join(" ")));
+        }
+        if let Some(from) = &a.wake_from {
+            line.push_str(&format!(", wakes from {} range(s)", from.len()));
+        }
+        if let Some(w) = a.wake_rate_limit {
+            line.push_str(&format!(
+                ", one wake per client per {} (burst {})",
+                humantime::format_duration(w.every),
+                w.burst
+            ));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Sets or removes one header.
 pub fn apply(h: &mut HeaderMap, rule: &HeaderRule) {
     match &rule.value {

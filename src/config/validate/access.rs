@@ -490,21 +490,20 @@ fn reaches(r: &RouteSettings, host: &str, ip: Option<IpAddr>, port: Option<u16>)
     if by_name {
         return true;
     }
-    match &r.target {
-        Target::Backend { url } => url.host.eq_ignore_ascii_case(host) && Some(url.port) == port,
-        Target::Guest { guest, port: p, .. } => {
-            Some(*p) == port
-                && match &guest.key {
-                    GuestKey::Ip(g) => Some(g.to_canonical()) == ip,
-                    GuestKey::Name(n) => {
-                        r.address.is_some_and(|a| Some(a) == ip)
-                            || host.split('.').next() == Some(n.as_str())
-                    }
-                    GuestKey::Vmid(_) => r.address.is_some_and(|a| Some(a) == ip),
-                }
+    let (guest, guest_port) = match &r.target {
+        Target::Backend { url } => {
+            return url.host.eq_ignore_ascii_case(host) && Some(url.port) == port
         }
-        Target::DependencyOnly { .. } => false,
-    }
+        Target::Guest { guest, port, .. } => (guest, Some(*port)),
+        Target::DependencyOnly { guest, port } => (guest, *port),
+    };
+    let pinned = r.address.is_some_and(|a| Some(a) == ip);
+    guest_port.is_none_or(|p| Some(p) == port)
+        && match &guest.key {
+            GuestKey::Ip(g) => Some(g.to_canonical()) == ip,
+            GuestKey::Name(n) => pinned || host.split('.').next() == Some(n.as_str()),
+            GuestKey::Vmid(_) => pinned,
+        }
 }
 
 #[cfg(test)]
