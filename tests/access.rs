@@ -115,7 +115,9 @@ async fn authelia(req: Request<Incoming>, seen: &AuthLog) -> Response<Full<Bytes
             format!("https://auth.example.com/?rd={}", urlencode(&original)),
         )
         .header("set-cookie", "authelia_session=; Path=/; HttpOnly")
-        .body(Full::new(Bytes::from_static(b"<a href=\"https://auth.example.com/\">302 Found</a>")))
+        .body(Full::new(Bytes::from_static(
+            b"<a href=\"https://auth.example.com/\">302 Found</a>",
+        )))
         .unwrap()
 }
 
@@ -150,10 +152,13 @@ async fn from(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = tokio::time::timeout(DEADLINE, client_from(ip).request(b.body(full(Bytes::new())).unwrap()))
-        .await
-        .expect("deadline")
-        .expect("request");
+    let resp = tokio::time::timeout(
+        DEADLINE,
+        client_from(ip).request(b.body(full(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("deadline")
+    .expect("request");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
     (parts.status, parts.headers, body)
@@ -231,7 +236,11 @@ async fn outsiders_get_403_and_never_wake_or_count_as_use() {
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert_eq!(env.sim.calls(LXC_START), 0, "a refused request woke the guest");
+    assert_eq!(
+        env.sim.calls(LXC_START),
+        0,
+        "a refused request woke the guest"
+    );
     assert_eq!(d.gate("wiki").state(), GuestState::Stopped);
     let (s, _, body) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[]).await;
     assert_eq!(s, StatusCode::OK, "{}", text(&body));
@@ -243,7 +252,10 @@ async fn outsiders_get_403_and_never_wake_or_count_as_use() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(gate.activity.last_active(), used);
     assert_eq!(
-        metric(&d, "drowsy_access_denied_total{route=\"wiki\",policy=\"lan\",reason=\"ip\"}"),
+        metric(
+            &d,
+            "drowsy_access_denied_total{route=\"wiki\",policy=\"lan\",reason=\"ip\"}"
+        ),
         "drowsy_access_denied_total{route=\"wiki\",policy=\"lan\",reason=\"ip\"} 4"
     );
 }
@@ -262,7 +274,10 @@ async fn the_client_behind_a_trusted_proxy_is_found_from_the_right() {
         d.http(),
         "app.lan",
         "/",
-        &[("x-forwarded-for", "6.6.6.6, 127.0.0.2"), ("x-real-ip", "6.6.6.6")],
+        &[
+            ("x-forwarded-for", "6.6.6.6, 127.0.0.2"),
+            ("x-real-ip", "6.6.6.6"),
+        ],
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{}", text(&body));
@@ -293,7 +308,11 @@ async fn the_client_behind_a_trusted_proxy_is_found_from_the_right() {
 
 #[tokio::test]
 async fn basic_auth_with_htpasswd_formats_and_no_wake_without_it() {
-    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki"), GuestSpec::lxc(106, "pics")]).await;
+    let env = SimEnv::start(vec![
+        GuestSpec::lxc(105, "wiki"),
+        GuestSpec::lxc(106, "pics"),
+    ])
+    .await;
     let access = format!(
         "  family:\n    basic_auth:\n      users_file: {}\n      realm: home\n  open:\n    basic_auth:\n      users_file: {}\n      forward_credentials: true\n",
         fixture("htpasswd"),
@@ -308,12 +327,26 @@ async fn basic_auth_with_htpasswd_formats_and_no_wake_without_it() {
     .await;
     let (s, h, _) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(h["www-authenticate"], "Basic realm=\"home\", charset=\"UTF-8\"");
+    assert_eq!(
+        h["www-authenticate"],
+        "Basic realm=\"home\", charset=\"UTF-8\""
+    );
     for (user, pw) in [("alice", "wrong"), ("nobody", "alice-pw"), ("bob", "")] {
-        let (s, _, _) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[("authorization", &basic(user, pw))]).await;
+        let (s, _, _) = from(
+            "127.0.0.2",
+            d.http(),
+            "wiki.lan",
+            "/",
+            &[("authorization", &basic(user, pw))],
+        )
+        .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{user}");
     }
-    assert_eq!(env.sim.calls(LXC_START), 0, "an unauthenticated request woke a guest");
+    assert_eq!(
+        env.sim.calls(LXC_START),
+        0,
+        "an unauthenticated request woke a guest"
+    );
     // bcrypt (-B), apr1 (-m), {SHA} (-s), $6$ and $5$.
     for (user, pw) in [
         ("alice", "alice-pw"),
@@ -322,16 +355,39 @@ async fn basic_auth_with_htpasswd_formats_and_no_wake_without_it() {
         ("dave", "dave-pw"),
         ("frank", "frank-pw"),
     ] {
-        let (s, _, body) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[("authorization", &basic(user, pw))]).await;
+        let (s, _, body) = from(
+            "127.0.0.2",
+            d.http(),
+            "wiki.lan",
+            "/",
+            &[("authorization", &basic(user, pw))],
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{user}: {}", text(&body));
         let v = json_of(&body);
-        assert!(echoed_all(&v, "authorization").is_empty(), "credentials reached the backend");
+        assert!(
+            echoed_all(&v, "authorization").is_empty(),
+            "credentials reached the backend"
+        );
     }
     assert_eq!(env.sim.calls(LXC_START), 1);
-    let (s, _, body) = from("127.0.0.2", d.http(), "pics.lan", "/", &[("authorization", &basic("carol", "carol-pw"))]).await;
+    let (s, _, body) = from(
+        "127.0.0.2",
+        d.http(),
+        "pics.lan",
+        "/",
+        &[("authorization", &basic("carol", "carol-pw"))],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(echoed_all(&json_of(&body), "authorization"), vec![basic("carol", "carol-pw")]);
-    let line = metric(&d, "drowsy_access_denied_total{route=\"wiki\",policy=\"family\",reason=\"bad_credentials\"}");
+    assert_eq!(
+        echoed_all(&json_of(&body), "authorization"),
+        vec![basic("carol", "carol-pw")]
+    );
+    let line = metric(
+        &d,
+        "drowsy_access_denied_total{route=\"wiki\",policy=\"family\",reason=\"bad_credentials\"}",
+    );
     assert!(line.ends_with(" 3"), "{line}");
 }
 
@@ -365,14 +421,35 @@ async fn forward_auth_follows_the_authelia_contract() {
     assert_eq!(h["set-cookie"], "authelia_session=; Path=/; HttpOnly");
     assert!(text(&body).contains("302 Found"));
     // Wrong credentials: 401 with the auth server's challenge.
-    let (s, h, _) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[("authorization", "Basic eDp5")]).await;
+    let (s, h, _) = from(
+        "127.0.0.2",
+        d.http(),
+        "wiki.lan",
+        "/",
+        &[("authorization", "Basic eDp5")],
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(h["www-authenticate"], "Basic realm=\"Authorization Required\"");
+    assert_eq!(
+        h["www-authenticate"],
+        "Basic realm=\"Authorization Required\""
+    );
     // Logged in, but not allowed there: 403.
-    let (s, _, body) = from("127.0.0.2", d.http(), "wiki.lan", "/admin", &[("cookie", "session=good")]).await;
+    let (s, _, body) = from(
+        "127.0.0.2",
+        d.http(),
+        "wiki.lan",
+        "/admin",
+        &[("cookie", "session=good")],
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(text(&body), "403 Forbidden");
-    assert_eq!(env.sim.calls(LXC_START), 0, "a refused request woke the guest");
+    assert_eq!(
+        env.sim.calls(LXC_START),
+        0,
+        "a refused request woke the guest"
+    );
 
     // Logged in, with forged identity and forwarding headers.
     let forged = [
@@ -402,7 +479,12 @@ async fn forward_auth_follows_the_authelia_contract() {
     // What the auth server was told: drowsy's own view of the request.
     let seen = auth.log.all();
     let last = seen.last().expect("the auth server was asked");
-    let one = |n: &str| -> Vec<&str> { last.get_all(n).iter().map(|v| v.to_str().unwrap()).collect() };
+    let one = |n: &str| -> Vec<&str> {
+        last.get_all(n)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    };
     assert_eq!(one("x-forwarded-for"), vec!["127.0.0.2"]);
     assert_eq!(one("x-real-ip"), vec!["127.0.0.2"]);
     assert_eq!(one("x-forwarded-uri"), vec!["/notes?id=7"]);
@@ -412,7 +494,10 @@ async fn forward_auth_follows_the_authelia_contract() {
     assert_eq!(one("host"), vec![auth.addr.to_string().as_str()]);
     assert!(one("x-original-url").is_empty());
     assert!(one("remote-user").is_empty() && one("remote-groups").is_empty());
-    assert!(one("cookie").contains(&"a=1; session=good") || one("cookie") == vec!["a=1", "session=good"]);
+    assert!(
+        one("cookie").contains(&"a=1; session=good")
+            || one("cookie") == vec!["a=1", "session=good"]
+    );
     assert!(one("content-length").is_empty());
 
     // The auth server answers 200 without Remote-Email: the client's own
@@ -422,16 +507,22 @@ async fn forward_auth_follows_the_authelia_contract() {
         d.http(),
         "wiki.lan",
         "/",
-        &[("cookie", "session=good"), ("remote-email", "ceo@example.com")],
+        &[
+            ("cookie", "session=good"),
+            ("remote-email", "ceo@example.com"),
+        ],
     )
     .await;
-    assert_eq!(echoed_all(&json_of(&body), "remote-email"), vec!["alice@example.com"]);
+    assert_eq!(
+        echoed_all(&json_of(&body), "remote-email"),
+        vec!["alice@example.com"]
+    );
 }
 
 #[tokio::test]
 async fn fifty_concurrent_authorised_requests_make_one_start() {
     let env = SimEnv::start(vec![
-        GuestSpec::lxc(105, "wiki").boot_delay(Duration::from_millis(300)),
+        GuestSpec::lxc(105, "wiki").boot_delay(Duration::from_millis(300))
     ])
     .await;
     let auth = auth_server().await;
@@ -446,7 +537,14 @@ async fn fifty_concurrent_authorised_requests_make_one_start() {
         .map(|i| {
             tokio::spawn(async move {
                 let ip = format!("127.0.0.{}", 2 + i % 5);
-                let (s, _, _) = from(&ip, addr, "wiki.lan", &format!("/r{i}"), &[("cookie", "session=good")]).await;
+                let (s, _, _) = from(
+                    &ip,
+                    addr,
+                    "wiki.lan",
+                    &format!("/r{i}"),
+                    &[("cookie", "session=good")],
+                )
+                .await;
                 s
             })
         })
@@ -460,9 +558,16 @@ async fn fifty_concurrent_authorised_requests_make_one_start() {
 
 #[tokio::test]
 async fn an_auth_server_that_hangs_or_is_gone_fails_closed() {
-    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki"), GuestSpec::lxc(106, "pics")]).await;
+    let env = SimEnv::start(vec![
+        GuestSpec::lxc(105, "wiki"),
+        GuestSpec::lxc(106, "pics"),
+    ])
+    .await;
     let auth = auth_server().await;
-    let closed = format!("  gone:\n    forward_auth:\n      url: http://127.0.0.1:{}/\n", free_port());
+    let closed = format!(
+        "  gone:\n    forward_auth:\n      url: http://127.0.0.1:{}/\n",
+        free_port()
+    );
     let d = Drowsy::start(&config(
         &env,
         &(sso(&auth, "slow", "/hang", "300ms") + &closed),
@@ -472,15 +577,31 @@ async fn an_auth_server_that_hangs_or_is_gone_fails_closed() {
     .await;
     for host in ["wiki.lan", "pics.lan"] {
         let started = std::time::Instant::now();
-        let (s, _, body) = from("127.0.0.2", d.http(), host, "/", &[("cookie", "session=good")]).await;
+        let (s, _, body) = from(
+            "127.0.0.2",
+            d.http(),
+            host,
+            "/",
+            &[("cookie", "session=good")],
+        )
+        .await;
         assert_eq!(s, StatusCode::BAD_GATEWAY, "{host}");
         let body = text(&body);
-        assert!(body.contains("authentication service is not available"), "{body}");
-        assert!(!body.contains("127.0.0.1"), "internals in a public page: {body}");
+        assert!(
+            body.contains("authentication service is not available"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("127.0.0.1"),
+            "internals in a public page: {body}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     assert_eq!(env.sim.calls(LXC_START), 0);
-    metric(&d, "drowsy_access_denied_total{route=\"wiki\",policy=\"slow\",reason=\"auth_unavailable\"} 1");
+    metric(
+        &d,
+        "drowsy_access_denied_total{route=\"wiki\",policy=\"slow\",reason=\"auth_unavailable\"} 1",
+    );
 }
 
 #[tokio::test]
@@ -498,12 +619,22 @@ async fn public_paths_skip_the_policies_but_not_the_path_rules() {
         ),
     ))
     .await;
-    for sneaky in ["/outpost.goauthentik.io/../secret", "/outpost.goauthentik.io/%2e%2e/secret"] {
+    for sneaky in [
+        "/outpost.goauthentik.io/../secret",
+        "/outpost.goauthentik.io/%2e%2e/secret",
+    ] {
         let (s, _, _) = from("127.0.0.2", d.http(), "photos.lan", sneaky, &[]).await;
         assert_eq!(s, StatusCode::FOUND, "{sneaky}");
     }
     assert_eq!(env.sim.calls(LXC_START), 0);
-    let (s, _, body) = from("127.0.0.2", d.http(), "photos.lan", "/outpost.goauthentik.io/start", &[]).await;
+    let (s, _, body) = from(
+        "127.0.0.2",
+        d.http(),
+        "photos.lan",
+        "/outpost.goauthentik.io/start",
+        &[],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{}", text(&body));
     assert_eq!(json_of(&body)["path"], "/outpost.goauthentik.io/start");
 }
@@ -515,7 +646,10 @@ async fn rate_limited_clients_get_429_and_wake_nothing() {
     let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki")]).await;
     let backend = Backend::start().await;
     let routes = guest_route(&env, "wiki", 105, "    access: [polite]\n")
-        + &format!("  app:\n    host: app.lan\n    backend: {}\n    access: [polite]\n", backend.url());
+        + &format!(
+            "  app:\n    host: app.lan\n    backend: {}\n    access: [polite]\n",
+            backend.url()
+        );
     let d = Drowsy::start(&config(
         &env,
         "  polite:\n    rate_limit: { rate: 1/h, burst: 2 }\n",
@@ -531,7 +665,11 @@ async fn rate_limited_clients_get_429_and_wake_nothing() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((3500..=3600).contains(&retry), "{retry}");
-    assert_eq!(env.sim.calls(LXC_START), 0, "a rate-limited request woke the guest");
+    assert_eq!(
+        env.sim.calls(LXC_START),
+        0,
+        "a rate-limited request woke the guest"
+    );
     // Another client has its own bucket.
     let (s, _, _) = from("127.0.0.5", d.http(), "wiki.lan", "/", &[]).await;
     assert_eq!(s, StatusCode::OK);
@@ -571,8 +709,15 @@ async fn only_wake_from_clients_start_the_guest_others_are_told_it_sleeps() {
     let (s, _, _) = from("127.0.0.3", d.http(), "wiki.lan", "/.drowsy/events", &[]).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(env.sim.calls(LXC_START), 0, "an outsider woke the guest");
-    assert_eq!(gate.activity.last_active(), used, "a refused request counted as use");
-    metric(&d, "drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_from\"} 3");
+    assert_eq!(
+        gate.activity.last_active(),
+        used,
+        "a refused request counted as use"
+    );
+    metric(
+        &d,
+        "drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_from\"} 3",
+    );
     // An insider wakes it; then the outsider is served like anyone.
     let (s, _, _) = from("127.0.0.2", d.http(), "wiki.lan", "/", &[]).await;
     assert_eq!(s, StatusCode::OK);
@@ -584,7 +729,7 @@ async fn only_wake_from_clients_start_the_guest_others_are_told_it_sleeps() {
 #[tokio::test]
 async fn outsiders_join_a_wake_under_way_without_starting_one() {
     let env = SimEnv::start(vec![
-        GuestSpec::lxc(105, "wiki").boot_delay(Duration::from_millis(500)),
+        GuestSpec::lxc(105, "wiki").boot_delay(Duration::from_millis(500))
     ])
     .await;
     let d = Drowsy::start(&config(
@@ -594,10 +739,15 @@ async fn outsiders_join_a_wake_under_way_without_starting_one() {
     ))
     .await;
     let addr = d.http();
-    let insider = tokio::spawn(async move { from("127.0.0.2", addr, "wiki.lan", "/", &[]).await.0 });
+    let insider =
+        tokio::spawn(async move { from("127.0.0.2", addr, "wiki.lan", "/", &[]).await.0 });
     wait_state(&d.gate("wiki"), GuestState::Starting).await;
     let (s, _, _) = from("127.0.0.3", addr, "wiki.lan", "/", &[]).await;
-    assert_eq!(s, StatusCode::OK, "the outsider was held for the wake under way");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "the outsider was held for the wake under way"
+    );
     assert_eq!(insider.await.unwrap(), StatusCode::OK);
     assert_eq!(env.sim.calls(LXC_START), 1);
 }
@@ -629,7 +779,10 @@ async fn wake_rate_limit_counts_wakes_per_client() {
     let (s, _, _) = from("127.0.0.3", d.http(), "wiki.lan", "/", &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(env.sim.calls(LXC_START), 2);
-    metric(&d, "drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_rate_limit\"} 1");
+    metric(
+        &d,
+        "drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_rate_limit\"} 1",
+    );
 }
 
 // --- header rules -----------------------------------------------------
@@ -642,18 +795,42 @@ async fn header_rules_and_hsts_only_over_https() {
         backend.url()
     );
     let d = Drowsy::start(&yaml).await;
-    let (s, h, body) = from("127.0.0.2", d.http(), "app.lan", "/", &[("cookie", "a=1"), ("x-api-key", "forged")]).await;
+    let (s, h, body) = from(
+        "127.0.0.2",
+        d.http(),
+        "app.lan",
+        "/",
+        &[("cookie", "a=1"), ("x-api-key", "forged")],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    assert!(!h.contains_key("strict-transport-security"), "HSTS over plain HTTP");
+    assert!(
+        !h.contains_key("strict-transport-security"),
+        "HSTS over plain HTTP"
+    );
     assert_eq!(h["x-frame-options"], "SAMEORIGIN");
     let v = json_of(&body);
     assert_eq!(v["headers"]["x-api-key"], serde_json::json!(["k1"]));
     assert!(v["headers"]["cookie"].is_null(), "{v}");
     // Behind a trusted proxy that terminated TLS.
-    let (_, h, _) = from("127.0.0.9", d.http(), "app.lan", "/", &[("x-forwarded-proto", "https")]).await;
+    let (_, h, _) = from(
+        "127.0.0.9",
+        d.http(),
+        "app.lan",
+        "/",
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     assert_eq!(h["strict-transport-security"], "max-age=31536000");
     // A client cannot ask for it by itself.
-    let (_, h, _) = from("127.0.0.2", d.http(), "app.lan", "/", &[("x-forwarded-proto", "https")]).await;
+    let (_, h, _) = from(
+        "127.0.0.2",
+        d.http(),
+        "app.lan",
+        "/",
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     assert!(!h.contains_key("strict-transport-security"));
 }
 
@@ -690,6 +867,57 @@ fn htpasswd_fixture_matches_the_tool() {
         .args(["-nb", "-d", "zoe", "pw"])
         .output()
         .unwrap();
-    let err = drowsy::access::htpasswd::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap_err();
+    let err =
+        drowsy::access::htpasswd::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap_err();
     assert!(err[0].message.contains("DES"), "{err:?}");
+}
+
+// --- TCP routes -------------------------------------------------------
+
+/// Sends an HTTP/1.0 request over a TCP route from `ip`; what came back
+/// before the connection closed.
+async fn tcp_from(ip: &str, addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("the route neither answered nor closed");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn tcp_routes_apply_address_rules_and_wake_rules_on_connect() {
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "mc")]).await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let d = Drowsy::start(&config(
+        &env,
+        "  lan:\n    allow: [127.0.0.2/32, 127.0.0.3/32]\n",
+        &format!(
+            "  mc:\n    listen: {listen}\n    guest: 105\n    port: {}\n    access: [lan]\n    wake_from: [127.0.0.2/32]\n",
+            env.port(105)
+        ),
+    ))
+    .await;
+    assert_eq!(
+        tcp_from("127.0.0.4", listen).await,
+        "",
+        "an outsider got through"
+    );
+    assert_eq!(
+        tcp_from("127.0.0.3", listen).await,
+        "",
+        "a non-waker woke the guest"
+    );
+    assert_eq!(env.sim.calls(LXC_START), 0);
+    assert!(tcp_from("127.0.0.2", listen).await.starts_with("HTTP/1."));
+    assert_eq!(env.sim.calls(LXC_START), 1);
+    assert!(tcp_from("127.0.0.3", listen).await.starts_with("HTTP/1."));
+    metric(
+        &d,
+        "drowsy_access_denied_total{route=\"mc\",policy=\"lan\",reason=\"ip\"} 1",
+    );
 }

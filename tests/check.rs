@@ -420,9 +420,20 @@ fn bad_cidrs_and_rates_are_located() {
     let (code, _, err) = check(&yaml, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("drowsy.yml:5:13: access.lan.allow[0]: `192.168.0.0/33` is not an IP address or CIDR range"), "{err}");
-    assert!(err.contains("drowsy.yml:7:25: access.polite.rate_limit.rate: `20/fortnight` is not a rate"), "{err}");
-    assert!(err.contains("drowsy.yml:9:27: defaults.wake_from[1]: `lan` is not an IP address"), "{err}");
-    assert!(err.contains("drowsy.yml:14:22: routes.wiki.wake_rate_limit: `ten` is not a rate"), "{err}");
+    assert!(
+        err.contains(
+            "drowsy.yml:7:25: access.polite.rate_limit.rate: `20/fortnight` is not a rate"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:9:27: defaults.wake_from[1]: `lan` is not an IP address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:14:22: routes.wiki.wake_rate_limit: `ten` is not a rate"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -465,7 +476,10 @@ fn forward_auth_pointing_at_a_sleeping_route_is_refused() {
         err.contains("access.sso2.forward_auth.url: points at route `auth2`, which sleeps"),
         "{err}"
     );
-    assert!(err.contains("remove idle_timeout from route `authelia`"), "{err}");
+    assert!(
+        err.contains("remove idle_timeout from route `authelia`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -476,9 +490,29 @@ fn a_valid_access_config_is_summarised() {
     );
     let (code, out, err) = check(&yaml, &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("access family: basic_auth, 5 user(s), realm \"home\""), "{out}");
-    assert!(out.contains("access sso: forward_auth http://10.0.0.5:9091/api/authz/forward-auth"), "{out}");
+    assert!(
+        out.contains("access family: basic_auth, 5 user(s), realm \"home\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("access sso: forward_auth http://10.0.0.5:9091/api/authz/forward-auth"),
+        "{out}"
+    );
     assert!(!out.contains("user:pw"), "{out}");
-    assert!(out.contains("access polite: rate_limit one per 50ms (burst 40)"), "{out}");
+    assert!(
+        out.contains("access polite: rate_limit one per 50ms (burst 40)"),
+        "{out}"
+    );
     assert!(out.contains("route wiki access: [polite, sso], public /outpost.goauthentik.io/, one wake per client per 6m (burst 10)"), "{out}");
+}
+
+#[test]
+fn tcp_routes_refuse_http_only_policies() {
+    let yaml = format!("{HEAD}proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\naccess:\n  sso:\n    forward_auth:\n      url: http://10.0.0.5:9091/\ndefaults:\n  access: [sso]\nroutes:\n  mc:\n    listen: 0.0.0.0:25565\n    guest: 120\n    port: 25565\n");
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("drowsy.yml:12:11: defaults.access: policy `sso` needs HTTP; TCP route `mc`"),
+        "{err}"
+    );
 }

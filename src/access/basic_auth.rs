@@ -191,9 +191,6 @@ mod tests {
             Outcome::Refused(_)
         ));
         assert!(matches!(b.check(&HeaderMap::new()).await, Outcome::Missing));
-        assert_eq!(
-            b.challenge,
-            "Basic realm=\"home\", charset=\"UTF-8\""
-        );
+        assert_eq!(b.challenge, "Basic realm=\"home\", charset=\"UTF-8\"");
     }
 }

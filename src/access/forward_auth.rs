@@ -30,7 +30,7 @@ pub enum Verdict {
     /// Allowed; these `Set-Cookie` values go on the final response.
     Allowed(Vec<HeaderValue>),
     /// Refused: its reply, for the client.
-    Refused(Response<RespBody>),
+    Refused(Box<Response<RespBody>>),
     /// No usable answer (timeout, connection refused, a reply too large).
     Unavailable(String),
 }
@@ -94,7 +94,7 @@ impl ForwardAuth {
                 Err(e) => return Verdict::Unavailable(describe(&e)),
             }
         }
-        Verdict::Refused(passed_on(status, reply.headers(), body.freeze()))
+        Verdict::Refused(Box::new(passed_on(status, reply.headers(), body.freeze())))
     }
 
     /// The headers of the auth request.

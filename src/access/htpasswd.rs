@@ -94,8 +94,7 @@ impl PasswordHash {
 
 /// argon2id and argon2i (argon2d is meant for other uses than passwords).
 fn argon2(t: &str) -> Result<PasswordHash, String> {
-    let parsed =
-        argon2::PasswordHash::new(t).map_err(|e| format!("invalid argon2 hash ({e})"))?;
+    let parsed = argon2::PasswordHash::new(t).map_err(|e| format!("invalid argon2 hash ({e})"))?;
     match parsed.algorithm.as_str() {
         "argon2id" | "argon2i" => Ok(PasswordHash::Argon2(t.to_string())),
         other => Err(format!("{other} is not accepted; use argon2id")),
@@ -105,9 +104,14 @@ fn argon2(t: &str) -> Result<PasswordHash, String> {
 /// `$apr1$SALT$CHECKSUM`: a salt of up to 8 characters and a 22-character
 /// checksum, both in crypt's base64 alphabet.
 fn apr1(rest: &str) -> Result<(), String> {
-    let crypt64 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    let crypt64 = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    };
     match rest.split_once('$') {
-        Some((salt, sum)) if salt.len() <= 8 && sum.len() == 22 && crypt64(salt) && crypt64(sum) => {
+        Some((salt, sum))
+            if salt.len() <= 8 && sum.len() == 22 && crypt64(salt) && crypt64(sum) =>
+        {
             Ok(())
         }
         _ => Err("invalid apr1 hash (expected $apr1$SALT$CHECKSUM)".into()),

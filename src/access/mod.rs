@@ -243,7 +243,7 @@ impl RouteRules {
                 },
                 Check::Forward(f) => match f.check(req, who).await {
                     Verdict::Allowed(cookies) => granted.cookies.extend(cookies),
-                    Verdict::Refused(resp) => return Err(self.denied(p, "refused", resp)),
+                    Verdict::Refused(resp) => return Err(self.denied(p, "refused", *resp)),
                     Verdict::Unavailable(why) => {
                         if p.warning_due() {
                             tracing::warn!(route = %self.route, policy = %p.name, url = %f.settings.url, error = %why, "the forward_auth server gave no answer; refusing (further such lines are logged at debug level for a minute)");
@@ -260,6 +260,25 @@ impl RouteRules {
             }
         }
         Ok(granted)
+    }
+
+    /// The policies for a TCP route's connection: only address rules
+    /// and rate limits apply (validation keeps the others off TCP
+    /// routes). `Err` names the refusing policy.
+    pub fn admit_stream(&self, client: IpAddr) -> Result<(), Arc<str>> {
+        for p in &self.policies {
+            let reason = match &p.check {
+                Check::Ip(rules) if !rules.admits(client) => "ip",
+                Check::Rate(limiter) if limiter.check(client, Instant::now()).is_err() => {
+                    "rate_limited"
+                }
+                Check::Ip(_) | Check::Rate(_) => continue,
+                Check::Basic(_) | Check::Forward(_) => "refused",
+            };
+            self.count_denied(p, reason);
+            return Err(p.name.clone());
+        }
+        Ok(())
     }
 
     /// `public_paths`: a prefix match on a path that a backend cannot
@@ -279,10 +298,24 @@ impl RouteRules {
                         (b'2', b'e') | (b'2', b'f') | (b'5', b'c')
                     )
             });
-        !tricky && self.public_paths.iter().any(|p| path.starts_with(p.as_str()))
+        !tricky
+            && self
+                .public_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
 
-    fn denied(&self, p: &Policy, reason: &'static str, resp: Response<RespBody>) -> Response<RespBody> {
+    fn denied(
+        &self,
+        p: &Policy,
+        reason: &'static str,
+        resp: Response<RespBody>,
+    ) -> Response<RespBody> {
+        self.count_denied(p, reason);
+        resp
+    }
+
+    fn count_denied(&self, p: &Policy, reason: &'static str) {
         self.metrics
             .access_denied_total
             .get_or_create(&AccessDeniedLabel {
@@ -291,7 +324,6 @@ impl RouteRules {
                 reason,
             })
             .inc();
-        resp
     }
 
     /// The route's `response_headers`, and the auth server's cookies, on
@@ -386,7 +418,10 @@ fn forbidden() -> Response<RespBody> {
 }
 
 fn too_many(wait: std::time::Duration) -> Response<RespBody> {
-    let mut resp = pages::plain(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down");
+    let mut resp = pages::plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests; slow down",
+    );
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(rate_limit::retry_after_secs(wait)),
@@ -449,11 +484,17 @@ mod tests {
             },
         ];
         let mut resp = pages::plain(StatusCode::OK, "x");
-        resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("nginx"));
+        resp.headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static("nginx"));
         r.finish(&mut resp, None, false);
-        assert!(!resp.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+        assert!(!resp
+            .headers()
+            .contains_key(header::STRICT_TRANSPORT_SECURITY));
         assert!(!resp.headers().contains_key(header::SERVER));
         r.finish(&mut resp, None, true);
-        assert_eq!(resp.headers()[header::STRICT_TRANSPORT_SECURITY], "max-age=31536000");
+        assert_eq!(
+            resp.headers()[header::STRICT_TRANSPORT_SECURITY],
+            "max-age=31536000"
+        );
     }
 }

@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(again.reason, "wake_rate_limit");
         assert!(again.retry_after >= 359, "{again:?}");
         let text = m.encode();
-        assert!(text.contains("drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_from\"} 1"), "{text}");
+        assert!(
+            text.contains("drowsy_wakes_refused_total{route=\"wiki\",reason=\"wake_from\"} 1"),
+            "{text}"
+        );
         assert!(WakeRules::default().for_client(lan.client).is_none());
     }
 }

@@ -109,6 +109,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
     let policies = access::policies(&mut ctx, &raw.access, base);
     let routes = routes(&mut ctx, &raw, &proxmox, base);
     access::check_auth_urls(&mut ctx, &policies, &routes);
+    access::check_tcp_routes(&mut ctx, &policies, &routes, &raw);
     if listen.http.is_none()
         && listen.https.is_none()
         && !routes.iter().any(|r| r.tcp_listen.is_some())

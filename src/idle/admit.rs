@@ -6,6 +6,7 @@ use super::activity::UseGuard;
 use super::gate::{Gate, WaitError};
 use super::page;
 use super::state::Phase;
+use crate::access::wake_rules::WakeRefusal;
 use crate::access::WakeCheck;
 use crate::config::{LoadingPage, NoWake, SleepSettings};
 use crate::proxy::body::RespBody;
@@ -156,17 +157,17 @@ pub async fn admit<B>(
     // Wake rules (DESIGN.md §11) decide only whether this request may
     // start the guest: joining a wake under way, or learning that the last
     // one failed, starts nothing.
-    let start = match wake {
-        Some(w) if !gate.wake_under_way() && gate.backoff_error().is_none() => {
-            if let Err(refusal) = w.may_start() {
-                guard.not_use();
-                let page = wants_loading_page(policy.loading_page, req);
-                return Admit::Respond(Box::new(super::asleep::answer(route, refusal.retry_after, page)));
-            }
-            true
+    let start = match starts(gate, wake) {
+        Ok(start) => start,
+        Err(refusal) => {
+            guard.not_use();
+            let page = wants_loading_page(policy.loading_page, req);
+            return Admit::Respond(Box::new(super::asleep::answer(
+                route,
+                refusal.retry_after,
+                page,
+            )));
         }
-        Some(_) => false,
-        None => true,
     };
     if req.uri().path() == EVENTS_PATH {
         drop(guard);
@@ -205,6 +206,21 @@ pub async fn admit<B>(
             ),
             gate.retry_after_secs(),
         ))),
+    }
+}
+
+/// For a request that finds its guest not ready: whether it starts a wake
+/// (`Ok(true)`), only joins one (`Ok(false)`: a wake is under way, or a
+/// failed one's back-off lasts, so it would start nothing), or may not
+/// start one (the wake rules, which spend a `wake_rate_limit` token only
+/// here, on a real start).
+pub fn starts(gate: &Gate, wake: Option<WakeCheck<'_>>) -> Result<bool, WakeRefusal> {
+    match wake {
+        Some(w) if !gate.wake_under_way() && gate.backoff_error().is_none() => {
+            w.may_start().map(|()| true)
+        }
+        Some(_) => Ok(false),
+        None => Ok(true),
     }
 }
 

@@ -7,10 +7,10 @@ use super::body::{AccessLog, RespBody};
 use super::conn::{ConnInfo, RequestGuard};
 use super::forward::headers::client_ip_value;
 use super::forward::{self, ForwardCtx};
-use crate::access::client_ip::client_ip;
 use super::limits::{ConnLimits, Inflight};
 use super::pages;
 use super::route::{Route, RouteKind, RouteTable};
+use crate::access::client_ip::client_ip;
 use crate::admin::metrics::Metrics;
 use crate::idle::{self, Admit, Bound, GuestId};
 use crate::proxmox::Clusters;
@@ -233,7 +233,10 @@ async fn pass(
                 &route.settings.no_wake,
                 route.hold.as_ref(),
                 req,
-                route.access.as_ref().and_then(|a| a.wake.for_client(client)),
+                route
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.wake.for_client(client)),
             )
             .await
         }

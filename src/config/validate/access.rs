@@ -173,7 +173,11 @@ fn basic_auth(
     let realm = b.realm.as_ref().map_or(name.to_string(), |r| r.0.clone());
     // RFC 9110 §11.2: the realm is a quoted-string; keep it printable and
     // free of quotes so it never needs escaping.
-    if realm.is_empty() || realm.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
         ctx.err(
             &key("realm"),
             "must be non-empty printable text without `\"` or `\\`",
@@ -352,8 +356,20 @@ pub(super) fn route_access(
         public_paths,
         wake_from,
         wake_rate_limit,
-        response_headers: header_rules(ctx, at, "response_headers", &r.response_headers, &d.response_headers),
-        request_headers: header_rules(ctx, at, "request_headers", &r.request_headers, &d.request_headers),
+        response_headers: header_rules(
+            ctx,
+            at,
+            "response_headers",
+            &r.response_headers,
+            &d.response_headers,
+        ),
+        request_headers: header_rules(
+            ctx,
+            at,
+            "request_headers",
+            &r.request_headers,
+            &d.request_headers,
+        ),
     }
 }
 
@@ -433,7 +449,11 @@ fn header_rules(
                 continue;
             };
             if managed(&h) {
-                ctx.err_key(&p, format!("`{name}` is managed by drowsy and cannot be set"), None);
+                ctx.err_key(
+                    &p,
+                    format!("`{name}` is managed by drowsy and cannot be set"),
+                    None,
+                );
                 continue;
             }
             let value = match value.as_ref().map(|v| v.0.as_str()) {
@@ -453,9 +473,58 @@ fn header_rules(
     out
 }
 
+/// TCP routes carry no HTTP: only `allow`/`deny` and `rate_limit`
+/// policies (and the wake rules) apply to their connections.
+pub(super) fn check_tcp_routes(
+    ctx: &mut Ctx,
+    policies: &[PolicySettings],
+    routes: &[RouteSettings],
+    raw: &RawConfig,
+) {
+    for r in routes.iter().filter(|r| r.tcp_listen.is_some()) {
+        let own = raw
+            .routes
+            .0
+            .iter()
+            .find(|(n, _)| *n == *r.name)
+            .is_some_and(|(_, rr)| rr.access.is_some());
+        let at = match own {
+            true => path!["routes", &*r.name, "access"],
+            false => path!["defaults", "access"],
+        };
+        for name in &r.access.policies {
+            let http_only = policies.iter().any(|p| {
+                p.name == *name
+                    && matches!(
+                        p.kind,
+                        PolicyKind::BasicAuth(_) | PolicyKind::ForwardAuth(_)
+                    )
+            });
+            if http_only {
+                ctx.err(
+                    &at,
+                    format!("policy `{name}` needs HTTP; TCP route `{}` can only use allow/deny and rate_limit policies", r.name),
+                    Some(format!("give route `{}` its own `access:` list", r.name)),
+                );
+            }
+        }
+        if !r.access.public_paths.is_empty() {
+            ctx.err_key(
+                &path!["routes", &*r.name, "public_paths"],
+                "a TCP route has no paths",
+                None,
+            );
+        }
+    }
+}
+
 /// A forward_auth URL that reaches a route that sleeps would deadlock:
 /// the auth server wakes only for requests it has already allowed.
-pub(super) fn check_auth_urls(ctx: &mut Ctx, policies: &[PolicySettings], routes: &[RouteSettings]) {
+pub(super) fn check_auth_urls(
+    ctx: &mut Ctx,
+    policies: &[PolicySettings],
+    routes: &[RouteSettings],
+) {
     for p in policies {
         let PolicyKind::ForwardAuth(f) = &p.kind else {
             continue;
@@ -463,7 +532,10 @@ pub(super) fn check_auth_urls(ctx: &mut Ctx, policies: &[PolicySettings], routes
         let Some(host) = f.url.host_str() else {
             continue;
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let port = f.url.port_or_known_default();
         let ip = host.parse::<IpAddr>().ok().map(|i| i.to_canonical());
         let sleeper = routes.iter().find(|r| {
