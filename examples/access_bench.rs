@@ -93,8 +93,7 @@ async fn main() -> Result<(), Error> {
     let config = drowsy::config::load(&path).map_err(|e| e.to_string())?;
     let running = Running::start(&config).await?;
     let addr = running.http_addr().ok_or("no http entrypoint")?;
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
 
     // Warm up every route (pools, the remembered password).
     for (name, _) in routes {

@@ -264,7 +264,7 @@ async fn outsiders_get_403_and_never_wake_or_count_as_use() {
 async fn the_client_behind_a_trusted_proxy_is_found_from_the_right() {
     let backend = Backend::start().await;
     let yaml = format!(
-        "listen:\n  http: 127.0.0.1:0\n  admin: off\n  trusted_proxies: [127.0.0.9/32]\naccess:\n  lan:\n    allow: [127.0.0.2/32]\nroutes:\n  app:\n    host: app.lan\n    backend: {}\n    access: [lan]\n",
+        "listen:\n  http: 127.0.0.1:0\n  admin: off\n  trusted_proxies: [127.0.0.9/32]\naccess:\n  lan:\n    allow: [127.0.0.2/32]\nroutes:\n  app:\n    host: app.lan\n    backend: {0}\n    access: [lan]\n  plain:\n    host: plain.lan\n    backend: {0}\n",
         backend.url()
     );
     let d = Drowsy::start(&yaml).await;
@@ -282,6 +282,24 @@ async fn the_client_behind_a_trusted_proxy_is_found_from_the_right() {
     .await;
     assert_eq!(s, StatusCode::OK, "{}", text(&body));
     assert_eq!(echoed(&json_of(&body), "x-real-ip"), Some("127.0.0.2"));
+    // The same address reaches backends of routes without policies.
+    let (_, _, body) = from(
+        "127.0.0.9",
+        d.http(),
+        "plain.lan",
+        "/",
+        &[
+            ("x-forwarded-for", "6.6.6.6, 127.0.0.2"),
+            ("x-real-ip", "6.6.6.6"),
+        ],
+    )
+    .await;
+    let v = json_of(&body);
+    assert_eq!(echoed(&v, "x-real-ip"), Some("127.0.0.2"));
+    assert_eq!(
+        echoed(&v, "x-forwarded-for"),
+        Some("6.6.6.6, 127.0.0.2, 127.0.0.9")
+    );
     // A client that claims to be the allowed one, in front of the proxy.
     let (s, _, _) = from(
         "127.0.0.9",

@@ -321,12 +321,6 @@ async fn dispatch(
     };
     let (mut resp, granted) = match rules.admit(&mut req, &who).await {
         Ok(granted) => {
-            if from.trusted {
-                // The backend's X-Real-IP is the client found above, not
-                // whatever the proxy in front wrote.
-                req.headers_mut()
-                    .insert(&X_REAL_IP, who.client_value.clone());
-            }
             let resp = forward_to(shared, route, from, req, host).await;
             (resp, Some(granted))
         }
@@ -352,6 +346,13 @@ async fn forward_to(
     host: &HeaderValue,
 ) -> Response<RespBody> {
     let (conn, trusted) = (from.conn, from.trusted);
+    let mut req = req;
+    if trusted {
+        // The backend's X-Real-IP is the client found from the trusted
+        // proxies' X-Forwarded-For, not whatever the proxy in front wrote.
+        req.headers_mut()
+            .insert(&X_REAL_IP, client_ip_value(from.client));
+    }
     let backend = &route.settings.backend;
     // Before the gate: a body that is too large must not wake anything.
     if let Some(limit) = backend.max_request_body {
