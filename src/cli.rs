@@ -208,6 +208,7 @@ pub fn summary(cfg: &Config) -> String {
         ));
     }
     out.push_str(&crate::acme::names::summary(cfg));
+    out.push_str(&crate::access::summary(cfg));
     for w in warnings(cfg) {
         out.push_str(&format!("warning: {w}\n"));
     }

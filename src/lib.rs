@@ -7,6 +7,7 @@
 //! [`admin`], [`acme`] (automatic certificates), and [`sim`] (the
 //! simulated cluster).
 
+pub mod access;
 pub mod acme;
 pub mod admin;
 pub mod app;

@@ -391,3 +391,128 @@ fn a_valid_cluster_is_summarized_without_its_password() {
     );
     assert!(!out.contains("hunter2"), "{out}");
 }
+
+// --- access (DESIGN.md §11) ---
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn unknown_policy_names_are_located_with_a_hint() {
+    let yaml = format!("{HEAD}access:\n  lan:\n    allow: [192.168.0.0/16]\ndefaults:\n  access: [lan, wan]\nroutes:\n  wiki:\n    host: wiki.lan\n    backend: http://10.0.0.5\n    access: [lna]\n");
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("drowsy.yml:7:17: defaults.access[1]: unknown access policy `wan`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:12:14: routes.wiki.access[0]: unknown access policy `lna`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `lan`?"), "{err}");
+}
+
+#[test]
+fn bad_cidrs_and_rates_are_located() {
+    let yaml = format!("{HEAD}access:\n  lan:\n    allow: [192.168.0.0/33]\n  polite:\n    rate_limit: {{ rate: 20/fortnight }}\ndefaults:\n  wake_from: [10.0.0.0/8, lan]\nroutes:\n  wiki:\n    host: wiki.lan\n    backend: http://10.0.0.5\n    wake_rate_limit: ten\n");
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("drowsy.yml:5:13: access.lan.allow[0]: `192.168.0.0/33` is not an IP address or CIDR range"), "{err}");
+    assert!(
+        err.contains(
+            "drowsy.yml:7:25: access.polite.rate_limit.rate: `20/fortnight` is not a rate"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:9:27: defaults.wake_from[1]: `lan` is not an IP address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drowsy.yml:14:22: routes.wiki.wake_rate_limit: `ten` is not a rate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn htpasswd_lines_are_reported_with_their_numbers() {
+    let yaml = format!(
+        "{HEAD}access:\n  family:\n    basic_auth:\n      users_file: {}\n  missing:\n    basic_auth:\n      users_file: /nonexistent/htpasswd\n",
+        fixture("htpasswd.bad")
+    );
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    let bad = fixture("htpasswd.bad");
+    assert!(
+        err.contains(&format!("drowsy.yml:6:19: access.family.basic_auth.users_file: {bad}:2: user `plain`: a plaintext password is not accepted")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{bad}:3: user `des`: DES crypt is not accepted")),
+        "{err}"
+    );
+    assert!(!err.contains(":1: user `ok`"), "{err}");
+    assert!(err.contains("htpasswd -nB"), "{err}");
+    assert!(
+        err.contains("drowsy.yml:9:19: access.missing.basic_auth.users_file: cannot read /nonexistent/htpasswd"),
+        "{err}"
+    );
+    // The hashes themselves never show.
+    assert!(!err.contains("5en6G6"), "{err}");
+}
+
+#[test]
+fn forward_auth_pointing_at_a_sleeping_route_is_refused() {
+    let yaml = format!("{HEAD}proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\naccess:\n  sso:\n    forward_auth:\n      url: http://auth.lan/api/authz/forward-auth\n  sso2:\n    forward_auth:\n      url: http://10.0.0.5:9091/api/authz/forward-auth\nroutes:\n  authelia:\n    host: auth.lan\n    guest: 110\n    port: 9091\n    idle_timeout: 15m\n  auth2:\n    guest: 10.0.0.5\n    port: 9091\n    idle_timeout: 15m\n");
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("drowsy.yml:10:12: access.sso.forward_auth.url: points at route `authelia`, which sleeps"),
+        "{err}"
+    );
+    assert!(
+        err.contains("access.sso2.forward_auth.url: points at route `auth2`, which sleeps"),
+        "{err}"
+    );
+    assert!(
+        err.contains("remove idle_timeout from route `authelia`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_valid_access_config_is_summarised() {
+    let yaml = format!(
+        "{HEAD}access:\n  lan:\n    allow: [192.168.0.0/16]\n  family:\n    basic_auth:\n      users_file: {}\n      realm: home\n  sso:\n    forward_auth:\n      url: http://user:pw@10.0.0.5:9091/api/authz/forward-auth\n      response_headers: [Remote-User]\n  polite:\n    rate_limit: {{ rate: 20/s, burst: 40 }}\ndefaults:\n  access: [lan]\n  wake_rate_limit: 10/h\nroutes:\n  wiki:\n    host: wiki.lan\n    backend: http://10.0.0.6\n    access: [polite, sso]\n    public_paths: [/outpost.goauthentik.io/]\n",
+        fixture("htpasswd")
+    );
+    let (code, out, err) = check(&yaml, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("access family: basic_auth, 5 user(s), realm \"home\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("access sso: forward_auth http://10.0.0.5:9091/api/authz/forward-auth"),
+        "{out}"
+    );
+    assert!(!out.contains("user:pw"), "{out}");
+    assert!(
+        out.contains("access polite: rate_limit one per 50ms (burst 40)"),
+        "{out}"
+    );
+    assert!(out.contains("route wiki access: [polite, sso], public /outpost.goauthentik.io/, one wake per client per 6m (burst 10)"), "{out}");
+}
+
+#[test]
+fn tcp_routes_refuse_http_only_policies() {
+    let yaml = format!("{HEAD}proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\naccess:\n  sso:\n    forward_auth:\n      url: http://10.0.0.5:9091/\ndefaults:\n  access: [sso]\nroutes:\n  mc:\n    listen: 0.0.0.0:25565\n    guest: 120\n    port: 25565\n");
+    let (code, _, err) = check(&yaml, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("drowsy.yml:12:11: defaults.access: policy `sso` needs HTTP; TCP route `mc`"),
+        "{err}"
+    );
+}

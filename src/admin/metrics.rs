@@ -86,6 +86,23 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccessDeniedLabel {
+    pub route: Arc<str>,
+    /// The policy's name under `access:`.
+    pub policy: Arc<str>,
+    /// `ip`, `no_credentials`, `bad_credentials`, `refused`,
+    /// `auth_unavailable` or `rate_limited`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WakeRefusedLabel {
+    pub route: Arc<str>,
+    /// `wake_from` or `wake_rate_limit`.
+    pub reason: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~65 s: covers proxied requests and guest boots alike.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -107,6 +124,8 @@ pub struct Metrics {
     pub acme_orders_total: Family<ResultLabel, Counter>,
     pub cluster_up: Family<InstanceLabel, Gauge>,
     pub cluster_round_trips: Family<ClusterOpLabel, Counter>,
+    pub access_denied_total: Family<AccessDeniedLabel, Counter>,
+    pub wakes_refused_total: Family<WakeRefusedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -208,8 +227,22 @@ impl Metrics {
             "Round trips to the Redis of `cluster:`, by purpose",
             cluster_round_trips.clone(),
         );
+        let access_denied_total = Family::<AccessDeniedLabel, Counter>::default();
+        registry.register(
+            "access_denied",
+            "Requests refused by an access policy, by route, policy and reason",
+            access_denied_total.clone(),
+        );
+        let wakes_refused_total = Family::<WakeRefusedLabel, Counter>::default();
+        registry.register(
+            "wakes_refused",
+            "Requests that found their guest asleep and were not allowed to wake it",
+            wakes_refused_total.clone(),
+        );
         Metrics {
             registry,
+            access_denied_total,
+            wakes_refused_total,
             cluster_up,
             cluster_round_trips,
             cert_not_after_seconds,

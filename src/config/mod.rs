@@ -2,6 +2,7 @@
 //! validation with `file:line:col` errors, and conversion into the typed
 //! runtime settings of [`runtime`].
 
+pub mod access;
 mod error;
 mod expand;
 mod locate;
@@ -11,6 +12,10 @@ pub mod tls_files;
 mod validate;
 mod values;
 
+pub use access::{
+    BasicAuthSettings, ForwardAuthSettings, HeaderRule, IpRules, PolicyKind, PolicySettings,
+    RateSpec, RouteAccess,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use runtime::*;
 pub use validate::{decode_hmac_key, parse_host_pattern, LETSENCRYPT, LETSENCRYPT_STAGING};

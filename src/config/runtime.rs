@@ -54,6 +54,8 @@ pub struct Config {
     pub acme: Option<AcmeSettings>,
     /// Several instances in front of the same guests (`cluster:`).
     pub cluster: Option<ClusterSettings>,
+    /// Named access policies (`access:`), in file order.
+    pub access: Vec<super::PolicySettings>,
 }
 
 /// `cluster:` (DESIGN.md §13), validated.
@@ -303,6 +305,8 @@ pub struct RouteSettings {
     pub sleep: Option<SleepSettings>,
     pub depends_on: Vec<Arc<str>>,
     pub no_wake: NoWake,
+    /// Access policies, wake rules and header rules (DESIGN.md §11).
+    pub access: super::RouteAccess,
 }
 
 impl RouteSettings {

@@ -25,6 +25,9 @@ pub struct RawConfig {
     pub watch: bool,
     pub acme: Option<RawAcme>,
     pub cluster: Option<RawCluster>,
+    /// Named access policies (DESIGN.md §11), in file order.
+    #[serde(default)]
+    pub access: Policies,
 }
 
 /// `cluster:` (DESIGN.md §13): several drowsy instances sharing use and
@@ -214,6 +217,11 @@ macro_rules! with_route_options {
             pub max_request_body: Option<ByteSize>,
             pub ca_file: Option<EnvString>,
             pub insecure_skip_verify: Option<bool>,
+            pub access: Option<Vec<String>>,
+            pub wake_from: Option<Vec<EnvString>>,
+            pub wake_rate_limit: Option<EnvString>,
+            pub response_headers: Option<HeaderRulesMap>,
+            pub request_headers: Option<HeaderRulesMap>,
         }
     };
 }
@@ -235,6 +243,7 @@ with_route_options! {
         address: Option<EnvString>,
         depends_on: Option<Vec<String>>,
         no_wake: Option<RawNoWake>,
+        public_paths: Option<Vec<String>>,
     }
 }
 
@@ -345,4 +354,106 @@ impl<'de> Deserialize<'de> for Routes {
         }
         d.deserialize_map(V)
     }
+}
+
+/// `response_headers:` / `request_headers:`: header name → value to set,
+/// or `~` (null) / `""` to remove it. File order is kept.
+#[derive(Debug, Default)]
+pub struct HeaderRulesMap(pub Vec<(String, Option<EnvString>)>);
+
+impl<'de> Deserialize<'de> for HeaderRulesMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderRulesMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of header names to values (`~` removes the header)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderRulesMap, A::Error> {
+                let mut out: Vec<(String, Option<EnvString>)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = map.next_value::<Option<EnvString>>()?;
+                    out.push((name, value));
+                }
+                Ok(HeaderRulesMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `access:` keeps the order of the file and rejects a name used twice.
+#[derive(Debug, Default)]
+pub struct Policies(pub Vec<(String, RawPolicy)>);
+
+impl<'de> Deserialize<'de> for Policies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Policies;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of policy names to policies")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Policies, E> {
+                Ok(Policies::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Policies, A::Error> {
+                let mut out: Vec<(String, RawPolicy)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!(
+                            "access policy `{name}` is defined twice"
+                        )));
+                    }
+                    out.push((name, map.next_value::<RawPolicy>()?));
+                }
+                Ok(Policies(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One named policy: one kind of check (`allow`/`deny` go together).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub allow: Option<Vec<EnvString>>,
+    pub deny: Option<Vec<EnvString>>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub forward_auth: Option<RawForwardAuth>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub users_file: Option<EnvString>,
+    /// htpasswd lines, `name:hash`.
+    pub users: Option<Vec<EnvString>>,
+    pub realm: Option<EnvString>,
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    pub url: EnvString,
+    #[serde(default)]
+    pub response_headers: Vec<String>,
+    pub request_headers: Option<Vec<String>>,
+    pub timeout: Option<DurationSetting>,
+    #[serde(default)]
+    pub add_auth_cookies_to_response: Vec<String>,
+    pub ca_file: Option<EnvString>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: EnvString,
+    pub burst: Option<u32>,
 }

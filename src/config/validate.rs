@@ -22,6 +22,7 @@ macro_rules! path {
     ($($seg:expr),* $(,)?) => { vec![$(Seg::from($seg)),*] };
 }
 
+mod access;
 mod acme;
 mod cluster;
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
@@ -105,7 +106,10 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
         .cluster
         .as_ref()
         .and_then(|c| cluster::cluster(&mut ctx, c, base));
+    let policies = access::policies(&mut ctx, &raw.access, base);
     let routes = routes(&mut ctx, &raw, &proxmox, base);
+    access::check_auth_urls(&mut ctx, &policies, &routes);
+    access::check_tcp_routes(&mut ctx, &policies, &routes, &raw);
     if listen.http.is_none()
         && listen.https.is_none()
         && !routes.iter().any(|r| r.tcp_listen.is_some())
@@ -127,6 +131,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             watch: raw.watch,
             acme,
             cluster,
+            access: policies,
         })
     } else {
         Err(ConfigErrors(ctx.errors))
@@ -717,6 +722,10 @@ fn routes(
     let mut out = Vec::new();
     let mut claimed: HashMap<HostPattern, String> = HashMap::new();
     let names: Vec<&str> = raw.routes.0.iter().map(|(n, _)| n.as_str()).collect();
+    // Every name under `access:`, valid or not, so one bad policy does not
+    // also make each route that lists it an error.
+    let known: Vec<&str> = raw.access.0.iter().map(|(n, _)| n.as_str()).collect();
+    access::defaults_access(ctx, &raw.defaults, &known);
     for (name, r) in &raw.routes.0 {
         let at = path!["routes", name.as_str()];
         if !valid_name(name) {
@@ -748,6 +757,7 @@ fn routes(
             sleep,
             depends_on,
             no_wake: no_wake(ctx, &at, r),
+            access: access::route_access(ctx, &at, r, &raw.defaults, &known),
         });
     }
     check_cycles(ctx, &out);

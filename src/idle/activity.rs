@@ -76,6 +76,14 @@ pub struct UseGuard {
     gauge: Option<Gauge>,
 }
 
+impl UseGuard {
+    /// Ends the guard without counting as use: the request was refused
+    /// after all (it may not wake the guest).
+    pub fn not_use(mut self) {
+        self.counts = false;
+    }
+}
+
 impl Drop for UseGuard {
     fn drop(&mut self) {
         if self.counts {

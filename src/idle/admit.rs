@@ -6,6 +6,8 @@ use super::activity::UseGuard;
 use super::gate::{Gate, WaitError};
 use super::page;
 use super::state::Phase;
+use crate::access::wake_rules::WakeRefusal;
+use crate::access::WakeCheck;
 use crate::config::{LoadingPage, NoWake, SleepSettings};
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
@@ -113,6 +115,7 @@ pub async fn admit<B>(
     no_wake: &NoWake,
     own: Option<&HoldPolicy>,
     req: &Request<B>,
+    wake: Option<WakeCheck<'_>>,
 ) -> Admit {
     let quiet = is_no_wake(no_wake, req);
     // The guard comes before the state check: see the fence in the owner.
@@ -143,10 +146,6 @@ pub async fn admit<B>(
             gate.retry_after_secs(),
         )));
     }
-    if req.uri().path() == EVENTS_PATH {
-        drop(guard);
-        return Admit::Respond(Box::new(events(gate)));
-    }
     let guest_policy;
     let policy = match own {
         Some(p) => p,
@@ -155,9 +154,30 @@ pub async fn admit<B>(
             &guest_policy
         }
     };
+    // Wake rules (DESIGN.md §11) decide only whether this request may
+    // start the guest: joining a wake under way, or learning that the last
+    // one failed, starts nothing.
+    let start = match starts(gate, wake) {
+        Ok(start) => start,
+        Err(refusal) => {
+            guard.not_use();
+            let page = wants_loading_page(policy.loading_page, req);
+            return Admit::Respond(Box::new(super::asleep::answer(
+                route,
+                refusal.retry_after,
+                page,
+            )));
+        }
+    };
+    if req.uri().path() == EVENTS_PATH {
+        drop(guard);
+        return Admit::Respond(Box::new(events(gate, start)));
+    }
     if wants_loading_page(policy.loading_page, req) {
         drop(guard);
-        gate.request_wake();
+        if start {
+            gate.request_wake();
+        }
         let failed = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
         return Admit::Respond(Box::new(loading(route, failed)));
     }
@@ -167,12 +187,12 @@ pub async fn admit<B>(
             gate.retry_after_secs(),
         )));
     };
-    let start = Instant::now();
-    match gate.wait_ready(policy.wake_timeout).await {
+    let held_at = Instant::now();
+    match gate.wait_ready_as(policy.wake_timeout, start).await {
         Ok(ip) => Admit::Forward {
             ip,
             guard,
-            waited_ms: Some(start.elapsed().as_millis() as u64),
+            waited_ms: Some(held_at.elapsed().as_millis() as u64),
             pool: gate.pool_epoch(),
         },
         Err(WaitError::Failed(_)) => Admit::Respond(Box::new(pages::unavailable(
@@ -186,6 +206,21 @@ pub async fn admit<B>(
             ),
             gate.retry_after_secs(),
         ))),
+    }
+}
+
+/// For a request that finds its guest not ready: whether it starts a wake
+/// (`Ok(true)`), only joins one (`Ok(false)`: a wake is under way, or a
+/// failed one's back-off lasts, so it would start nothing), or may not
+/// start one (the wake rules, which spend a `wake_rate_limit` token only
+/// here, on a real start).
+pub fn starts(gate: &Gate, wake: Option<WakeCheck<'_>>) -> Result<bool, WakeRefusal> {
+    match wake {
+        Some(w) if !gate.wake_under_way() && gate.backoff_error().is_none() => {
+            w.may_start().map(|()| true)
+        }
+        Some(_) => Ok(false),
+        None => Ok(true),
     }
 }
 
@@ -226,12 +261,12 @@ fn sse(phase: &Phase) -> Bytes {
 /// `GET /.drowsy/events`: the wake's progress, live, until ready or failed.
 /// Only failures of this wake (or a later one) are reported, never the
 /// stale one of an earlier wake.
-fn events(gate: &Arc<Gate>) -> Response<RespBody> {
+fn events(gate: &Arc<Gate>, start: bool) -> Response<RespBody> {
     let (tx, rx) = mpsc::channel(16);
     let mut signal = gate.watch();
     let mark = signal.borrow_and_update().mark();
     let failed = gate.backoff_error();
-    if failed.is_none() {
+    if failed.is_none() && start {
         gate.request_wake();
     }
     let gate = gate.clone();

@@ -548,6 +548,12 @@ impl Gate {
         }
     }
 
+    /// A wake has been asked for or is running: a request arriving now
+    /// joins it rather than starting one.
+    pub fn wake_under_way(&self) -> bool {
+        self.requests.wake.load(Ordering::SeqCst) || self.state() == GuestState::Starting
+    }
+
     /// Asks the owner to look again at whether the guest may sleep.
     pub(super) fn recheck(&self) {
         self.requests.recheck.store(true, Ordering::SeqCst);
@@ -557,6 +563,17 @@ impl Gate {
     /// Wakes the guest if needed and waits until it is ready, its wake
     /// fails, or `timeout` passes. Giving up does not cancel the wake.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Option<IpAddr>, WaitError> {
+        self.wait_ready_as(timeout, true).await
+    }
+
+    /// Like [`Gate::wait_ready`]; without `start` it only waits for a
+    /// wake someone else started (a request the wake rules do not let
+    /// start the guest).
+    pub async fn wait_ready_as(
+        &self,
+        timeout: Duration,
+        start: bool,
+    ) -> Result<Option<IpAddr>, WaitError> {
         let mut rx = self.signal.subscribe();
         let mark = rx.borrow_and_update().mark();
         if let Some(ready) = self.ready() {
@@ -565,7 +582,9 @@ impl Gate {
         if let Some(why) = self.backoff_error() {
             return Err(WaitError::Failed(why));
         }
-        self.request_wake();
+        if start {
+            self.request_wake();
+        }
         let waited = tokio::time::timeout(timeout, async {
             loop {
                 if let Some(ready) = self.ready() {

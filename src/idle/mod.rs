@@ -8,6 +8,7 @@
 
 mod activity;
 pub mod admit;
+mod asleep;
 pub mod binding;
 pub mod fence;
 pub mod gate;

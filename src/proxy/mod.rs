@@ -163,6 +163,7 @@ impl Proxy {
     ) -> Result<Prepared, StartError> {
         let table =
             RouteTable::build(config, &self.shared.metrics, plan).map_err(StartError::Routes)?;
+        table.access.inherit(&self.shared.table.load().access);
         let wanted = tcp_routes(config);
         let mut opened = Vec::new();
         for addr in &wanted {

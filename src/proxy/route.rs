@@ -28,6 +28,9 @@ pub struct Route {
     /// How the route holds requests during a wake, when it sets sleep
     /// settings itself (else its guest's apply).
     pub hold: Option<HoldPolicy>,
+    /// Access policies, wake rules and header rules; `None` when the
+    /// route has none.
+    pub access: Option<Arc<crate::access::RouteRules>>,
     pub client: RouteClient,
     metrics: Arc<Metrics>,
     duration: Histogram,
@@ -79,6 +82,7 @@ impl Route {
         clients: &mut ClientCache,
         metrics: &Arc<Metrics>,
         plan: Option<&Plan>,
+        access: &crate::access::Engine,
     ) -> Result<Self, String> {
         let kind = match &settings.target {
             Target::Backend { url } => RouteKind::Static(Upstream::new(
@@ -103,6 +107,7 @@ impl Route {
             kind,
             binding: plan.and_then(|p| p.binding(&settings.name)),
             hold: settings.sleep.as_ref().map(HoldPolicy::of),
+            access: access.route(&settings.name),
             client: RouteClient::new(client),
             duration: metrics
                 .request_duration_seconds
@@ -164,6 +169,8 @@ pub struct RouteTable {
     /// connections already open.
     pub trusted_proxies: Vec<IpNet>,
     pub access_log_query: bool,
+    /// The live access policies of this config.
+    pub access: crate::access::Engine,
 }
 
 impl RouteTable {
@@ -175,8 +182,15 @@ impl RouteTable {
         let mut clients = ClientCache::default();
         let mut hosts = HostTable::default();
         let mut routes = Vec::with_capacity(config.routes.len());
+        let access = crate::access::Engine::build(config, metrics)?;
         for settings in &config.routes {
-            let route = Arc::new(Route::build(settings, &mut clients, metrics, plan)?);
+            let route = Arc::new(Route::build(
+                settings,
+                &mut clients,
+                metrics,
+                plan,
+                &access,
+            )?);
             for pattern in &settings.hosts {
                 hosts.insert(pattern, route.clone());
             }
@@ -187,6 +201,7 @@ impl RouteTable {
             routes,
             trusted_proxies: config.listen.trusted_proxies.clone(),
             access_log_query: config.listen.access_log_query,
+            access,
         })
     }
 

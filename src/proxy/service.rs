@@ -5,10 +5,12 @@
 use super::authority::parse_authority;
 use super::body::{AccessLog, RespBody};
 use super::conn::{ConnInfo, RequestGuard};
+use super::forward::headers::client_ip_value;
 use super::forward::{self, ForwardCtx};
 use super::limits::{ConnLimits, Inflight};
 use super::pages;
 use super::route::{Route, RouteKind, RouteTable};
+use crate::access::client_ip::client_ip;
 use crate::admin::metrics::Metrics;
 use crate::idle::{self, Admit, Bound, GuestId};
 use crate::proxmox::Clusters;
@@ -58,6 +60,13 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let table = shared.table.load();
+    // Who the client is, once (DESIGN.md §11): every check, the access log
+    // and the backend's X-Real-IP use this one address.
+    let trusted = table.is_trusted(conn.peer.ip());
+    let client = match trusted {
+        true => client_ip(conn.peer.ip(), req.headers(), &table.trusted_proxies),
+        false => conn.peer.ip().to_canonical(),
+    };
     let http2 = req.version() == Version::HTTP_2;
     let guard = shared
         .inflight
@@ -78,8 +87,12 @@ pub async fn handle(
             pages::unavailable("drowsy is busy; try again in a moment", 1),
         ),
         (Some(_), Ok((route, host))) => {
-            let trusted = table.is_trusted(conn.peer.ip());
-            let resp = dispatch(&shared, &route, &conn, req, &host, trusted).await;
+            let from = Origin {
+                trusted,
+                client,
+                conn: &conn,
+            };
+            let resp = dispatch(&shared, &route, &from, req, &host).await;
             route.record(resp.status().as_u16(), start);
             (Some(route.name.clone()), resp)
         }
@@ -95,7 +108,7 @@ pub async fn handle(
         method,
         path,
         query: table.access_log_query,
-        peer: conn.peer.ip(),
+        peer: client,
         status,
         start,
         bytes: 0,
@@ -188,7 +201,12 @@ const FIRST_POLL_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes the request through its guest's gate: straight on, held for a
 /// wake, or answered (loading page, 503).
-async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> Admit {
+async fn pass(
+    shared: &Shared,
+    route: &Arc<Route>,
+    req: &Request<Incoming>,
+    client: IpAddr,
+) -> Admit {
     let Some(binding) = &route.binding else {
         return Admit::Forward {
             ip: None,
@@ -215,6 +233,10 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
                 &route.settings.no_wake,
                 route.hold.as_ref(),
                 req,
+                route
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.wake.for_client(client)),
             )
             .await
         }
@@ -266,14 +288,71 @@ fn outage(shared: &Shared) -> Option<String> {
     Some(format!("Proxmox cluster {cluster} is unreachable ({e})"))
 }
 
+/// Where a request comes from.
+struct Origin<'a> {
+    /// The peer is one of `trusted_proxies`.
+    trusted: bool,
+    /// The client's address (behind trusted proxies, theirs).
+    client: IpAddr,
+    conn: &'a Arc<ConnInfo>,
+}
+
+/// Access policies first (DESIGN.md §11): a refused request never reaches
+/// the gate. The route's response headers go on every answer.
 async fn dispatch(
     shared: &Shared,
     route: &Arc<Route>,
-    conn: &Arc<ConnInfo>,
+    from: &Origin<'_>,
+    mut req: Request<Incoming>,
+    host: &HeaderValue,
+) -> Response<RespBody> {
+    let Some(rules) = &route.access else {
+        return forward_to(shared, route, from, req, host).await;
+    };
+    let https = from.conn.tls || from.trusted && forwarded_https(req.headers());
+    let who = crate::access::Who {
+        client: from.client,
+        client_value: match from.trusted {
+            true => client_ip_value(from.client),
+            false => from.conn.client.clone(),
+        },
+        proto: if https { "https" } else { "http" },
+        host,
+    };
+    let (mut resp, granted) = match rules.admit(&mut req, &who).await {
+        Ok(granted) => {
+            let resp = forward_to(shared, route, from, req, host).await;
+            (resp, Some(granted))
+        }
+        Err(resp) => (resp, None),
+    };
+    rules.finish(&mut resp, granted, https);
+    resp
+}
+
+static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+
+/// A trusted proxy in front says the client came over HTTPS.
+fn forwarded_https(h: &http::HeaderMap) -> bool {
+    h.get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+async fn forward_to(
+    shared: &Shared,
+    route: &Arc<Route>,
+    from: &Origin<'_>,
     req: Request<Incoming>,
     host: &HeaderValue,
-    trusted: bool,
 ) -> Response<RespBody> {
+    let (conn, trusted) = (from.conn, from.trusted);
+    let mut req = req;
+    if trusted {
+        // The backend's X-Real-IP is the client found from the trusted
+        // proxies' X-Forwarded-For, not whatever the proxy in front wrote.
+        req.headers_mut()
+            .insert(&X_REAL_IP, client_ip_value(from.client));
+    }
     let backend = &route.settings.backend;
     // Before the gate: a body that is too large must not wake anything.
     if let Some(limit) = backend.max_request_body {
@@ -288,7 +367,7 @@ async fn dispatch(
             );
         }
     }
-    let (ip, hold, waited_ms, pool) = match pass(shared, route, &req).await {
+    let (ip, hold, waited_ms, pool) = match pass(shared, route, &req, from.client).await {
         Admit::Respond(resp) => return *resp,
         Admit::Forward {
             ip,
@@ -329,6 +408,10 @@ async fn dispatch(
         tunnel_idle_timeout: shared.tunnel_idle_timeout,
         upgrades: &shared.upgrades,
         kill: &shared.kill,
+        request_headers: route
+            .access
+            .as_ref()
+            .map_or(&[][..], |a| &a.request_headers[..]),
     };
     let mut resp = forward::forward(ctx, conn, req, Some(hold)).await;
     if let Some(ms) = waited_ms {

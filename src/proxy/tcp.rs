@@ -77,6 +77,18 @@ async fn connection(
     let Some(binding) = &route.binding else {
         return Err("not a guest route".into());
     };
+    // Access before wake, as for HTTP routes (DESIGN.md §11).
+    let client_ip = client.peer_addr().map(|a| a.ip().to_canonical()).ok();
+    let rules = route.access.as_deref();
+    if let (Some(rules), Some(ip)) = (rules, client_ip) {
+        rules
+            .admit_stream(ip)
+            .map_err(|policy| format!("refused by access policy {policy} for {ip}"))?;
+    }
+    let wake = match (rules, client_ip) {
+        (Some(rules), Some(ip)) => rules.wake.for_client(ip),
+        _ => None,
+    };
     let bound = match &**binding.bound() {
         Bound::Pending => binding.settled(route_wake_timeout(route)).await,
         _ => binding.bound_full(),
@@ -93,10 +105,22 @@ async fn connection(
             let ip = match gate.ready() {
                 Some(ip) => ip,
                 None => {
+                    // Joining a wake under way starts nothing; starting
+                    // one is for clients the wake rules allow.
+                    let start = match crate::idle::admit::starts(gate, wake) {
+                        Ok(start) => start,
+                        Err(r) => {
+                            guard.not_use();
+                            return Err(format!(
+                                "the guest sleeps and this client may not wake it ({})",
+                                r.reason
+                            ));
+                        }
+                    };
                     let _slot = gate
                         .try_hold(limit)
                         .ok_or("too many connections are waiting for the wake")?;
-                    gate.wait_ready(route_wake_timeout(route))
+                    gate.wait_ready_as(route_wake_timeout(route), start)
                         .await
                         .map_err(|e| format!("the guest did not wake: {e}"))?
                 }

@@ -95,6 +95,8 @@ pub struct ForwardCtx<'a> {
     pub tunnel_idle_timeout: Option<Duration>,
     pub upgrades: &'a TaskTracker,
     pub kill: &'a CancellationToken,
+    /// The route's `request_headers`, applied last.
+    pub request_headers: &'a [crate::config::HeaderRule],
 }
 
 /// Sends `req` to the backend and returns its response (or drowsy's own
@@ -239,6 +241,9 @@ fn prepare(
         Some(ctx.host),
     );
     parts.headers.insert(header::HOST, ctx.host.clone());
+    for rule in ctx.request_headers {
+        crate::access::apply(&mut parts.headers, rule);
+    }
     parts.uri = ctx.upstream.uri(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
