@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod upstream;
 mod upgrade;
 
 use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
