@@ -316,11 +316,10 @@ async fn dispatch(
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
     };
-    let client = route.client.get(pool);
     let ctx = ForwardCtx {
         route: &route.name,
-        client: &client.1,
         upstream: &upstream,
+        epoch: pool,
         host,
         trusted,
         max_request_body: backend.max_request_body,

@@ -62,7 +62,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -355,7 +359,16 @@ where
 /// its next request. Returned to its pool when the client connection ends
 /// or goes to another backend.
 pub struct Affinity<B: Body> {
-    held: Mutex<Option<(Arc<Pool<B>>, Conn<B>)>>,
+    held: Mutex<Option<Held<B>>>,
+}
+
+/// A kept connection and the pool it belongs to.
+type Held<B> = (Arc<Pool<B>>, Conn<B>);
+
+impl<B: Body> std::fmt::Debug for Affinity<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Affinity").finish_non_exhaustive()
+    }
 }
 
 impl<B: Body> Default for Affinity<B> {
@@ -371,7 +384,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Pool<B>>, Conn<B>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Held<B>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -399,7 +412,11 @@ where
 
 impl<B: Body> Drop for Affinity<B> {
     fn drop(&mut self) {
-        let held = self.held.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let held = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some((pool, conn)) = held {
             // Pool::put needs the bounds of the impl; a plain drop closes
             // the connection otherwise.
@@ -465,7 +482,9 @@ where
     }
 
     fn release(&mut self) {
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         conn.idle_since = Instant::now();
         match &self.home {
             Home::Pool => self.pool.put(conn),
@@ -560,10 +579,9 @@ where
     };
     loop {
         let stale_possible = conn.used;
-        let mut copy = (stale_possible
-            && conn.idle_since.elapsed() >= REPLAY_AFTER_IDLE
-            && replayable(&req))
-        .then(|| Head::of(&req));
+        let mut copy =
+            (stale_possible && conn.idle_since.elapsed() >= REPLAY_AFTER_IDLE && replayable(&req))
+                .then(|| Head::of(&req));
         conn.used = true;
         match exchange(&mut conn, req).await {
             Ok(resp) => {
