@@ -65,18 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
-        }
+        remove_named_by_connection(headers, upgrade);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -87,6 +76,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     strip_te(headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes the fields `Connection` names. `keep-alive` and `close`, which
+/// nearly every backend sends, name nothing but the fixed `Keep-Alive`
+/// (removed anyway): they cost no allocation.
+fn remove_named_by_connection(headers: &mut HeaderMap, upgrade: bool) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            continue;
+        }
+        if upgrade && token.eq_ignore_ascii_case("upgrade") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
     }
 }
 
