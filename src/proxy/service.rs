@@ -203,21 +203,27 @@ async fn pass(shared: &Shared, route: &Arc<Route>, req: &Request<Incoming>) -> A
         if let Some(why) = outage(shared) {
             return Admit::Respond(refuse(route, Unavailable::internal(why)));
         }
-        bound = binding.settled(FIRST_POLL_WAIT).await;
+        bound = Box::pin(binding.settled(FIRST_POLL_WAIT)).await;
     }
     match &*bound {
         Bound::Guest {
             gate: Some(gate), ..
-        } => {
-            idle::admit(
-                gate,
-                &route.name,
-                &route.settings.no_wake,
-                route.hold.as_ref(),
-                req,
-            )
-            .await
-        }
+        } => match idle::admit_now(gate, &route.settings.no_wake, req) {
+            Ok(admitted) => admitted,
+            // Boxed: the waiting is rare, and its future would otherwise
+            // make every request's future large.
+            Err(guard) => {
+                Box::pin(idle::admit(
+                    gate,
+                    &route.name,
+                    &route.settings.no_wake,
+                    route.hold.as_ref(),
+                    req,
+                    guard,
+                ))
+                .await
+            }
+        },
         Bound::Guest { id, gate: None } if guest_route => match guest_ip(shared, id) {
             Ok(ip) => Admit::Forward {
                 ip: Some(ip),

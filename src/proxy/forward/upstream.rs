@@ -488,8 +488,9 @@ where
         conn.idle_since = Instant::now();
         match &self.home {
             Home::Pool => self.pool.put(conn),
+            // Checked when it is taken for the next request.
             Home::Affinity(a) => {
-                if conn.usable() {
+                if conn.driver.is_some() {
                     a.keep(self.pool.clone(), conn);
                 }
             }
