@@ -109,6 +109,30 @@ impl HoldPolicy {
     }
 }
 
+/// The warm path, without a future: the guest is up, so the request goes
+/// straight on (holding its guard). `Err` hands the guard to [`admit`],
+/// which waits, wakes or answers.
+pub fn admit_now<B>(
+    gate: &Arc<Gate>,
+    no_wake: &NoWake,
+    req: &Request<B>,
+) -> Result<Admit, UseGuard> {
+    // The guard comes before the state check: see the fence in the owner.
+    let guard = gate.enter(!is_no_wake(no_wake, req));
+    match gate.ready() {
+        Some(ip) => Ok(Admit::Forward {
+            ip,
+            guard,
+            waited_ms: None,
+            pool: gate.pool_epoch(),
+        }),
+        None => Err(guard),
+    }
+}
+
+/// The rest of a request's way through the gate, after [`admit_now`] found
+/// the guest not ready: wait for the claim, hold it through a wake, or
+/// answer (loading page, 503).
 pub async fn admit<B>(
     gate: &Arc<Gate>,
     route: &Arc<str>,
@@ -116,18 +140,9 @@ pub async fn admit<B>(
     own: Option<&HoldPolicy>,
     req: &Request<B>,
     wake: Option<WakeCheck<'_>>,
+    guard: UseGuard,
 ) -> Admit {
     let quiet = is_no_wake(no_wake, req);
-    // The guard comes before the state check: see the fence in the owner.
-    let guard = gate.enter(!quiet);
-    if let Some(ip) = gate.ready() {
-        return Admit::Forward {
-            ip,
-            guard,
-            waited_ms: None,
-            pool: gate.pool_epoch(),
-        };
-    }
     // Up, but other instances may see this one as idle (`cluster:`): one
     // round trip to the shared store, not a wake.
     if gate.awaiting_claim() && gate.wait_claimed(CLAIM_WAIT).await {

@@ -198,6 +198,9 @@ pub struct Gate {
     signal: watch::Sender<Signal>,
     pub(super) requests: Requests,
     pub(super) stats: Mutex<Stats>,
+    /// How long the service took to answer in past boots (the probe
+    /// schedule follows it).
+    boots: Mutex<super::probe::History>,
     pub(super) wakes: AtomicU64,
     pub(super) last_wake_ms: AtomicU64,
     held: AtomicUsize,
@@ -252,6 +255,7 @@ impl Gate {
                 sleep,
             },
             stats: Mutex::new(Stats::default()),
+            boots: Mutex::new(super::probe::History::default()),
             wakes: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
             held: AtomicUsize::new(0),
@@ -643,6 +647,14 @@ impl Gate {
             .filter_map(Weak::upgrade)
             .collect();
         fence::any_awake(dependents.iter().map(|d| &d.state))
+    }
+
+    pub(super) fn boot_history(&self) -> std::sync::MutexGuard<'_, super::probe::History> {
+        self.boots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn record_boot(&self, boot: Duration) {
+        self.boot_history().record(boot);
     }
 
     /// Which generation of backend connections is current (see

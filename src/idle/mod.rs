@@ -20,7 +20,7 @@ pub mod state;
 mod sync;
 
 pub use activity::{Activity, UseGuard};
-pub use admit::{admit, Admit, HoldPolicy};
+pub use admit::{admit, admit_now, Admit, HoldPolicy};
 pub use binding::{Binding, Bound, Want};
 pub use fence::Claim;
 pub use gate::{Gate, GuestId};

@@ -372,7 +372,7 @@ impl Owner {
             .clusters
             .poller(&guest.cluster)
             .ok_or_else(|| format!("cluster {} is not configured", guest.cluster))?;
-        let mut interval = probe::FIRST_INTERVAL;
+        let mut schedule = self.gate.boot_history().schedule();
         let mut last_refresh: Option<Instant> = None;
         let mut failing_since = Instant::now();
         let mut announced = false;
@@ -404,11 +404,11 @@ impl Owner {
                     }
                 }
                 if up.iter().all(|ok| *ok) {
+                    self.gate.record_boot(probing_since.elapsed());
                     return Ok(Some(addr));
                 }
             }
-            tokio::time::sleep(interval).await;
-            interval = probe::next_interval(interval, probing_since.elapsed());
+            tokio::time::sleep(schedule.next(probing_since.elapsed())).await;
         }
     }
 

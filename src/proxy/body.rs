@@ -3,6 +3,7 @@
 //! allocation for its body.
 
 use super::conn::RequestGuard;
+use super::forward::upstream::Lease;
 use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -100,8 +101,9 @@ pin_project! {
     /// not announced up front) or stalls for `body_read_timeout`; notes its
     /// progress for the response timeout.
     pub struct ReqBody {
+        // `None`: an empty body (a request sent again after a failure).
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         remaining: Option<u64>,
         read_timeout: Duration,
         // Armed while the client owes the next bytes.
@@ -119,7 +121,7 @@ impl ReqBody {
         progress: Option<Arc<BodyProgress>>,
     ) -> Self {
         ReqBody {
-            inner,
+            inner: Some(inner),
             remaining: limit,
             read_timeout,
             stall: None,
@@ -138,7 +140,10 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
         let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = inner.poll_frame(cx);
         let pending = matches!(polled, Poll::Pending);
         if let Some(p) = this.progress {
             p.note(pending);
@@ -180,11 +185,27 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Default for ReqBody {
+    /// An empty body, for a request sent again without the client's.
+    fn default() -> Self {
+        ReqBody {
+            inner: None,
+            remaining: None,
+            read_timeout: Duration::ZERO,
+            stall: None,
+            stalled: false,
+            progress: None,
+        }
     }
 }
 
@@ -230,7 +251,7 @@ pub fn logged_path(pq: &http::uri::PathAndQuery, query: bool) -> &str {
 pin_project! {
     #[project = InnerProj]
     enum Inner {
-        Stream { #[pin] body: Incoming },
+        Stream { #[pin] body: Incoming, lease: Option<Lease<ReqBody>> },
         Full { data: Option<Bytes> },
         Channel { rx: tokio::sync::mpsc::Receiver<Bytes> },
     }
@@ -251,9 +272,11 @@ pin_project! {
 }
 
 impl RespBody {
-    pub fn stream(body: Incoming) -> Self {
+    /// The backend's body; `lease` is the backend connection it arrives
+    /// on, driven while the body is read and handed back at its end.
+    pub fn stream(body: Incoming, lease: Option<Lease<ReqBody>>) -> Self {
         RespBody {
-            inner: Inner::Stream { body },
+            inner: Inner::Stream { body, lease },
             log: None,
             hold: None,
             guard: None,
@@ -310,7 +333,7 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let polled = match this.inner.project() {
-            InnerProj::Stream { body } => body.poll_frame(cx),
+            InnerProj::Stream { body, lease } => upstream_frame(body, lease, cx),
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             InnerProj::Channel { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
         };
@@ -327,7 +350,7 @@ impl Body for RespBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Stream { body } => body.is_end_stream(),
+            Inner::Stream { body, .. } => body.is_end_stream(),
             Inner::Full { data } => data.is_none(),
             Inner::Channel { .. } => false,
         }
@@ -335,13 +358,38 @@ impl Body for RespBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Stream { body } => body.size_hint(),
+            Inner::Stream { body, .. } => body.size_hint(),
             Inner::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Inner::Channel { .. } => SizeHint::default(),
         }
     }
+}
+
+/// One frame of a backend's body. The backend connection is driven first
+/// (the frame arrives through it); at the end of the body the connection
+/// goes back for the next request.
+fn upstream_frame(
+    mut body: Pin<&mut Incoming>,
+    lease: &mut Option<Lease<ReqBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    if let Some(l) = lease.as_mut() {
+        l.drive(cx);
+    }
+    let polled = body.as_mut().poll_frame(cx);
+    let finished = match &polled {
+        Poll::Ready(None) => true,
+        Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+        _ => false,
+    };
+    if finished {
+        if let Some(mut l) = lease.take() {
+            l.finish();
+        }
+    }
+    polled
 }
 
 #[cfg(test)]

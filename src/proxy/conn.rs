@@ -1,6 +1,8 @@
 //! What the data path knows about the client connection a request came on,
 //! and the per-request guard that keeps it (and the proxy) counted busy.
 
+use super::body::ReqBody;
+use super::forward::upstream::Affinity;
 use super::limits::{ConnSlot, InflightSlot};
 use http::HeaderValue;
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ pub struct ConnInfo {
     pub client: HeaderValue,
     /// Requests of this connection in flight, for the keep-alive timeout.
     pub idle: ConnIdle,
+    /// The backend connection an HTTP/1 client keeps between requests.
+    pub affinity: Arc<Affinity<ReqBody>>,
     /// HTTP/2 responses in progress, for the send timeout (see
     /// [`ConnInfo::send_stalled`]).
     streams: Mutex<Vec<Arc<StreamClock>>>,
@@ -33,6 +37,7 @@ impl ConnInfo {
             tls,
             client: super::forward::headers::client_ip_value(peer.ip()),
             idle: ConnIdle::new(),
+            affinity: Arc::default(),
             streams: Mutex::new(Vec::new()),
             _slot: slot,
         }

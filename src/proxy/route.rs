@@ -1,7 +1,7 @@
 //! The runtime form of a route and the table of all of them, built once per
 //! config (and again on reload), then shared read-only by every request.
 
-use super::forward::client::{ClientCache, RouteClient};
+use super::forward::client::{Backends, ClientCache};
 use super::forward::Upstream;
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
@@ -31,7 +31,8 @@ pub struct Route {
     /// Access policies, wake rules and header rules; `None` when the
     /// route has none.
     pub access: Option<Arc<crate::access::RouteRules>>,
-    pub client: RouteClient,
+    /// How the route reaches its backends (TLS, timeouts).
+    pub backends: Backends,
     metrics: Arc<Metrics>,
     duration: Histogram,
     /// `drowsy_requests_total` per status code (100–599), created on first
@@ -58,6 +59,7 @@ pub enum RouteKind {
 pub struct GuestTarget {
     pub port: u16,
     pub scheme: Scheme,
+    backends: Backends,
     /// The upstream built for the guest's last known IP, reused while the IP
     /// stays the same so requests do not rebuild it.
     last: ArcSwapOption<(IpAddr, Upstream)>,
@@ -70,7 +72,8 @@ impl GuestTarget {
                 return Ok(last.1.clone());
             }
         }
-        let up = Upstream::new(self.scheme, &ip.to_string(), self.port, "")?;
+        // A new address gets a new pool: connections to the old one go.
+        let up = Upstream::new(&self.backends, self.scheme, &ip.to_string(), self.port, "")?;
         self.last.store(Some(Arc::new((ip, up.clone()))));
         Ok(up)
     }
@@ -84,8 +87,12 @@ impl Route {
         plan: Option<&Plan>,
         access: &crate::access::Engine,
     ) -> Result<Self, String> {
+        let backends = clients
+            .get(&settings.backend)
+            .map_err(|e| format!("route {}: {e}", settings.name))?;
         let kind = match &settings.target {
             Target::Backend { url } => RouteKind::Static(Upstream::new(
+                &backends,
                 url.scheme,
                 &url.host,
                 url.port,
@@ -94,13 +101,11 @@ impl Route {
             Target::Guest { port, scheme, .. } => RouteKind::Guest(GuestTarget {
                 port: *port,
                 scheme: *scheme,
+                backends: backends.clone(),
                 last: ArcSwapOption::empty(),
             }),
             Target::DependencyOnly { .. } => RouteKind::Dependency,
         };
-        let client = clients
-            .get(&settings.backend)
-            .map_err(|e| format!("route {}: {e}", settings.name))?;
         Ok(Route {
             name: settings.name.clone(),
             settings: settings.clone(),
@@ -108,7 +113,7 @@ impl Route {
             binding: plan.and_then(|p| p.binding(&settings.name)),
             hold: settings.sleep.as_ref().map(HoldPolicy::of),
             access: access.route(&settings.name),
-            client: RouteClient::new(client),
+            backends,
             duration: metrics
                 .request_duration_seconds
                 .get_or_create_owned(&RouteLabel {

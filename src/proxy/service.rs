@@ -221,25 +221,31 @@ async fn pass(
         if let Some(why) = outage(shared) {
             return Admit::Respond(refuse(route, Unavailable::internal(why)));
         }
-        bound = binding.settled(FIRST_POLL_WAIT).await;
+        bound = Box::pin(binding.settled(FIRST_POLL_WAIT)).await;
     }
     match &*bound {
         Bound::Guest {
             gate: Some(gate), ..
-        } => {
-            idle::admit(
-                gate,
-                &route.name,
-                &route.settings.no_wake,
-                route.hold.as_ref(),
-                req,
-                route
-                    .access
-                    .as_ref()
-                    .and_then(|a| a.wake.for_client(client)),
-            )
-            .await
-        }
+        } => match idle::admit_now(gate, &route.settings.no_wake, req) {
+            Ok(admitted) => admitted,
+            // Boxed: the waiting is rare, and its future would otherwise
+            // make every request's future large.
+            Err(guard) => {
+                Box::pin(idle::admit(
+                    gate,
+                    &route.name,
+                    &route.settings.no_wake,
+                    route.hold.as_ref(),
+                    req,
+                    route
+                        .access
+                        .as_ref()
+                        .and_then(|a| a.wake.for_client(client)),
+                    guard,
+                ))
+                .await
+            }
+        },
         Bound::Guest { id, gate: None } if guest_route => match guest_ip(shared, id) {
             Ok(ip) => Admit::Forward {
                 ip: Some(ip),
@@ -319,7 +325,8 @@ async fn dispatch(
         proto: if https { "https" } else { "http" },
         host,
     };
-    let (mut resp, granted) = match rules.admit(&mut req, &who).await {
+    // Boxed: only routes with policies pay for the policies' future.
+    let (mut resp, granted) = match Box::pin(rules.admit(&mut req, &who)).await {
         Ok(granted) => {
             let resp = forward_to(shared, route, from, req, host).await;
             (resp, Some(granted))
@@ -395,11 +402,10 @@ async fn forward_to(
             return pages::plain(StatusCode::NOT_FOUND, "this route has no backend")
         }
     };
-    let client = route.client.get(pool);
     let ctx = ForwardCtx {
         route: &route.name,
-        client: &client.1,
         upstream: &upstream,
+        epoch: pool,
         host,
         trusted,
         max_request_body: backend.max_request_body,

@@ -8,7 +8,8 @@ use std::net::IpAddr;
 /// non-standard `Keep-Alive` and `Proxy-Connection` that clients still send,
 /// and `HTTP2-Settings`, which belongs to an h2c upgrade (RFC 7540 §3.2.1)
 /// and is never forwarded even when `Connection` does not name it.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_COUNT: usize = 7;
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::PROXY_AUTHENTICATE,
@@ -59,39 +60,69 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// trailers` is kept: it says the client accepts trailers, which only the
 /// origin can act on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names is cheaper
-    // than a lookup per hop-by-hop name.
-    if !upgrade && !headers.keys().any(is_hop_by_hop_name) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+    // One pass over the names finds which of these are there (the first
+    // is `Connection`) (comparing
+    // names costs far less than a hashed lookup per name); most messages
+    // carry none, a response usually one (`Connection: keep-alive`).
+    let mut found = [false; HOP_COUNT];
+    let (mut any, mut has_upgrade, mut has_te) = (false, false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found[i] = true;
+            any = true;
+        } else if *name == header::UPGRADE {
+            has_upgrade = true;
+            any = true;
+        } else if *name == header::TE {
+            has_te = true;
+            any = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if !upgrade && !any {
+        return;
+    }
+    if found[0] {
+        remove_named_by_connection(headers, upgrade);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
         headers.remove(name);
     }
-    if !upgrade {
+    if !upgrade && has_upgrade {
         headers.remove(header::UPGRADE);
     }
-    strip_te(headers);
+    if has_te {
+        strip_te(headers);
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
-fn is_hop_by_hop_name(name: &HeaderName) -> bool {
-    *name == header::UPGRADE || *name == header::TE || HOP_BY_HOP.contains(name)
+/// Removes the fields `Connection` names. `keep-alive` and `close`, which
+/// nearly every backend sends, name nothing but the fixed `Keep-Alive`
+/// (removed anyway): they cost no allocation.
+fn remove_named_by_connection(headers: &mut HeaderMap, upgrade: bool) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            continue;
+        }
+        if upgrade && token.eq_ignore_ascii_case("upgrade") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 fn strip_te(headers: &mut HeaderMap) {
@@ -137,8 +168,8 @@ pub fn client_ip_value(peer: IpAddr) -> HeaderValue {
 /// `Forwarded`). A trusted peer is another proxy: its X-Forwarded-For is
 /// extended and its -Proto/-Host kept, since it saw the original request.
 /// An untrusted peer's values are replaced, so a client cannot forge
-/// its address or scheme. A client-sent `Forwarded` is dropped for the
-/// same reason when the peer is untrusted.
+/// its address or scheme (a client-sent `Forwarded` goes with
+/// [`scrub_client_headers`]).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
@@ -177,9 +208,6 @@ pub fn set_forwarded(
             }
         }
     }
-    if !trusted {
-        headers.remove(header::FORWARDED);
-    }
 }
 
 /// Client-address and front-end headers that some backends believe
@@ -217,8 +245,12 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// `X-Real-IP` with the real one. `client` is the peer's address as a
 /// header value.
 pub fn scrub_client_headers(headers: &mut HeaderMap, trusted: bool, client: &HeaderValue) {
-    let doomed =
-        |name: &HeaderName| name.as_str().contains('_') || (!trusted && is_spoofable(name));
+    // A client-sent `Forwarded` is dropped too: drowsy writes the
+    // X-Forwarded-* family in its place.
+    let doomed = |name: &HeaderName| {
+        name.as_str().contains('_')
+            || (!trusted && (*name == header::FORWARDED || is_spoofable(name)))
+    };
     // The common request carries none: one pass over the names, no allocation.
     if headers.keys().any(doomed) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
@@ -337,13 +369,9 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
         ]);
         let host = HeaderValue::from_static("wiki.home.arpa");
-        set_forwarded(
-            &mut h,
-            &client_ip_value("192.168.1.9".parse().unwrap()),
-            false,
-            "http",
-            Some(&host),
-        );
+        let client = client_ip_value("192.168.1.9".parse().unwrap());
+        scrub_client_headers(&mut h, false, &client);
+        set_forwarded(&mut h, &client, false, "http", Some(&host));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.168.1.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "wiki.home.arpa");

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod headers;
 mod upgrade;
+pub mod upstream;
 
 use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
 use super::conn::ConnInfo;
@@ -11,7 +12,7 @@ use super::pages;
 use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -21,69 +22,58 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use client::BackendClient;
+use upstream::{Pool, UpstreamError};
 
-/// Where a request goes: the backend's scheme and address and an optional
-/// path prefix, prepared once so building each request URI is cheap.
-#[derive(Clone, Debug)]
+/// Where a request goes: one backend address (with its pool of
+/// connections) and an optional path prefix, prepared once so building
+/// each request's target is cheap.
+#[derive(Clone)]
 pub struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    pub pool: Arc<Pool<ReqBody>>,
     /// Without a trailing slash; empty for none.
     pub path_prefix: Bytes,
 }
 
 impl Upstream {
     pub fn new(
+        backends: &client::Backends,
         scheme: crate::config::Scheme,
         host: &str,
         port: u16,
         path_prefix: &str,
     ) -> Result<Self, String> {
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        let authority: Authority = format!("{host}:{port}")
-            .parse()
-            .map_err(|e| format!("bad backend address {host}:{port}: {e}"))?;
         Ok(Upstream {
-            scheme: match scheme {
-                crate::config::Scheme::Http => Scheme::HTTP,
-                crate::config::Scheme::Https => Scheme::HTTPS,
-            },
-            authority,
+            pool: backends.pool(scheme, host, port)?,
             path_prefix: Bytes::copy_from_slice(path_prefix.as_bytes()),
         })
     }
 
-    fn uri(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+    /// The request target for the backend: origin-form (path and query),
+    /// under the prefix.
+    fn target(&self, incoming: &Uri) -> Result<Uri, http::Error> {
         let pq = incoming
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let pq = if self.path_prefix.is_empty() {
-            pq
-        } else {
-            let mut joined = Vec::with_capacity(self.path_prefix.len() + pq.as_str().len());
-            joined.extend_from_slice(&self.path_prefix);
-            joined.extend_from_slice(pq.as_str().as_bytes());
-            PathAndQuery::from_maybe_shared(Bytes::from(joined))?
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        if self.path_prefix.is_empty() {
+            return Ok(Uri::from(pq));
+        }
+        let mut joined = Vec::with_capacity(self.path_prefix.len() + pq.as_str().len());
+        joined.extend_from_slice(&self.path_prefix);
+        joined.extend_from_slice(pq.as_str().as_bytes());
+        Ok(Uri::from(PathAndQuery::from_maybe_shared(Bytes::from(
+            joined,
+        ))?))
     }
 }
 
 /// Per-route knobs the forwarder needs.
 pub struct ForwardCtx<'a> {
     pub route: &'a Arc<str>,
-    pub client: &'a BackendClient,
     pub upstream: &'a Upstream,
+    /// The guest's stop epoch (0 without a guest): connections pooled in an
+    /// earlier one are not reused.
+    pub epoch: u64,
     /// The host the client asked for, in normal form (Host and
     /// X-Forwarded-Host to the backend).
     pub host: &'a HeaderValue,
@@ -122,8 +112,10 @@ pub async fn forward(
             return pages::plain(StatusCode::BAD_REQUEST, "cannot forward this request");
         }
     };
-    let result = match exchange(ctx.client.request(outgoing), progress, ctx.response_timeout).await
-    {
+    // HTTP/1 clients keep their backend connection between requests.
+    let affinity = (version != Version::HTTP_2).then_some(&conn.affinity);
+    let sent = upstream::send(&ctx.upstream.pool, affinity, ctx.epoch, outgoing);
+    let result = match exchange(sent, progress, ctx.response_timeout).await {
         Some(r) => r,
         None => {
             let limit = ctx.response_timeout.unwrap_or_default();
@@ -137,7 +129,7 @@ pub async fn forward(
             );
         }
     };
-    let mut resp = match result {
+    let (mut resp, lease) = match result {
         Ok(r) => r,
         Err(e) => return backend_error(ctx.route, &e, version),
     };
@@ -145,6 +137,11 @@ pub async fn forward(
     match (switched, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            // The connection is the tunnel's now: drive it until it hands
+            // its stream over.
+            if let Some(driver) = lease.into_driver() {
+                ctx.upgrades.spawn(driver);
+            }
             upgrade::pipe(
                 ctx.upgrades,
                 upgrade::Tunnel {
@@ -169,7 +166,14 @@ pub async fn forward(
         }
         (false, _) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
-            let mut resp = resp.map(RespBody::stream);
+            let mut lease = Some(lease);
+            if resp.body().is_end_stream() {
+                // Nothing more arrives on it for this response.
+                if let Some(mut l) = lease.take() {
+                    l.finish();
+                }
+            }
+            let mut resp = resp.map(|body| RespBody::stream(body, lease));
             if let Some(hold) = hold {
                 resp.body_mut().set_hold(hold);
             }
@@ -244,7 +248,7 @@ fn prepare(
     for rule in ctx.request_headers {
         crate::access::apply(&mut parts.headers, rule);
     }
-    parts.uri = ctx.upstream.uri(&parts.uri)?;
+    parts.uri = ctx.upstream.target(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
         parts,
@@ -270,11 +274,7 @@ const CLIENT_CLOSED: u16 = 499;
 /// Maps a client error to the status a user expects: the client's own
 /// body problems (413 over the limit, 408 stalled, 400 malformed, 499
 /// aborted), 504 for a connect timeout, 502 for what the backend did.
-fn backend_error(
-    route: &str,
-    err: &hyper_util::client::legacy::Error,
-    version: Version,
-) -> Response<RespBody> {
+fn backend_error(route: &str, err: &UpstreamError, version: Version) -> Response<RespBody> {
     if let Some(body) = find_source::<ReqBodyError>(err) {
         tracing::debug!(route, error = %body, "the client's request body did not arrive");
         return match body {
@@ -298,25 +298,27 @@ fn backend_error(
             ),
         };
     }
-    let io = find_source::<std::io::Error>(err);
-    if err.is_connect() {
-        let why = io.map_or_else(|| err.to_string(), |e| e.to_string());
-        tracing::warn!(route, error = %why, "backend connection failed");
-        if io.is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
-            return pages::plain(
+    match err {
+        UpstreamError::ConnectTimeout => {
+            tracing::warn!(route, "timed out connecting to the backend");
+            pages::plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("route {route}: timed out connecting to the backend"),
-            );
+            )
         }
-        return pages::plain(
-            StatusCode::BAD_GATEWAY,
-            format!("route {route}: could not connect to the backend"),
-        );
+        UpstreamError::Connect(e) => {
+            tracing::warn!(route, error = %e, "backend connection failed");
+            pages::plain(
+                StatusCode::BAD_GATEWAY,
+                format!("route {route}: could not connect to the backend"),
+            )
+        }
+        UpstreamError::Http(e) => {
+            tracing::warn!(route, error = %e, "backend request failed");
+            pages::plain(
+                StatusCode::BAD_GATEWAY,
+                format!("route {route}: the backend failed"),
+            )
+        }
     }
-    let why = find_source::<hyper::Error>(err).map_or_else(|| err.to_string(), |e| e.to_string());
-    tracing::warn!(route, error = %why, "backend request failed");
-    pages::plain(
-        StatusCode::BAD_GATEWAY,
-        format!("route {route}: the backend failed"),
-    )
 }
