@@ -93,6 +93,8 @@ pub struct Metrics {
     pub cert_not_after_seconds: Family<CertNameLabel, Gauge>,
     pub cert_renewals_total: Family<ResultLabel, Counter>,
     pub acme_orders_total: Family<ResultLabel, Counter>,
+    /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
+    pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
 }
 
 impl Default for Metrics {
@@ -182,7 +184,12 @@ impl Metrics {
             "ACME orders (new certificates and renewals), by result",
             acme_orders_total.clone(),
         );
+        let guest_stats = Arc::new(crate::proxmox::stats::StatsBoard::default());
+        registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
+            guest_stats.clone(),
+        )));
         Metrics {
+            guest_stats,
             registry,
             cert_not_after_seconds,
             cert_renewals_total,

@@ -1,4 +1,5 @@
 //! Admin endpoints: health, metrics, status API.
 
+pub mod guest_metrics;
 pub mod metrics;
 pub mod server;

@@ -173,6 +173,9 @@ pub struct ClusterCache {
     /// Serializes writers; readers only load the snapshot.
     write: Mutex<()>,
     generation: watch::Sender<u64>,
+    /// Bumped on every change at all, usage figures included (those
+    /// change with nearly every poll of a running guest).
+    samples: watch::Sender<u64>,
     changes: broadcast::Sender<GuestChange>,
 }
 
@@ -198,6 +201,7 @@ impl ClusterCache {
             polled: Mutex::new(Vec::new()),
             write: Mutex::new(()),
             generation: watch::channel(0).0,
+            samples: watch::channel(0).0,
             changes: broadcast::channel(1024).0,
         }
     }
@@ -244,9 +248,16 @@ impl ClusterCache {
         Ok(unique(&r.key, found)?.cloned())
     }
 
-    /// Bumped on every change of any guest; `changed()` wakes watchers.
+    /// Bumped on every change of any guest (usage figures aside);
+    /// `changed()` wakes watchers.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Bumped whenever anything in the cache changed, usage figures (CPU,
+    /// memory, I/O counters) included.
+    pub fn samples(&self) -> watch::Receiver<u64> {
+        self.samples.subscribe()
     }
 
     /// Status changes (start/stop from outside included), as they are seen.
@@ -265,15 +276,19 @@ impl ClusterCache {
         let (mine, others): (Vec<&Guest>, Vec<&Guest>) =
             old.guests.iter().partition(|g| g.cluster == *cluster);
         let mine: Vec<Guest> = mine.into_iter().cloned().collect();
-        let new_mine = f(&mine);
-        if sorted(&new_mine) == mine {
+        let new_mine = sorted(&f(&mine));
+        if new_mine == mine {
             return;
         }
+        let identity_changed = !same_but_usage(&new_mine, &mine);
         let events = status_changes(cluster, &mine, &new_mine);
         let mut all: Vec<Guest> = others.into_iter().cloned().collect();
         all.extend(new_mine);
         self.snap.store(Arc::new(Snapshot::build(all)));
-        self.generation.send_modify(|g| *g += 1);
+        if identity_changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        self.samples.send_modify(|g| *g += 1);
         for e in events {
             // No receiver is fine: nobody listens yet.
             let _ = self.changes.send(e);
@@ -319,6 +334,17 @@ impl ClusterCache {
     }
 }
 
+/// Whether two lists differ at most in their usage figures, which change
+/// with every poll and must not look like a change of the guests.
+fn same_but_usage(a: &[Guest], b: &[Guest]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let mut x = x.clone();
+            x.usage = y.usage.clone();
+            x == *y
+        })
+}
+
 fn sorted(guests: &[Guest]) -> Vec<Guest> {
     let mut v = guests.to_vec();
     v.sort_by_key(|g| g.vmid);
@@ -359,6 +385,7 @@ mod tests {
             ips: ip.iter().map(|s| s.parse().unwrap()).collect(),
             template: false,
             ha: false,
+            usage: Default::default(),
         }
     }
 
@@ -495,6 +522,16 @@ mod tests {
         assert_eq!((first.old, first.new), (None, Some(GuestStatus::Running)));
         let second = events.try_recv().unwrap();
         assert_eq!(second.new, Some(GuestStatus::Stopped));
+        // New usage figures are stored, but are no change of the guests.
+        let samples = *c.samples().borrow();
+        c.update_cluster(&home, |old| {
+            let mut v = old.to_vec();
+            v[0].usage.netin = 4096;
+            v
+        });
+        assert_eq!(c.generation(), 2);
+        assert_eq!(*c.samples().borrow(), samples + 1);
+        assert_eq!(c.get("home", 105).unwrap().usage.netin, 4096);
         let g = c
             .set_ips(&home, 105, vec!["10.0.0.9".parse().unwrap()])
             .unwrap();

@@ -30,6 +30,7 @@ mod spec;
 mod state;
 mod tls;
 mod upid;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
