@@ -248,7 +248,7 @@ fn run(path: &Path) -> ExitCode {
 
 async fn serve(cfg: Config) -> ExitCode {
     let running = match Running::start(&cfg).await {
-        Ok(r) => std::sync::Arc::new(r),
+        Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;

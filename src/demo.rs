@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub struct Demo {
     pub sim: Sim,
-    pub running: Running,
+    pub running: std::sync::Arc<Running>,
     /// The generated config, for the curious.
     pub config_path: PathBuf,
 }

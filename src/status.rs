@@ -215,8 +215,12 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             let last_wake = r["last_wake_ms"]
                 .as_u64()
                 .map_or("-".into(), |ms| format!("{ms} ms"));
+            let route = match r["auto"].as_bool() {
+                Some(true) => format!("{name} (tag)"),
+                _ => name.clone(),
+            };
             rows.push([
-                name.clone(),
+                route,
                 host,
                 guest,
                 state,
@@ -238,15 +242,17 @@ mod tests {
         let v = serde_json::json!({
             "wiki": {"hosts": ["wiki.home.arpa"], "guest": "name \"wiki\"", "state": "running", "inflight": 2, "sleeps_at": 1090.0, "last_wake_ms": 1834, "listen": null},
             "mc": {"hosts": [], "listen": "0.0.0.0:25565", "guest": "vmid 130", "state": "stopped", "inflight": 0, "sleeps_at": null, "last_wake_ms": null},
+            "zz": {"hosts": ["zz.home.arpa"], "guest": "vmid 140", "auto": true, "state": "stopped", "inflight": 0},
         });
         let t = table(&v, 1000.0);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ROUTE  HOST"), "{t}");
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("ROUTE     HOST"), "{t}");
         assert!(
-            lines[1].starts_with("mc     tcp 0.0.0.0:25565  vmid 130   stopped  0"),
+            lines[1].starts_with("mc        tcp 0.0.0.0:25565  vmid 130   stopped  0"),
             "{t}"
         );
+        assert!(lines[3].starts_with("zz (tag)  zz.home.arpa"), "{t}");
         assert!(
             lines[2].contains("wiki.home.arpa")
                 && lines[2].contains("1m30s")

@@ -31,16 +31,63 @@ enum Kind {
 type Family = (&'static str, &'static str, Kind, fn(&GuestStats) -> f64);
 
 const FAMILIES: &[Family] = &[
-    ("guest_cpu_ratio", "Share of the guest's CPUs in use, as Proxmox last sampled it", Kind::Gauge, |s| s.cpu),
-    ("guest_cpus", "CPUs the guest may use", Kind::Gauge, |s| s.cpus),
-    ("guest_cpu_seconds", "CPU time the guest used while drowsy watched (CPU samples times the interval they cover)", Kind::Counter, |s| s.cpu_seconds),
-    ("guest_memory_bytes", "Memory the guest uses", Kind::Gauge, |s| s.mem as f64),
-    ("guest_memory_limit_bytes", "Memory the guest may use", Kind::Gauge, |s| s.maxmem as f64),
-    ("guest_network_receive_bytes", "Bytes received since the guest started", Kind::Counter, |s| s.netin as f64),
-    ("guest_network_transmit_bytes", "Bytes sent since the guest started", Kind::Counter, |s| s.netout as f64),
-    ("guest_disk_read_bytes", "Bytes read from disk since the guest started", Kind::Counter, |s| s.diskread as f64),
-    ("guest_disk_written_bytes", "Bytes written to disk since the guest started", Kind::Counter, |s| s.diskwrite as f64),
-    ("guest_uptime_seconds", "Seconds since the guest started (0 while stopped)", Kind::Gauge, |s| s.uptime as f64),
+    (
+        "guest_cpu_ratio",
+        "Share of the guest's CPUs in use, as Proxmox last sampled it",
+        Kind::Gauge,
+        |s| s.cpu,
+    ),
+    ("guest_cpus", "CPUs the guest may use", Kind::Gauge, |s| {
+        s.cpus
+    }),
+    (
+        "guest_cpu_seconds",
+        "CPU time the guest used while drowsy watched (CPU samples times the interval they cover)",
+        Kind::Counter,
+        |s| s.cpu_seconds,
+    ),
+    (
+        "guest_memory_bytes",
+        "Memory the guest uses",
+        Kind::Gauge,
+        |s| s.mem as f64,
+    ),
+    (
+        "guest_memory_limit_bytes",
+        "Memory the guest may use",
+        Kind::Gauge,
+        |s| s.maxmem as f64,
+    ),
+    (
+        "guest_network_receive_bytes",
+        "Bytes received since the guest started",
+        Kind::Counter,
+        |s| s.netin as f64,
+    ),
+    (
+        "guest_network_transmit_bytes",
+        "Bytes sent since the guest started",
+        Kind::Counter,
+        |s| s.netout as f64,
+    ),
+    (
+        "guest_disk_read_bytes",
+        "Bytes read from disk since the guest started",
+        Kind::Counter,
+        |s| s.diskread as f64,
+    ),
+    (
+        "guest_disk_written_bytes",
+        "Bytes written to disk since the guest started",
+        Kind::Counter,
+        |s| s.diskwrite as f64,
+    ),
+    (
+        "guest_uptime_seconds",
+        "Seconds since the guest started (0 while stopped)",
+        Kind::Gauge,
+        |s| s.uptime as f64,
+    ),
 ];
 
 impl Collector for GuestMetrics {

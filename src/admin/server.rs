@@ -206,6 +206,7 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             "target": s.describe_target(),
             "guest": s.target.guest().map(|g| g.key.to_string()),
+            "auto": s.auto,
             "listen": s.tcp_listen.map(|a| a.to_string()),
             "sleeps": false,
             "state": serde_json::Value::Null,
@@ -217,6 +218,9 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             "last_wake_ms": serde_json::Value::Null,
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
+            "wake_p50_ms": serde_json::Value::Null,
+            "wake_p95_ms": serde_json::Value::Null,
+            "asleep_share_24h": serde_json::Value::Null,
         });
         if let Some(gate) = route.binding.as_ref().and_then(|b| b.gate()) {
             let g = gate.snapshot();
@@ -230,6 +234,10 @@ fn routes_json(state: &AdminState) -> serde_json::Value {
             v["last_wake_ms"] = g.last_wake_ms.into();
             v["address"] = g.address.map(|a| a.to_string()).into();
             v["error"] = g.last_error.into();
+            let h = gate.history_view();
+            v["wake_p50_ms"] = h.wake_p50_ms.into();
+            v["wake_p95_ms"] = h.wake_p95_ms.into();
+            v["asleep_share_24h"] = h.asleep_share.into();
         }
         out.insert(route.name.to_string(), v);
     }

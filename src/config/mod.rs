@@ -2,6 +2,7 @@
 //! validation with `file:line:col` errors, and conversion into the typed
 //! runtime settings of [`runtime`].
 
+mod auto;
 mod error;
 mod expand;
 mod locate;
@@ -13,7 +14,9 @@ mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use runtime::*;
-pub use validate::{decode_hmac_key, parse_host_pattern, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use validate::{
+    decode_hmac_key, is_pve_tag, parse_host_pattern, DEFAULT_TAG, LETSENCRYPT, LETSENCRYPT_STAGING,
+};
 pub use values::{parse_duration, parse_size};
 
 use std::path::Path;

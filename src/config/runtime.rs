@@ -48,6 +48,26 @@ pub struct Config {
     pub watch: bool,
     /// Automatic certificates (`acme:`), when configured.
     pub acme: Option<AcmeSettings>,
+    /// Routes from Proxmox tags (`auto_routes:`), when configured.
+    pub auto_routes: Option<AutoRoutes>,
+}
+
+/// `auto_routes:` (DESIGN.md §12), validated: which guests get a route,
+/// and what every such route starts from.
+#[derive(Clone, Debug)]
+pub struct AutoRoutes {
+    /// The opt-in tag, lowercase.
+    pub tag: String,
+    /// Hosts are `<guest name>.<domain>`.
+    pub domain: String,
+    /// Unless the guest has a `port-NNNN` tag.
+    pub port: u16,
+    /// Unless the guest has an `https` tag.
+    pub scheme: Scheme,
+    /// Sleep, backend and `no_wake` settings of every auto route (from
+    /// `auto_routes`, else `defaults`); name, hosts and target are
+    /// placeholders filled in per guest.
+    pub template: RouteSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +231,9 @@ pub struct RouteSettings {
     pub sleep: Option<SleepSettings>,
     pub depends_on: Vec<Arc<str>>,
     pub no_wake: NoWake,
+    /// Made from a Proxmox tag (`auto_routes`) rather than written in the
+    /// file.
+    pub auto: bool,
 }
 
 impl RouteSettings {

@@ -24,6 +24,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub watch: bool,
     pub acme: Option<RawAcme>,
+    pub auto_routes: Option<super::auto::RawAutoRoutes>,
 }
 
 #[derive(Debug, Default, Deserialize)]

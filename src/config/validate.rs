@@ -23,7 +23,9 @@ macro_rules! path {
 }
 
 mod acme;
+mod auto;
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use auto::{is_pve_tag, DEFAULT_TAG};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_CLUSTER_NAME: &str = "pve";
@@ -100,9 +102,14 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
         .and_then(|a| acme::acme(&mut ctx, a, &listen, base));
     let proxmox = clusters(&mut ctx, &raw.proxmox, base);
     let routes = routes(&mut ctx, &raw, &proxmox, base);
+    let auto_routes = raw
+        .auto_routes
+        .as_ref()
+        .and_then(|a| auto::auto_routes(&mut ctx, a, &raw.defaults, &proxmox, base));
     if listen.http.is_none()
         && listen.https.is_none()
         && !routes.iter().any(|r| r.tcp_listen.is_some())
+        && auto_routes.is_none()
     {
         ctx.err(
             &path!["listen"],
@@ -119,6 +126,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             routes,
             watch: raw.watch,
             acme,
+            auto_routes,
         })
     } else {
         Err(ConfigErrors(ctx.errors))
@@ -600,6 +608,7 @@ fn routes(
             sleep,
             depends_on,
             no_wake: no_wake(ctx, &at, r),
+            auto: false,
         });
     }
     check_cycles(ctx, &out);

@@ -6,6 +6,7 @@
 
 use super::activity::{Activity, UseGuard};
 use super::fence;
+use super::history::{History, HistoryView};
 use super::state::{GuestState, Phase};
 use super::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::admin::metrics::{Metrics, RouteLabel, RouteResultLabel, RouteStateLabel, WakeResult};
@@ -190,6 +191,8 @@ pub struct Gate {
     pub(super) turns: AtomicU64,
     pub(super) deps: ArcSwap<Vec<Arc<Gate>>>,
     pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
+    /// Past wake times and sleep spans (dashboard, loading page).
+    history: Mutex<History>,
 }
 
 impl Gate {
@@ -237,6 +240,7 @@ impl Gate {
             turns: AtomicU64::new(0),
             deps: ArcSwap::from_pointee(Vec::new()),
             dependents: ArcSwap::from_pointee(Vec::new()),
+            history: Mutex::new(History::default()),
         });
         (gate, rx)
     }
@@ -308,6 +312,7 @@ impl Gate {
         let (Some(was), Some(s)) = (was, state) else {
             return;
         };
+        self.history().mark(s.is_asleep(), Instant::now());
         self.label.load().metrics.show_state(s);
         if was.is_awake() && !s.is_awake() {
             // Dependencies wait for their dependents to sleep: tell them.
@@ -336,6 +341,7 @@ impl Gate {
     /// A wake begins: a new attempt, `starting`, announced before the
     /// dependencies are read (the dependency fence).
     pub(super) fn begin_wake(&self) {
+        self.history().begin_wake(Instant::now());
         self.transition(Some(GuestState::Starting), |sig| {
             sig.attempt += 1;
             sig.phase = Phase::Starting;
@@ -344,6 +350,7 @@ impl Gate {
 
     /// The current wake failed; the guest is left in `state`.
     pub(super) fn fail(&self, why: &Arc<str>, state: GuestState) {
+        self.history().end_wake();
         if let Ok(mut stats) = self.stats.lock() {
             stats.last_error = Some((Instant::now(), why.clone()));
         }
@@ -353,8 +360,24 @@ impl Gate {
         });
     }
 
+    /// A wake of drowsy's took `ms` (for the percentiles).
+    pub(super) fn record_wake(&self, ms: u64) {
+        self.history().record_wake(ms);
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake percentiles, the asleep share of the last day, and how long
+    /// the wake under way has taken.
+    pub fn history_view(&self) -> HistoryView {
+        self.history().view(Instant::now())
+    }
+
     /// The wake succeeded.
     pub(super) fn ready_now(&self, ms: u64) {
+        self.history().end_wake();
         self.transition(Some(GuestState::Running), |sig| {
             sig.phase = Phase::Ready { ms };
         });

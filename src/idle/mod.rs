@@ -11,6 +11,7 @@ pub mod admit;
 pub mod binding;
 mod fence;
 pub mod gate;
+pub mod history;
 mod owner;
 pub mod page;
 mod probe;

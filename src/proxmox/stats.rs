@@ -303,7 +303,7 @@ mod tests {
         let cache = crate::proxmox::ClusterCache::new();
         let board = StatsBoard::default();
         let home: Arc<str> = Arc::from("home");
-        let mut feed = |u: Usage, status: GuestStatus| {
+        let feed = |u: Usage, status: GuestStatus| {
             cache.update_cluster(&home, |_| vec![guest(u, status)]);
             board.observe(&cache.snapshot());
             board.get("home", 105).unwrap()

@@ -269,8 +269,15 @@ mod tests {
         assert!((u.cpu - 0.0523).abs() < 1e-9 && u.maxcpu == 4.0);
         assert_eq!((u.mem, u.maxmem), (1 << 30, 4 << 30));
         assert_eq!((u.netin, u.netout), (1234, 5678));
-        assert_eq!((u.diskread, u.diskwrite, u.uptime), (1_500_000_000, 0, 3600));
-        let g = Guest::from_resource(&c, &json!({"type":"lxc","vmid":201,"node":"pve1","cpu":"x"})).unwrap();
+        assert_eq!(
+            (u.diskread, u.diskwrite, u.uptime),
+            (1_500_000_000, 0, 3600)
+        );
+        let g = Guest::from_resource(
+            &c,
+            &json!({"type":"lxc","vmid":201,"node":"pve1","cpu":"x"}),
+        )
+        .unwrap();
         assert_eq!(g.usage, Usage::default());
     }
 

@@ -1,5 +1,6 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
+pub mod auto;
 pub mod body;
 pub mod conn;
 pub mod forward;

@@ -246,6 +246,20 @@ impl Sim {
             .with_guest(vmid, |g| g.spec.fail_start = msg.map(str::to_string));
     }
 
+    /// Replaces a guest's tags, as an edit in the web UI would (seen in
+    /// `/cluster/resources` from its next refresh on).
+    pub fn set_tags(&self, vmid: u32, tags: &[&str]) {
+        self.shared.with_guest(vmid, |g| {
+            g.spec.tags = tags.iter().map(|t| t.to_string()).collect()
+        });
+    }
+
+    /// Renames a guest (its hostname / VM name).
+    pub fn set_name(&self, vmid: u32, name: &str) {
+        self.shared
+            .with_guest(vmid, |g| g.spec.name = name.to_string());
+    }
+
     /// Hard-stops a guest from outside drowsy.
     pub fn stop_guest_outside(&self, vmid: u32) {
         if self.shared.with_guest(vmid, |g| g.power != Power::Stopped) == Some(true) {

@@ -258,7 +258,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<TestBody> {
 
 /// drowsy running in this process from a YAML config written to a temp dir.
 pub struct Drowsy {
-    pub running: Running,
+    pub running: Arc<Running>,
     pub dir: tempfile::TempDir,
 }
 
