@@ -49,6 +49,19 @@ pub enum Command {
     Health(AdminArg),
     /// Print the certificates of a running drowsy: names, issuer, expiry, next renewal, last error.
     Certs(AdminArg),
+    /// Like `docker stats`: CPU, memory, network and disk I/O of every guest, refreshed each poll.
+    Stats(StatsArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatsArgs {
+    /// Only the guest of this route.
+    pub route: Option<String>,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub no_stream: bool,
+    #[command(flatten)]
+    pub admin: AdminArg,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -86,7 +99,11 @@ pub fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run(cli.config));
     if !matches!(
         command,
-        Command::Check(_) | Command::Status(_) | Command::Health(_) | Command::Certs(_)
+        Command::Check(_)
+            | Command::Status(_)
+            | Command::Health(_)
+            | Command::Certs(_)
+            | Command::Stats(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -100,6 +117,11 @@ pub fn main() -> ExitCode {
         Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
         Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
         Command::Certs(arg) => block_on(crate::status::certs(&arg.admin)),
+        Command::Stats(args) => block_on(crate::stats::stats(
+            &args.admin.admin,
+            args.route.as_deref(),
+            !args.no_stream,
+        )),
         Command::Run(arg) => run(&arg.config),
     }
 }
@@ -166,6 +188,20 @@ pub fn summary(cfg: &Config) -> String {
             (None, _) => String::new(),
         };
         out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
+    }
+    if let Some(a) = &cfg.auto_routes {
+        let sleep = match a.template.sleep.as_ref().map(|s| s.idle_timeout) {
+            Some(Some(t)) => format!(", sleeps after {}", humantime::format_duration(t)),
+            Some(None) => ", never sleeps".to_string(),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "auto routes: guests tagged `{}` -> <name>.{} port {} ({}; tags port-NNNN and https change them){sleep}\n",
+            a.tag,
+            a.domain,
+            a.port,
+            a.scheme.as_str()
+        ));
     }
     out.push_str(&crate::acme::names::summary(cfg));
     out

@@ -18,5 +18,6 @@ pub mod logging;
 pub mod proxmox;
 pub mod proxy;
 pub mod sim;
+pub mod stats;
 pub mod status;
 pub mod tls_trust;

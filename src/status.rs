@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn fetch(url: &str) -> Result<(http::StatusCode, Bytes), String> {
+pub(crate) async fn fetch(url: &str) -> Result<(http::StatusCode, Bytes), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("bad admin URL {url}: {e}"))?;
@@ -80,14 +80,14 @@ pub async fn certs(admin: &str) -> ExitCode {
     show(admin, "/api/certs", "certs", certs_table).await
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
 
-fn short_duration(secs: f64) -> String {
+pub(crate) fn short_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     match s {
         0..=59 => format!("{s}s"),
@@ -97,7 +97,7 @@ fn short_duration(secs: f64) -> String {
 }
 
 /// Rows as columns padded to the widest cell.
-fn aligned<const N: usize>(rows: Vec<[String; N]>) -> String {
+pub(crate) fn aligned<const N: usize>(rows: Vec<[String; N]>) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();

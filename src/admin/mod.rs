@@ -3,3 +3,4 @@
 pub mod guest_metrics;
 pub mod metrics;
 pub mod server;
+pub mod stats_api;

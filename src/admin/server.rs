@@ -75,9 +75,11 @@ async fn handle(
         (&Method::GET, "/api/guests") => json(&guests(&state)),
         (&Method::GET, "/api/routes") => json(&routes_json(&state)),
         (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
-        (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs") => {
-            pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
-        }
+        (&Method::GET, "/api/stats") => json(&super::stats_api::stats_json(&state)),
+        (
+            _,
+            "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs" | "/api/stats",
+        ) => pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (method, path) => match control_target(path) {
             Some(_) if method != Method::POST => {
                 pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use POST")

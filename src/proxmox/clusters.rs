@@ -15,6 +15,8 @@ pub struct Clusters {
     clusters: Vec<Cluster>,
     /// Ends the task that keeps the guest statistics current.
     stop: tokio_util::sync::CancellationToken,
+    /// The shortest `poll_interval`: how often new figures can appear.
+    pub poll_interval: std::time::Duration,
 }
 
 struct Cluster {
@@ -45,10 +47,17 @@ impl Clusters {
             metrics.guest_stats.clone(),
             stop.clone(),
         ));
+        let poll_interval = config
+            .proxmox
+            .iter()
+            .map(|p| p.poll_interval)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(3));
         let me = Clusters {
             cache,
             clusters,
             stop,
+            poll_interval,
         };
         me.set_needed(config);
         Ok(me)
