@@ -51,6 +51,25 @@ pub enum Command {
     Certs(AdminArg),
     /// Like `docker stats`: CPU, memory, network and disk I/O of every guest, refreshed each poll.
     Stats(StatsArgs),
+    /// The journal of a route's guest (LXC through the node's terminal, QEMU through its guest agent).
+    Logs(LogsArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The route whose guest's journal to show.
+    pub route: String,
+    /// Keep printing new lines.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub lines: Option<u32>,
+    /// Only this systemd unit.
+    #[arg(short = 'u', long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArg,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -104,6 +123,7 @@ pub fn main() -> ExitCode {
             | Command::Health(_)
             | Command::Certs(_)
             | Command::Stats(_)
+            | Command::Logs(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -117,6 +137,13 @@ pub fn main() -> ExitCode {
         Command::Status(arg) => block_on(crate::status::status(&arg.admin)),
         Command::Health(arg) => block_on(crate::status::health(&arg.admin)),
         Command::Certs(arg) => block_on(crate::status::certs(&arg.admin)),
+        Command::Logs(args) => block_on(crate::logs::logs(
+            &args.admin.admin,
+            &args.route,
+            args.lines,
+            args.unit.as_deref(),
+            args.follow,
+        )),
         Command::Stats(args) => block_on(crate::stats::stats(
             &args.admin.admin,
             args.route.as_deref(),

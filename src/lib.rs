@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod idle;
 pub mod logging;
+pub mod logs;
 pub mod proxmox;
 pub mod proxy;
 pub mod sim;

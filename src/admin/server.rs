@@ -80,6 +80,12 @@ async fn handle(
             _,
             "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs" | "/api/stats",
         ) => pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::GET, path) if super::logs_api::target(path).is_some() => {
+            let name = super::logs_api::target(path)
+                .unwrap_or_default()
+                .to_string();
+            super::logs_api::logs(&state, &name, req.uri().query()).await
+        }
         (method, path) => match control_target(path) {
             Some(_) if method != Method::POST => {
                 pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use POST")
@@ -130,7 +136,7 @@ fn control_target(path: &str) -> Option<(&str, &str)> {
     (matches!(action, "wake" | "sleep") && !name.is_empty()).then_some((name, action))
 }
 
-fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
+pub(crate) fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
     state
         .proxy
         .table

@@ -12,7 +12,7 @@ use super::auth::Principal;
 use super::spec::{format_mac, guest_mac, link_local};
 use super::state::{lock, Guest, Power, Shared, Snapshot};
 use super::usage::{self, max_cpu};
-use super::{actions, GuestKind};
+use super::{actions, agent, termproxy, GuestKind};
 
 /// The version the simulator claims to be.
 const VERSION: &str = "9.0.3";
@@ -68,7 +68,37 @@ pub(crate) fn call(
             locate(shared, &node, GuestKind::Qemu, vmid)?;
             guest_view(shared, vmid, agent_interfaces)?
         }
+        Route::AgentExec { node, vmid } => {
+            let vmid = agent_exec_allowed(shared, who, &node, &vmid)?;
+            agent::exec(shared, vmid, params)
+        }
+        Route::AgentExecStatus { node, vmid } => {
+            let vmid = agent_exec_allowed(shared, who, &node, &vmid)?;
+            agent::status(shared, vmid, params)
+        }
+        Route::TermProxy { node } => termproxy::open(shared, who, &node, params),
+        // Answered with an upgrade before it gets here.
+        Route::VncWebsocket { .. } => Err(ApiError::Server("websocket upgrade required".into())),
     }
+}
+
+/// Running commands in a VM: PVE 9 checks VM.GuestAgent.Unrestricted,
+/// PVE 8 VM.Monitor.
+fn agent_exec_allowed(
+    shared: &Shared,
+    who: &Principal,
+    node: &str,
+    vmid: &str,
+) -> Result<u32, ApiError> {
+    let vmid = check_vmid(vmid)?;
+    require(
+        shared,
+        who,
+        &format!("/vms/{vmid}"),
+        &["VM.GuestAgent.Unrestricted", "VM.Monitor"],
+    )?;
+    locate(shared, node, GuestKind::Qemu, vmid)?;
+    Ok(vmid)
 }
 
 /// Validates the vmid, checks `privilege` on it and that the guest lives

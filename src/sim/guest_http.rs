@@ -39,6 +39,8 @@ pub(crate) struct Identity {
     pub frozen: std::sync::Mutex<Vec<std::net::TcpStream>>,
     /// Requests served and their sizes (the network counters).
     pub traffic: super::usage::Traffic,
+    /// The guest's systemd journal (`pct exec .. journalctl`).
+    pub journal: super::journal::Journal,
 }
 
 impl Identity {
@@ -48,6 +50,7 @@ impl Identity {
             vmid,
             frozen: std::sync::Mutex::new(Vec::new()),
             traffic: Default::default(),
+            journal: Default::default(),
         }
     }
 }
@@ -194,6 +197,11 @@ async fn route(
     token: CancellationToken,
 ) -> Response<Body> {
     let bytes_in = request_size(&req);
+    let line = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
     let resp = match req.uri().path() {
         "/ws" if is_websocket(&req) => websocket(req, token),
         "/slow" => slow(
@@ -205,6 +213,12 @@ async fn route(
     };
     let bytes_out = 160 + http_body::Body::size_hint(resp.body()).lower();
     identity.traffic.record(bytes_in, bytes_out);
+    identity.journal.add(
+        super::journal::WEB_UNIT,
+        "web",
+        97,
+        &format!("{line} {}", resp.status().as_u16()),
+    );
     resp
 }
 

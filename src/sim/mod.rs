@@ -20,14 +20,17 @@
 //!   an empty body and the reason only in the status line.
 
 mod actions;
+mod agent;
 mod api;
 mod auth;
 mod cli;
 mod endpoints;
 mod guest_http;
+mod journal;
 mod power;
 mod spec;
 mod state;
+mod termproxy;
 mod tls;
 mod upid;
 mod usage;
@@ -53,6 +56,20 @@ pub const TOKEN_SECRET: &str = "5f1c9a2e-7b3d-4e8f-9a6b-0c2d4e6f8a1b";
 /// The user every simulator accepts for ticket login.
 pub const USERNAME: &str = "drowsy@pve";
 pub const PASSWORD: &str = "sleepy-guests";
+/// The superuser: the only one the node's terminal gives a shell.
+pub use termproxy::ROOT_USER;
+pub const ROOT_PASSWORD: &str = "root-of-all-guests";
+/// Everything root@pam may do (it may do anything).
+const ROOT_PRIVILEGES: [&str; 8] = [
+    "VM.Audit",
+    "VM.PowerMgmt",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Modify",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Monitor",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -154,6 +171,8 @@ impl Sim {
         let mut auth = auth::AuthState::new(opts.ticket_lifetime);
         auth.add_token(TOKEN_ID, TOKEN_SECRET);
         auth.add_user(USERNAME, PASSWORD);
+        auth.add_user(ROOT_USER, ROOT_PASSWORD);
+        auth.set_privileges(ROOT_USER, &ROOT_PRIVILEGES);
         let shared = Arc::new(Shared {
             nodes: Mutex::new(opts.nodes.clone()),
             knobs: Mutex::new(Knobs {
@@ -167,6 +186,8 @@ impl Sim {
             counters: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Vec::new()),
             snapshot: Mutex::new(None),
+            consoles: Mutex::new(Default::default()),
+            execs: Mutex::new(Default::default()),
             cancel: CancellationToken::new(),
             runtime: tokio::runtime::Handle::current(),
         });

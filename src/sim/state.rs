@@ -93,6 +93,7 @@ impl Guest {
         self.power = Power::Running;
         self.up_since = Some(Instant::now());
         self.boot_traffic = self.identity.traffic.totals();
+        self.identity.journal.boot();
         if self.ip.is_none() {
             self.ip = Some(self.spec.effective_ip());
         }
@@ -147,6 +148,10 @@ pub(crate) struct Shared {
     pub counters: Mutex<BTreeMap<String, u64>>,
     pub faults: Mutex<Vec<ActiveFault>>,
     pub snapshot: Mutex<Option<Snapshot>>,
+    /// Terminals handed out by `termproxy`, waiting for their WebSocket.
+    pub consoles: Mutex<super::termproxy::Consoles>,
+    /// Guest-agent commands run, for `exec-status`.
+    pub execs: Mutex<super::agent::Execs>,
     /// Cancelled when the simulator shuts down; parent of every guest's token.
     pub cancel: CancellationToken,
     pub runtime: Handle,
