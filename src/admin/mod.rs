@@ -1,5 +1,6 @@
 //! Admin endpoints: health, metrics, status API.
 
+pub mod dashboard;
 pub mod guest_metrics;
 pub mod logs_api;
 pub mod metrics;

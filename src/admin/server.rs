@@ -76,6 +76,14 @@ async fn handle(
         (&Method::GET, "/api/routes") => json(&routes_json(&state)),
         (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
         (&Method::GET, "/api/stats") => json(&super::stats_api::stats_json(&state)),
+        (&Method::GET, "/") => super::dashboard::page(&state),
+        (&Method::GET, "/dashboard/events") => super::dashboard::events(state.clone()),
+        (&Method::GET, path) if path.starts_with("/logs/") => {
+            match find_route(&state, &path["/logs/".len()..]) {
+                Some(route) => super::dashboard::logs_page(&route.name),
+                None => pages::plain(StatusCode::NOT_FOUND, "no such route"),
+            }
+        }
         (
             _,
             "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs" | "/api/stats",

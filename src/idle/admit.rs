@@ -138,7 +138,15 @@ pub async fn admit<B>(
     if wants_loading_page(policy.loading_page, req) {
         drop(guard);
         gate.request_wake();
-        return Admit::Respond(Box::new(loading(route, gate.backoff_error().as_deref())));
+        let history = gate.history_view();
+        let error = gate.backoff_error();
+        return Admit::Respond(Box::new(loading(&page::Loading {
+            route,
+            error: error.as_deref(),
+            usual_ms: history.wake_p50_ms,
+            elapsed_ms: history.waking_for_ms.unwrap_or(0),
+            asleep_only: false,
+        })));
     }
     let Some(_slot) = gate.try_hold(policy.max_held_requests) else {
         return Admit::Respond(Box::new(pages::unavailable(
@@ -172,8 +180,8 @@ pub async fn admit<B>(
 }
 
 /// 503 with the loading page: nothing caches or indexes it.
-fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(page::loading_page(route, error)));
+pub fn loading(view: &page::Loading) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(page::render(view)));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let h = resp.headers_mut();
     h.insert(
