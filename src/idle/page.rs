@@ -112,7 +112,7 @@ h1{{font-size:1.4rem;font-weight:600}}
   var retry=document.getElementById('retry'),spin=document.getElementById('spin');
   var timing=document.getElementById('timing'),usual=main.getAttribute('data-usual');
   var since=Date.now()-Number(main.getAttribute('data-elapsed-ms')||0),timer;
-  function showTime(){{var s=Math.floor((Date.now()-since)/1000);timing.textContent=s+' s'+(usual?' · '+usual:'');}}
+  function showTime(){{var s=Math.floor((Date.now()-since)/1000);timing.textContent=s+' s so far'+(usual?' · '+usual:'');}}
   function step(t){{var li=document.createElement('li');li.textContent=t;steps.appendChild(li);status.textContent=t;}}
   function fail(t){{spin.hidden=true;status.textContent=t;retry.hidden=false;clearInterval(timer);
     document.getElementById('heading').textContent='Could not wake';
