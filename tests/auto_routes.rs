@@ -130,10 +130,7 @@ async fn a_tag_adds_and_removes_a_route_on_the_next_poll_without_extra_calls() {
             "a tag change made the call {endpoint}"
         );
     }
-    assert_eq!(
-        d.running.gates().expect("gates").binding("media").is_some(),
-        true
-    );
+    assert!(d.running.gates().expect("gates").binding("media").is_some());
     assert!(*d.running.reloads().borrow() > reloads_before);
 
     // Taking the tag away removes the route; the other one stays.

@@ -172,8 +172,7 @@ pub(crate) enum Input {
 /// framing); an incomplete one stays for the next read.
 pub(crate) fn unframe(buf: &mut Vec<u8>) -> Vec<Input> {
     let mut out = Vec::new();
-    loop {
-        let Some(&kind) = buf.first() else { break };
+    while let Some(&kind) = buf.first() {
         match kind {
             b'0' => {
                 let Some((len, start)) = number_after(buf, 2) else {
