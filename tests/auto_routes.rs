@@ -8,11 +8,8 @@ mod common;
 use common::*;
 use drowsy::idle::GuestState;
 use drowsy::sim::GuestSpec;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use std::sync::Arc;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 fn config(env: &SimEnv, auto: &str, routes: &str) -> String {
     format!(
@@ -249,28 +246,6 @@ async fn routes_in_the_file_win_over_tags_for_the_same_guest_host_or_name() {
         json_of(&get(d.http(), "wiki.home.arpa", "/").await.2)["vmid"],
         105
     );
-}
-
-async fn ws_connect(d: &Drowsy, host: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let stream = TcpStream::connect(d.http()).await.expect("connect");
-    tokio::time::timeout(
-        DEADLINE,
-        tokio_tungstenite::client_async(format!("ws://{host}/ws"), stream),
-    )
-    .await
-    .expect("deadline")
-    .expect("websocket handshake")
-    .0
-}
-
-async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
-    ws.send(Message::text(text)).await.expect("send");
-    let echo = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .expect("deadline")
-        .expect("socket open")
-        .expect("message");
-    assert_eq!(echo.into_text().expect("text").as_str(), text);
 }
 
 #[tokio::test]

@@ -148,7 +148,10 @@ fn the_example_config_is_valid() {
     let (code, out, err) = check(&example, &[("PVE_TOKEN_SECRET", "x")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("route wiki: wiki.home.arpa"), "{out}");
-    assert!(out.contains("auto routes: guests tagged `drowsy` -> <name>.home.arpa port 80"), "{out}");
+    assert!(
+        out.contains("auto routes: guests tagged `drowsy` -> <name>.home.arpa port 80"),
+        "{out}"
+    );
 }
 
 const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";

@@ -143,17 +143,18 @@ async fn stats_come_from_the_poll_and_show_in_the_api_metrics_and_cli() {
     );
 
     // The command prints the same, one table.
-    let out = Command::new(env!("CARGO_BIN_EXE_drowsy"))
-        .args([
-            "stats",
-            "--no-stream",
-            "--admin",
-            &format!("http://{admin}"),
-            "wiki",
-        ])
-        .output()
-        .await
-        .expect("run drowsy stats");
+    let stats_of = |route: &'static str| {
+        Command::new(env!("CARGO_BIN_EXE_drowsy"))
+            .args([
+                "stats",
+                "--no-stream",
+                "--admin",
+                &format!("http://{admin}"),
+                route,
+            ])
+            .output()
+    };
+    let out = stats_of("wiki").await.expect("run drowsy stats");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -174,17 +175,7 @@ async fn stats_come_from_the_poll_and_show_in_the_api_metrics_and_cli() {
         lines[1].contains("MiB / 512.0MiB") && lines[1].contains("KiB"),
         "{stdout}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_drowsy"))
-        .args([
-            "stats",
-            "--no-stream",
-            "--admin",
-            &format!("http://{admin}"),
-            "nope",
-        ])
-        .output()
-        .await
-        .expect("run drowsy stats");
+    let out = stats_of("nope").await.expect("run drowsy stats");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no guest of route nope"));
 }

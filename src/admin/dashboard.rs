@@ -359,11 +359,7 @@ pub fn events(state: Arc<AdminState>) -> Response<RespBody> {
             }
         }
     });
-    let mut resp = Response::new(RespBody::channel(rx));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    super::server::event_stream(rx)
 }
 
 #[cfg(test)]

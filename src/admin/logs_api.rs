@@ -7,7 +7,6 @@ use crate::proxmox::logs::{self, LogsRequest};
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -134,11 +133,7 @@ pub async fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Respon
         };
         let _ = tx.send(last).await;
     });
-    let mut resp = Response::new(RespBody::channel(rx));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    super::server::event_stream(rx)
 }
 
 #[cfg(test)]

@@ -105,6 +105,18 @@ async fn handle(
     Ok(resp)
 }
 
+/// A response of server-sent events from `rx`, never cached.
+pub(crate) fn event_stream(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::channel(rx));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 fn json(value: &serde_json::Value) -> Response<RespBody> {
     let mut resp = Response::new(RespBody::full(value.to_string()));
     resp.headers_mut()
