@@ -34,15 +34,26 @@ pub enum LookupError {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     guests: Vec<Guest>,
+    index: Arc<Index>,
+}
+
+/// Positions in the guest list by vmid, name and IP. Shared by snapshots
+/// that differ only in usage figures (the positions are the same).
+#[derive(Debug, Default)]
+struct Index {
     by_vmid: HashMap<u32, Vec<usize>>,
     by_name: HashMap<String, Vec<usize>>,
     by_ip: HashMap<IpAddr, Vec<usize>>,
 }
 
+fn sort_guests(guests: &mut [Guest]) {
+    guests.sort_by(|a, b| (&a.cluster, a.vmid).cmp(&(&b.cluster, b.vmid)));
+}
+
 impl Snapshot {
     fn build(mut guests: Vec<Guest>) -> Snapshot {
-        guests.sort_by(|a, b| (&a.cluster, a.vmid).cmp(&(&b.cluster, b.vmid)));
-        let mut s = Snapshot::default();
+        sort_guests(&mut guests);
+        let mut s = Index::default();
         for (i, g) in guests.iter().enumerate() {
             s.by_vmid.entry(g.vmid).or_default().push(i);
             if !g.name.is_empty() {
@@ -55,8 +66,19 @@ impl Snapshot {
                 }
             }
         }
-        s.guests = guests;
-        s
+        Snapshot {
+            guests,
+            index: Arc::new(s),
+        }
+    }
+
+    /// The same guests with new usage figures: the index stays.
+    fn with_usage(&self, mut guests: Vec<Guest>) -> Snapshot {
+        sort_guests(&mut guests);
+        Snapshot {
+            guests,
+            index: self.index.clone(),
+        }
     }
 
     pub fn guests(&self) -> &[Guest] {
@@ -64,13 +86,13 @@ impl Snapshot {
     }
 
     pub fn get(&self, cluster: &str, vmid: u32) -> Option<&Guest> {
-        self.pick(self.by_vmid.get(&vmid), Some(cluster))
+        self.pick(self.index.by_vmid.get(&vmid), Some(cluster))
             .into_iter()
             .next()
     }
 
     pub fn by_vmid(&self, cluster: Option<&str>, vmid: u32) -> Vec<&Guest> {
-        self.pick(self.by_vmid.get(&vmid), cluster)
+        self.pick(self.index.by_vmid.get(&vmid), cluster)
     }
 
     /// Case-insensitive; a FQDN whose full name matches no guest is tried
@@ -78,18 +100,20 @@ impl Snapshot {
     /// (Proxmox guest names are hostnames, usually unqualified).
     pub fn by_name(&self, cluster: Option<&str>, name: &str) -> Vec<&Guest> {
         let name = name.trim_end_matches('.').to_lowercase();
-        let full = self.pick(self.by_name.get(&name), cluster);
+        let full = self.pick(self.index.by_name.get(&name), cluster);
         if !full.is_empty() {
             return full;
         }
         match name.split_once('.') {
-            Some((label, _)) if !label.is_empty() => self.pick(self.by_name.get(label), cluster),
+            Some((label, _)) if !label.is_empty() => {
+                self.pick(self.index.by_name.get(label), cluster)
+            }
             _ => Vec::new(),
         }
     }
 
     pub fn by_ip(&self, cluster: Option<&str>, ip: IpAddr) -> Vec<&Guest> {
-        self.pick(self.by_ip.get(&ip), cluster)
+        self.pick(self.index.by_ip.get(&ip), cluster)
     }
 
     fn pick(&self, idx: Option<&Vec<usize>>, cluster: Option<&str>) -> Vec<&Guest> {
@@ -284,7 +308,11 @@ impl ClusterCache {
         let events = status_changes(cluster, &mine, &new_mine);
         let mut all: Vec<Guest> = others.into_iter().cloned().collect();
         all.extend(new_mine);
-        self.snap.store(Arc::new(Snapshot::build(all)));
+        let next = match identity_changed {
+            true => Snapshot::build(all),
+            false => old.with_usage(all),
+        };
+        self.snap.store(Arc::new(next));
         if identity_changed {
             self.generation.send_modify(|g| *g += 1);
         }
@@ -337,12 +365,34 @@ impl ClusterCache {
 /// Whether two lists differ at most in their usage figures, which change
 /// with every poll and must not look like a change of the guests.
 fn same_but_usage(a: &[Guest], b: &[Guest]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            let mut x = x.clone();
-            x.usage = y.usage.clone();
-            x == *y
-        })
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_guest(x, y))
+}
+
+/// Every field but `usage` (listed, so a new field cannot be forgotten).
+fn same_guest(a: &Guest, b: &Guest) -> bool {
+    let Guest {
+        cluster,
+        node,
+        vmid,
+        kind,
+        name,
+        status,
+        tags,
+        ips,
+        template,
+        ha,
+        usage: _,
+    } = a;
+    *cluster == b.cluster
+        && *node == b.node
+        && *vmid == b.vmid
+        && *kind == b.kind
+        && *name == b.name
+        && *status == b.status
+        && *tags == b.tags
+        && *ips == b.ips
+        && *template == b.template
+        && *ha == b.ha
 }
 
 fn sorted(guests: &[Guest]) -> Vec<Guest> {

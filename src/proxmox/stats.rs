@@ -119,12 +119,14 @@ pub fn step(prev: &Usage, cur: &Usage) -> Step {
     }
 }
 
-/// Per guest: the last sample that counted, its rates, and CPU time.
+/// Per guest: the last sample that counted, its rates, and CPU time; and
+/// the figures last shown, kept while nothing about the guest changes.
 #[derive(Clone, Debug, Default)]
 struct Track {
     base: Usage,
     rates: Option<Rates>,
     cpu_seconds: f64,
+    shown: Option<Arc<GuestStats>>,
 }
 
 impl Track {
@@ -153,7 +155,7 @@ impl Track {
 /// The latest statistics of every guest in the cluster cache.
 #[derive(Default)]
 pub struct StatsBoard {
-    current: ArcSwap<Vec<GuestStats>>,
+    current: ArcSwap<Vec<Arc<GuestStats>>>,
     tracks: Mutex<HashMap<(Arc<str>, u32), Track>>,
 }
 
@@ -177,14 +179,22 @@ impl StatsBoard {
                 ..Track::default()
             });
             track.observe(g);
-            out.push(stats_of(g, track));
+            let shown = match &track.shown {
+                Some(s) if still_shows(s, g, track) => s.clone(),
+                _ => {
+                    let s = Arc::new(stats_of(g, track));
+                    track.shown = Some(s.clone());
+                    s
+                }
+            };
+            out.push(shown);
         }
         tracks.retain(|(c, v), _| snapshot.get(c, *v).is_some());
         self.current.store(Arc::new(out));
     }
 
     /// Every guest's figures, sorted by cluster and vmid.
-    pub fn current(&self) -> Arc<Vec<GuestStats>> {
+    pub fn current(&self) -> Arc<Vec<Arc<GuestStats>>> {
         self.current.load_full()
     }
 
@@ -193,8 +203,33 @@ impl StatsBoard {
             .load()
             .iter()
             .find(|s| &*s.cluster == cluster && s.vmid == vmid)
-            .cloned()
+            .map(|s| (**s).clone())
     }
+}
+
+/// Whether the figures shown for a guest still hold (most of a large
+/// cluster sleeps, and its figures do not move).
+fn still_shows(s: &GuestStats, g: &Guest, track: &Track) -> bool {
+    let u = &g.usage;
+    s.uptime == u.uptime
+        && s.netin == u.netin
+        && s.netout == u.netout
+        && s.diskread == u.diskread
+        && s.diskwrite == u.diskwrite
+        && s.mem == u.mem
+        && s.maxmem == u.maxmem
+        && s.cpus == u.maxcpu
+        && s.cpu == if g.status.is_running() { u.cpu } else { 0.0 }
+        && s.rates
+            == if g.status.is_running() {
+                track.rates
+            } else {
+                None
+            }
+        && s.cpu_seconds == track.cpu_seconds
+        && s.status == g.status.as_str()
+        && s.name == g.name
+        && s.node == g.node
 }
 
 fn stats_of(g: &Guest, track: &Track) -> GuestStats {
