@@ -305,7 +305,11 @@ impl ClusterCache {
             return;
         }
         let identity_changed = !same_but_usage(&new_mine, &mine);
-        let events = status_changes(cluster, &mine, &new_mine);
+        // Statuses are part of what a guest is: usage alone changes none.
+        let events = match identity_changed {
+            true => status_changes(cluster, &mine, &new_mine),
+            false => Vec::new(),
+        };
         let mut all: Vec<Guest> = others.into_iter().cloned().collect();
         all.extend(new_mine);
         let next = match identity_changed {
