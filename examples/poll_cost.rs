@@ -27,6 +27,7 @@
 
 use drowsy::admin::metrics::Metrics;
 use drowsy::config::{GuestKey, GuestRef, ProxmoxSettings, PveAuth, Secret};
+use drowsy::proxmox::stats::StatsBoard;
 use drowsy::proxmox::{ClusterCache, Guest, PollerHandle, PollerOptions, PveClient};
 use drowsy::proxmox::{GuestStatus, Poller};
 use drowsy::sim::{GuestSpec, Sim, SimOptions, TOKEN_ID, TOKEN_SECRET};
@@ -482,6 +483,18 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         PveClient::new(&settings, Arc::new(Metrics::new())).expect("cannot build the API client"),
     );
     let cache = Arc::new(ClusterCache::new());
+    // The statistics board is fed after every poll that brought new usage
+    // figures, as `Clusters` does (the simulator's change every poll).
+    let board = Arc::new(StatsBoard::default());
+    let feed = tokio::spawn({
+        let (cache, board) = (cache.clone(), board.clone());
+        async move {
+            let mut samples = cache.samples();
+            while samples.changed().await.is_ok() {
+                board.observe(&cache.snapshot());
+            }
+        }
+    });
     let needed_n = args.needed.min(n);
     // Needed guests spread evenly over the vmid range, so both kinds and
     // both power states are among them.
@@ -565,6 +578,11 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         .filter(|g| g.status == GuestStatus::Running)
         .count();
     handle.shutdown().await;
+    feed.abort();
+    eprintln!(
+        "  statistics of {} guests on the board",
+        board.current().len()
+    );
     sim.quit().await;
     let (snapshot_bytes, snapshot_allocs) = snapshot_heap(src.guests(), &Arc::from(CLUSTER));
     eprintln!(

@@ -16,12 +16,18 @@
 #   4. asleep again, with JavaScript and a dark color scheme: a second wake
 #      in the same drowsy process behaves like the first;
 #   5. a guest whose start fails (route `broken`): the page shows the error
-#      and a "Try again" button, and does not reload in a loop.
+#      and a "Try again" button, and does not reload in a loop;
+#   6. the dashboard (admin /): every route listed (`notes` from its Proxmox
+#      tag), live over server-sent events, whoami woken from its Wake button,
+#      its journal shown from its Logs link, no console errors; again with a
+#      dark color scheme, and with JavaScript off as a static table.
 # Screenshots of each stage are saved in a temporary directory, printed at
 # the end. Installs chromium (apt) and playwright-core (npm, into
 # scripts/browser/node_modules) when missing; it never downloads a browser.
 #
-# Environment: KEEP=1 keeps the temporary directory's logs even on success
+# Environment: UPDATE_DOCS=1 copies the dashboard and loading page
+# screenshots into docs/screenshots/ (the README shows them);
+# KEEP=1 keeps the temporary directory's logs even on success
 # (screenshots are always kept); CHROMIUM=PATH uses another Chromium binary;
 # BROWSER_CHECK_LOAD_MS, _STEP_MS, _READY_MS change the deadlines (ms) for the
 # loading page, its first progress step, and the guest's answer.
@@ -33,6 +39,7 @@ ROUTE=whoami
 HOST=whoami.localhost
 VMID=106
 BROKEN_VMID=108
+NOTES_VMID=107
 
 say() { printf '== %s\n' "$*"; }
 die() {
@@ -129,6 +136,12 @@ guests:
     name: broken
     port: $GUEST_PORT
     fail_start: "startup for container '$BROKEN_VMID' failed"
+  - vmid: $NOTES_VMID
+    kind: lxc
+    name: notes
+    port: $GUEST_PORT
+    running: true
+    tags: [drowsy, port-$GUEST_PORT]
 EOF
 
 say "starting drowsy sim on 127.0.0.1:$SIM_PORT"
@@ -144,10 +157,15 @@ listen:
 proxmox:
   - name: sim
     url: http://127.0.0.1:$SIM_PORT
-    token_id: drowsy@pve!proxy
-    token_secret: 5f1c9a2e-7b3d-4e8f-9a6b-0c2d4e6f8a1b
+    # root@pam with a ticket: the dashboard's Logs link reads journals
+    # through the node's terminal.
+    username: root@pam
+    password: root-of-all-guests
     poll_interval: 1s
     insecure_loopback_guests: true   # the simulated guests live on 127.0.x.y
+auto_routes:
+  domain: localhost
+  idle_timeout: 30s
 routes:
   $ROUTE:
     host: $HOST
@@ -204,7 +222,7 @@ check_guest_answer "$WORK/js.log"
 # --- 2. back to sleep; the page as a browser without JavaScript gets it -------
 
 say "2. putting $ROUTE back to sleep"
-curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
+curl -fsS -X POST -H 'Content-Type: application/json' "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
 wait_for "the guest did not go back to sleep" 20 state_is stopped
 
 # HEAD would not do: only GET navigations get the page. This request starts
@@ -220,7 +238,7 @@ grep -Eq '<noscript><meta http-equiv="refresh" content="[0-9]+"></noscript>' "$W
     die "the loading page has no <noscript> meta refresh"
 echo "   503, no-store, Retry-After, $(grep -o '<noscript><meta[^>]*>' "$WORK/page.html")"
 wait_for "the guest did not wake after the navigation" 30 state_is running
-curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
+curl -fsS -X POST -H 'Content-Type: application/json' "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
 wait_for "the guest did not go back to sleep" 20 state_is stopped
 
 # --- 3. without JavaScript -----------------------------------------------------
@@ -232,7 +250,7 @@ check_guest_answer "$WORK/nojs.log"
 # --- 4. a second wake, with JavaScript -----------------------------------------
 
 say "4. putting $ROUTE back to sleep; chromium, JavaScript on, second wake"
-curl -fsS -X POST "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
+curl -fsS -X POST -H 'Content-Type: application/json' "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null || die "POST /api/routes/$ROUTE/sleep failed"
 wait_for "the guest did not go back to sleep" 20 state_is stopped
 BROWSER_CHECK_COLOR_SCHEME=dark run_browser "second wake" "$WORK/js-again.log" \
     js "$URL" "$ROUTE" "$SHOTS" js-again-dark
@@ -243,6 +261,39 @@ check_guest_answer "$WORK/js-again.log"
 say "5. chromium, JavaScript on, a guest whose start fails: http://broken.localhost:$HTTP_PORT/"
 run_browser "failed wake" "$WORK/fail.log" fail "http://broken.localhost:$HTTP_PORT/" broken "$SHOTS"
 grep -q '^FAIL_PATH_OK' "$WORK/fail.log" || die "the failed-wake check did not finish"
+
+# --- 6. the dashboard ------------------------------------------------------------
+
+sleep_route() {
+    curl -fsS -X POST -H 'Content-Type: application/json' "$ADMIN/api/routes/$ROUTE/sleep" >/dev/null ||
+        die "POST /api/routes/$ROUTE/sleep failed"
+    wait_for "the guest did not go back to sleep" 20 state_is stopped
+}
+say "6. the dashboard: $ADMIN/"
+wait_for "the route from the notes guest's tag did not appear" 20 \
+    sh -c "curl -fsS '$ADMIN/api/routes' | grep -q '\"notes\"'"
+sleep_route
+run_browser "dashboard" "$WORK/dashboard.log" dashboard "$ADMIN/" "$ROUTE" "$SHOTS" dashboard
+grep -q '^DASHBOARD_OK' "$WORK/dashboard.log" || die "the dashboard check did not finish"
+say "   again in a dark color scheme"
+sleep_route
+BROWSER_CHECK_COLOR_SCHEME=dark run_browser "dashboard, dark" "$WORK/dashboard-dark.log" \
+    dashboard "$ADMIN/" "$ROUTE" "$SHOTS" dashboard-dark
+grep -q '^DASHBOARD_OK' "$WORK/dashboard-dark.log" || die "the dark dashboard check did not finish"
+say "   and with JavaScript off"
+run_browser "dashboard without JavaScript" "$WORK/dashboard-nojs.log" \
+    dashboard-nojs "$ADMIN/" "$ROUTE" "$SHOTS" dashboard-nojs
+grep -q '^DASHBOARD_OK' "$WORK/dashboard-nojs.log" || die "the static dashboard check did not finish"
+
+if [ -n "${UPDATE_DOCS:-}" ]; then
+    DOCS=$ROOT/docs/screenshots
+    mkdir -p "$DOCS"
+    cp "$SHOTS/dashboard-2-woken.png" "$DOCS/dashboard.png"
+    cp "$SHOTS/dashboard-dark-1-dashboard.png" "$DOCS/dashboard-dark.png"
+    cp "$SHOTS/dashboard-3-logs.png" "$DOCS/logs.png"
+    cp "$SHOTS/js-again-dark-1-loading.png" "$DOCS/loading-dark.png"
+    say "screenshots copied to $DOCS"
+fi
 
 say "all checks passed; screenshots:"
 for f in "$SHOTS"/*.png; do echo "   $f"; done

@@ -7,10 +7,11 @@ use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::cluster::Cluster;
-use crate::config::{self, Config, ProxmoxSettings, PveAuth};
+use crate::config::{self, Config, ProxmoxSettings, PveAuth, RouteSettings, Target};
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
-use crate::proxy::{self, Proxy, StartError};
+use crate::proxy::{self, auto, Proxy, StartError};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,22 +21,33 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Running {
     pub proxy: Proxy,
+    /// The routes made from Proxmox tags now, and the warnings logged
+    /// about them (each once while it lasts).
+    auto: Mutex<AutoState>,
     gates: Option<Arc<Gates>>,
     pub clusters: Option<Arc<Clusters>>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     /// Automatic certificates (inert without `acme:`).
     pub acme: Arc<Acme>,
+    /// The config as the file says (routes from tags are kept apart).
     config: Mutex<Config>,
-    /// Serializes reloads (SIGHUP and the file watcher may race).
+    /// Serializes reloads (SIGHUP, the file watcher and tag changes may
+    /// race).
     reloading: tokio::sync::Mutex<()>,
     /// Counts applied reloads.
     reloads: watch::Sender<u64>,
     stop: CancellationToken,
 }
 
+#[derive(Default)]
+struct AutoState {
+    routes: Vec<RouteSettings>,
+    warned: HashSet<String>,
+}
+
 impl Running {
-    pub async fn start(config: &Config) -> Result<Running, StartError> {
+    pub async fn start(config: &Config) -> Result<Arc<Running>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let clusters = match config.proxmox.is_empty() {
             true => None,
@@ -75,8 +87,9 @@ impl Running {
             });
             tokio::spawn(server::serve(listener, state, stop.clone()));
         }
-        Ok(Running {
+        let running = Arc::new(Running {
             proxy,
+            auto: Mutex::new(AutoState::default()),
             gates,
             clusters,
             admin_addr,
@@ -86,7 +99,9 @@ impl Running {
             reloading: tokio::sync::Mutex::new(()),
             reloads: watch::channel(0).0,
             stop,
-        })
+        });
+        running.follow_tags();
+        Ok(running)
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -144,18 +159,33 @@ impl Running {
     /// a change to them is logged.
     pub async fn reload(&self, new: Config) -> Result<(), String> {
         let _one_at_a_time = self.reloading.lock().await;
-        let plan = self.gates.as_ref().map(|g| g.plan(&new));
-        let prepared = self
-            .proxy
-            .prepare(&new, plan.as_ref())
-            .await
-            .map_err(|e| e.to_string())?;
         for warning in restart_needed(&self.lock_config(), &new) {
             tracing::warn!("{warning} changed; restart drowsy to apply it");
         }
+        // Routes from tags stay: worked out again for the new file.
+        let auto = self.auto_routes_for(&new);
+        self.install(&new, &auto.routes).await?;
+        self.auto_installed(auto);
+        self.reload_cluster(&new);
+        *self.lock_config() = new;
+        self.reloads.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Builds `file` plus `auto` and swaps it in: the one way the route set
+    /// changes (reloads and tag changes alike), so every guest keeps its
+    /// gate. Nothing changes when a step fails.
+    async fn install(&self, file: &Config, auto: &[RouteSettings]) -> Result<(), String> {
+        let effective = with_auto_routes(file, auto);
+        let plan = self.gates.as_ref().map(|g| g.plan(&effective));
+        let prepared = self
+            .proxy
+            .prepare(&effective, plan.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
         // The last step that can refuse the new config (unusable storage),
         // before anything else changes.
-        self.acme.apply(&new)?;
+        self.acme.apply(&effective)?;
         let retired = match (&self.gates, plan) {
             (Some(gates), Some(plan)) => Some(gates.commit(plan)),
             _ => None,
@@ -165,11 +195,8 @@ impl Running {
             gates.retire(retired);
         }
         if let Some(clusters) = &self.clusters {
-            clusters.set_needed(&new);
+            clusters.set_needed(&effective);
         }
-        self.reload_cluster(&new);
-        *self.lock_config() = new;
-        self.reloads.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -202,6 +229,139 @@ impl Running {
             }
         };
         gates.set_cluster(next);
+    }
+
+    /// The routes `file`'s `auto_routes` makes of the guests in the cache
+    /// now.
+    fn auto_routes_for(&self, file: &Config) -> auto::Computed {
+        let (Some(settings), Some(clusters)) = (&file.auto_routes, &self.clusters) else {
+            return auto::Computed::default();
+        };
+        let snapshot = clusters.cache.snapshot();
+        let mut claims = auto::Claims::of(&file.routes);
+        for route in &file.routes {
+            if let Some(id) = self.reached_guest(route, &snapshot) {
+                claims.guests.insert(id);
+            }
+        }
+        auto::compute(settings, &claims, &snapshot)
+    }
+
+    /// The guest a route of the file reaches: as the cache shows it now,
+    /// else as its binding found it (a guest asleep may have lost the
+    /// address it is named by).
+    fn reached_guest(
+        &self,
+        route: &RouteSettings,
+        snapshot: &crate::proxmox::cache::Snapshot,
+    ) -> Option<(Arc<str>, u32)> {
+        let fresh = match &route.target {
+            Target::Guest { guest, .. } | Target::DependencyOnly { guest, .. } => {
+                snapshot.resolve(guest).ok().flatten().cloned()
+            }
+            Target::Backend { url } => self
+                .clusters
+                .as_ref()
+                .and_then(|c| c.cache.guest_for_host(&url.host, None).ok().flatten()),
+        };
+        if let Some(g) = fresh {
+            return Some((g.cluster, g.vmid));
+        }
+        let id = self.gates.as_ref()?.binding(&route.name)?.guest()?;
+        Some((id.cluster, id.vmid))
+    }
+
+    /// Records the routes from tags now serving, and logs what is new.
+    fn auto_installed(&self, computed: auto::Computed) {
+        let mut state = self.auto.lock().unwrap_or_else(|p| p.into_inner());
+        let now: HashSet<String> = computed.warnings.into_iter().collect();
+        for w in now.difference(&state.warned) {
+            tracing::warn!("auto_routes: {w}");
+        }
+        state.warned = now;
+        let names = |rs: &[RouteSettings]| -> HashSet<String> {
+            rs.iter()
+                .map(|r| {
+                    format!(
+                        "{} ({})",
+                        r.name,
+                        r.hosts.first().map(|h| h.to_string()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        };
+        let (old, new) = (names(&state.routes), names(&computed.routes));
+        for added in new.difference(&old) {
+            tracing::info!("route from a Proxmox tag: {added}");
+        }
+        for removed in old.difference(&new) {
+            tracing::info!("route from a Proxmox tag removed: {removed}");
+        }
+        state.routes = computed.routes;
+    }
+
+    /// The routes made from Proxmox tags, as now serving.
+    pub fn auto_routes(&self) -> Vec<RouteSettings> {
+        self.auto
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .routes
+            .clone()
+    }
+
+    /// What keeps tagged guests from getting a route now (also logged, once
+    /// each).
+    pub fn auto_warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self
+            .auto
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warned
+            .iter()
+            .cloned()
+            .collect();
+        w.sort();
+        w
+    }
+
+    /// Follows the cluster cache: when tags (or guests) change, the routes
+    /// from tags are worked out again and, if they differ, installed like a
+    /// reload. No API call of its own.
+    fn follow_tags(self: &Arc<Self>) {
+        let Some(clusters) = &self.clusters else {
+            return;
+        };
+        let mut generation = clusters.cache.subscribe();
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = generation.changed() => if r.is_err() { return },
+                }
+                let Some(me) = me.upgrade() else { return };
+                me.refresh_auto_routes().await;
+            }
+        });
+    }
+
+    async fn refresh_auto_routes(&self) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let file = self.lock_config().clone();
+        let computed = self.auto_routes_for(&file);
+        let current = self.auto_routes();
+        if auto::same_routes(&current, &computed.routes) {
+            self.auto_installed(computed);
+            return;
+        }
+        match self.install(&file, &computed.routes).await {
+            Ok(()) => {
+                self.auto_installed(computed);
+                self.reloads.send_modify(|n| *n += 1);
+            }
+            Err(e) => tracing::warn!("auto_routes: the routes from tags could not be applied, the current ones stay: {e}"),
+        }
     }
 
     /// With `watch: true`: reloads when the config file's contents change
@@ -246,6 +406,13 @@ impl Running {
             clusters.shutdown();
         }
     }
+}
+
+/// The file's config with the routes from tags added.
+fn with_auto_routes(file: &Config, auto: &[RouteSettings]) -> Config {
+    let mut effective = file.clone();
+    effective.routes.extend(auto.iter().cloned());
+    effective
 }
 
 /// What a reload cannot change without a restart.

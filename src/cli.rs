@@ -53,12 +53,44 @@ pub enum Command {
     Wake(RouteArg),
     /// Put a route's guest to sleep now (refused while it is in use).
     Sleep(RouteArg),
+    /// Like `docker stats`: CPU, memory, network and disk I/O of every guest, refreshed each poll.
+    Stats(StatsArgs),
+    /// The journal of a route's guest (LXC through the node's terminal, QEMU through its guest agent).
+    Logs(LogsArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RouteArg {
     /// The route's name in the config.
     pub route: String,
+    #[command(flatten)]
+    pub admin: AdminArg,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The route whose guest's journal to show.
+    pub route: String,
+    /// Keep printing new lines.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub lines: Option<u32>,
+    /// Only this systemd unit.
+    #[arg(short = 'u', long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArg,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatsArgs {
+    /// Only the guest of this route.
+    pub route: Option<String>,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub no_stream: bool,
     #[command(flatten)]
     pub admin: AdminArg,
 }
@@ -117,6 +149,8 @@ pub fn main() -> ExitCode {
             | Command::Certs(_)
             | Command::Wake(_)
             | Command::Sleep(_)
+            | Command::Stats(_)
+            | Command::Logs(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -132,6 +166,18 @@ pub fn main() -> ExitCode {
         Command::Health(arg) => block_on(crate::status::health(&arg.client())),
         Command::Wake(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "wake")),
         Command::Sleep(r) => block_on(crate::status::control(&r.admin.client(), &r.route, "sleep")),
+        Command::Logs(args) => block_on(crate::logs::logs(
+            &args.admin.client(),
+            &args.route,
+            args.lines,
+            args.unit.as_deref(),
+            args.follow,
+        )),
+        Command::Stats(args) => block_on(crate::stats::stats(
+            &args.admin.client(),
+            args.route.as_deref(),
+            !args.no_stream,
+        )),
         Command::Run(arg) => run(&arg.config),
     }
 }
@@ -205,6 +251,20 @@ pub fn summary(cfg: &Config) -> String {
             c.instance,
             c.describe(),
             humantime::format_duration(c.claim_ttl)
+        ));
+    }
+    if let Some(a) = &cfg.auto_routes {
+        let sleep = match a.template.sleep.as_ref().map(|s| s.idle_timeout) {
+            Some(Some(t)) => format!(", sleeps after {}", humantime::format_duration(t)),
+            Some(None) => ", never sleeps".to_string(),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "auto routes: guests tagged `{}` -> <name>.{} port {} ({}; tags port-NNNN and https change them){sleep}\n",
+            a.tag,
+            a.domain,
+            a.port,
+            a.scheme.as_str()
         ));
     }
     out.push_str(&crate::acme::names::summary(cfg));
@@ -311,7 +371,7 @@ fn run(path: &Path) -> ExitCode {
 
 async fn serve(cfg: Config) -> ExitCode {
     let running = match Running::start(&cfg).await {
-        Ok(r) => std::sync::Arc::new(r),
+        Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;

@@ -3,14 +3,14 @@
 //! wake within a minute.
 
 use crate::app::Running;
-use crate::sim::{GuestSpec, Sim, SimOptions, TOKEN_ID, TOKEN_SECRET};
+use crate::sim::{GuestSpec, Sim, SimOptions, ROOT_PASSWORD, ROOT_USER};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub struct Demo {
     pub sim: Sim,
-    pub running: Running,
+    pub running: std::sync::Arc<Running>,
     /// The generated config, for the curious.
     pub config_path: PathBuf,
 }
@@ -20,8 +20,7 @@ fn guests() -> Vec<GuestSpec> {
     vec![
         GuestSpec::lxc(101, "whoami")
             .boot_delay(ms(1500))
-            .shutdown_delay(ms(800))
-            .tags(&["demo"]),
+            .shutdown_delay(ms(800)),
         GuestSpec::qemu(102, "media")
             .boot_delay(ms(3000))
             .agent_delay(ms(1500))
@@ -37,6 +36,17 @@ fn guests() -> Vec<GuestSpec> {
     ]
 }
 
+/// The guests that get their routes from the `drowsy` tag.
+const TAGGED: [u32; 2] = [101, 102];
+
+/// Tags the guests that route themselves, with their service's port.
+fn tag_guests(sim: &Sim) {
+    for vmid in TAGGED {
+        let port = sim.guest_addr(vmid).map_or(80, |a| a.port());
+        sim.set_tags(vmid, &["drowsy", &format!("port-{port}")]);
+    }
+}
+
 fn config_yaml(sim: &Sim, listen: SocketAddr, admin: SocketAddr) -> String {
     let port = |vmid| sim.guest_addr(vmid).map_or(80, |a| a.port());
     format!(
@@ -47,8 +57,10 @@ listen:
 proxmox:
   - name: demo
     url: {url}
-    token_id: {TOKEN_ID}
-    token_secret: {TOKEN_SECRET}
+    # Ticket auth as root@pam: `drowsy logs` reads journals through the
+    # node's terminal, which opens a shell only for root@pam.
+    username: {ROOT_USER}
+    password: {ROOT_PASSWORD}
     poll_interval: 1s
     insecure_loopback_guests: true   # the simulated guests live on 127.0.x.y
 defaults:
@@ -56,15 +68,11 @@ defaults:
   wake_timeout: 1m
   stop_timeout: 10s
   wake_retry_after: 5s
+# whoami and media carry the Proxmox tag `drowsy` (and `port-NNNN`): they
+# get whoami.localhost and media.localhost without a route here.
+auto_routes:
+  domain: localhost
 routes:
-  whoami:
-    host: whoami.localhost
-    guest: whoami
-    port: {whoami}
-  media:
-    host: media.localhost
-    guest: media
-    port: {media}
   app:
     host: app.localhost
     guest: app
@@ -82,8 +90,6 @@ routes:
     backend: http://{admin}
 ",
         url = sim.url(),
-        whoami = port(101),
-        media = port(102),
         app = port(103),
         db = port(104),
         broken = port(105),
@@ -110,8 +116,21 @@ impl Demo {
         let config_path = dir.join("drowsy.yml");
         std::fs::write(&config_path, config_yaml(&sim, listen, admin))
             .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+        tag_guests(&sim);
         let config = crate::config::load(&config_path).map_err(|e| e.to_string())?;
         let running = Running::start(&config).await.map_err(|e| e.to_string())?;
+        // Ready when the first poll has turned the tags into routes.
+        let mut changes = running.reloads();
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            while running.auto_routes().len() < TAGGED.len() {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        if ready.await.is_err() {
+            return Err("the simulated cluster's tagged guests did not get their routes".into());
+        }
         Ok(Demo {
             sim,
             running,
@@ -149,17 +168,23 @@ pub fn instructions(demo: &Demo) -> String {
     format!(
         "drowsy demo: a simulated Proxmox cluster with five guests, all asleep.
 
+Dashboard (every route, live; wake and sleep buttons; logs):
+  http://{admin}/
+
 Open in a browser (*.localhost resolves to this machine):
   http://whoami.localhost:{port}/   an LXC container: the loading page, then the guest (about 2 s)
   http://media.localhost:{port}/    a QEMU VM whose address comes from its guest agent (about 5 s)
+     (these two have no route in the config: they carry the Proxmox tag `drowsy`)
   http://app.localhost:{port}/      wakes its database (db) first, then the app
   http://broken.localhost:{port}/   a guest whose start fails: the error page
   http://drowsy.localhost:{port}/api/routes   drowsy's own view of the routes
 
 From a terminal, requests are held instead of shown a page:
   curl -i -H 'Host: whoami.localhost' http://127.0.0.1:{port}/
-Watch the routes:
+Watch the routes and the guests, read a guest's journal:
   drowsy status --admin http://{admin}
+  drowsy stats --admin http://{admin}
+  drowsy logs whoami -f --admin http://{admin}
 
 Guests sleep again 30 s after their last request (db follows app).
 Generated config: {config}

@@ -77,7 +77,7 @@ impl Admin<'_> {
         Ok((status, body))
     }
 
-    async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), String> {
+    pub(crate) async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), String> {
         self.call(Method::GET, path, TIMEOUT).await
     }
 }
@@ -163,14 +163,14 @@ pub async fn certs(admin: &Admin<'_>) -> ExitCode {
     show(admin, "/api/certs", "certs", certs_table).await
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
 
-fn short_duration(secs: f64) -> String {
+pub(crate) fn short_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     match s {
         0..=59 => format!("{s}s"),
@@ -180,7 +180,7 @@ fn short_duration(secs: f64) -> String {
 }
 
 /// Rows as columns padded to the widest cell.
-fn aligned<R: AsRef<[String]>>(rows: Vec<R>) -> String {
+pub(crate) fn aligned<R: AsRef<[String]>>(rows: Vec<R>) -> String {
     let n = rows.first().map_or(0, |r| r.as_ref().len());
     let widths: Vec<usize> = (0..n)
         .map(|i| {
@@ -312,8 +312,12 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             let last_wake = r["last_wake_ms"]
                 .as_u64()
                 .map_or("-".into(), |ms| format!("{ms} ms"));
+            let route = match r["auto"].as_bool() {
+                Some(true) => format!("{name} (tag)"),
+                _ => name.clone(),
+            };
             let mut row = vec![
-                name.clone(),
+                route,
                 host,
                 guest,
                 state,
@@ -370,15 +374,17 @@ mod tests {
         let v = serde_json::json!({
             "wiki": {"hosts": ["wiki.home.arpa"], "guest": "name \"wiki\"", "state": "running", "inflight": 2, "sleeps_at": 1090.0, "last_wake_ms": 1834, "listen": null},
             "mc": {"hosts": [], "listen": "0.0.0.0:25565", "guest": "vmid 130", "state": "stopped", "inflight": 0, "sleeps_at": null, "last_wake_ms": null},
+            "zz": {"hosts": ["zz.home.arpa"], "guest": "vmid 140", "auto": true, "state": "stopped", "inflight": 0},
         });
         let t = table(&v, 1000.0);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ROUTE  HOST"), "{t}");
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("ROUTE     HOST"), "{t}");
         assert!(
-            lines[1].starts_with("mc     tcp 0.0.0.0:25565  vmid 130   stopped  0"),
+            lines[1].starts_with("mc        tcp 0.0.0.0:25565  vmid 130   stopped  0"),
             "{t}"
         );
+        assert!(lines[3].starts_with("zz (tag)  zz.home.arpa"), "{t}");
         assert!(
             lines[2].contains("wiki.home.arpa")
                 && lines[2].contains("1m30s")

@@ -721,7 +721,11 @@ async fn only_wake_from_clients_start_the_guest_others_are_told_it_sleeps() {
     .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let page = text(&body);
-    assert!(page.contains("Asleep: wiki"), "{page}");
+    assert!(page.contains("<title>wiki is asleep</title>"), "{page}");
+    assert!(
+        page.contains("Asleep:</span> <span id=\"route\">wiki</span>"),
+        "{page}"
+    );
     assert!(!page.to_lowercase().contains("waking"), "{page}");
     // The loading page's event stream is no back door.
     let (s, _, _) = from("127.0.0.3", d.http(), "wiki.lan", "/.drowsy/events", &[]).await;

@@ -148,6 +148,10 @@ fn the_example_config_is_valid() {
     let (code, out, err) = check(&example, &[("PVE_TOKEN_SECRET", "x")]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("route wiki: wiki.home.arpa"), "{out}");
+    assert!(
+        out.contains("auto routes: guests tagged `drowsy` -> <name>.home.arpa port 80"),
+        "{out}"
+    );
     // Its commented `cluster:` block is valid too, once uncommented.
     let mut in_block = false;
     let with_cluster: String = example
@@ -513,6 +517,33 @@ fn tcp_routes_refuse_http_only_policies() {
     assert_eq!(code, 1);
     assert!(
         err.contains("drowsy.yml:12:11: defaults.access: policy `sso` needs HTTP; TCP route `mc`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_routes_are_checked_and_summarized() {
+    let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: s\n";
+    let (code, out, err) = check(
+        &format!(
+            "{HEAD}{pve}auto_routes:\n  domain: home.arpa\n  port: 8080\n  idle_timeout: 20m\n"
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("auto routes: guests tagged `drowsy` -> <name>.home.arpa port 8080 (http; tags port-NNNN and https change them), sleeps after 20m"),
+        "{out}"
+    );
+    let (code, _, err) = check(
+        &format!("{HEAD}{pve}auto_routes:\n  domain: home.arpa\n  backend: http://10.0.0.5\n"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(
+            "drowsy.yml:9:3: auto_routes.backend: `backend` does not go in auto_routes"
+        ),
         "{err}"
     );
 }

@@ -37,6 +37,21 @@ async fn the_demo_wakes_a_guest_and_status_prints_the_table() {
     );
 
     let admin = format!("http://{}", demo.running.admin_addr.expect("admin"));
+    let text = drowsy::demo::instructions(&demo);
+    assert!(
+        text.contains(&format!(
+            "Dashboard (every route, live; wake and sleep buttons; logs):\n  {admin}/"
+        )),
+        "{text}"
+    );
+    // whoami and media route themselves by their tag.
+    let auto: Vec<String> = demo
+        .running
+        .auto_routes()
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(auto, ["whoami", "media"]);
     let bin = env!("CARGO_BIN_EXE_drowsy");
     let out = tokio::task::spawn_blocking({
         let admin = admin.clone();
@@ -64,8 +79,8 @@ async fn the_demo_wakes_a_guest_and_status_prints_the_table() {
     );
     let whoami = lines
         .iter()
-        .find(|l| l.starts_with("whoami "))
-        .expect("whoami row");
+        .find(|l| l.starts_with("whoami (tag) "))
+        .expect("whoami row, marked as a route from a tag");
     assert!(
         whoami.contains("whoami.localhost") && whoami.contains("running") && whoami.contains(" ms"),
         "{table}"

@@ -9,12 +9,9 @@ mod common;
 use common::*;
 use drowsy::idle::GuestState;
 use drowsy::sim::GuestSpec;
-use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 const LXC_START: &str = "POST /nodes/{node}/lxc/{vmid}/status/start";
 const LXC_SHUTDOWN: &str = "POST /nodes/{node}/lxc/{vmid}/status/shutdown";
@@ -28,28 +25,6 @@ fn head(env: &SimEnv, defaults: &str) -> String {
 
 fn write(d: &Drowsy, yaml: &str) {
     std::fs::write(d.path("drowsy.yml"), yaml).expect("write config");
-}
-
-async fn ws_connect(d: &Drowsy, host: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let stream = TcpStream::connect(d.http()).await.expect("connect");
-    tokio::time::timeout(
-        DEADLINE,
-        tokio_tungstenite::client_async(format!("ws://{host}/ws"), stream),
-    )
-    .await
-    .expect("deadline")
-    .expect("websocket handshake")
-    .0
-}
-
-async fn ws_echo(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, text: &str) {
-    ws.send(Message::text(text)).await.expect("send");
-    let echo = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .expect("deadline")
-        .expect("socket open")
-        .expect("message");
-    assert_eq!(echo.into_text().expect("text").as_str(), text);
 }
 
 /// Waits until the simulated guest reaches `status`, checking after each

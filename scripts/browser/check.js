@@ -9,6 +9,13 @@
 // MODE `fail`: the guest cannot start; the page must say "could not wake",
 //              stop its spinner, offer "Try again", and not reload by itself.
 //
+// MODE `dashboard`:      URL is drowsy's admin `/`; the dashboard must list
+//              every route, go live over /dashboard/events, wake ROUTE from
+//              its Wake button (the row then shows `running`), and its Logs
+//              link must show the guest's journal. No console errors.
+// MODE `dashboard-nojs`: JavaScript off: the same page as a static table,
+//              without the (useless) buttons.
+//
 // BROWSER_CHECK_COLOR_SCHEME=dark renders with prefers-color-scheme: dark.
 //
 // Screenshots go to OUTDIR, named after TAG (default MODE); every failure names what did not happen.
@@ -19,8 +26,9 @@ const path = require('path');
 const { chromium } = require('playwright-core');
 
 const [mode, url, route, outDir, tag = mode] = process.argv.slice(2);
-if (!['js', 'nojs', 'fail'].includes(mode) || !url || !route || !outDir) {
-  console.error('usage: node check.js js|nojs|fail URL ROUTE OUTDIR [TAG]');
+const MODES = ['js', 'nojs', 'fail', 'dashboard', 'dashboard-nojs'];
+if (!MODES.includes(mode) || !url || !route || !outDir) {
+  console.error(`usage: node check.js ${MODES.join('|')} URL ROUTE OUTDIR [TAG]`);
   process.exit(2);
 }
 const deadline = (s) => Number(process.env[`BROWSER_CHECK_${s}`] || 0);
@@ -61,9 +69,9 @@ async function main() {
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    javaScriptEnabled: mode !== 'nojs',
+    javaScriptEnabled: !mode.endsWith('nojs'),
     colorScheme: process.env.BROWSER_CHECK_COLOR_SCHEME || 'light',
-    viewport: { width: 800, height: 500 },
+    viewport: mode.startsWith('dashboard') ? { width: 1400, height: 640 } : { width: 800, height: 500 },
     args: [
       '--no-sandbox',
       '--disable-gpu',
@@ -112,6 +120,28 @@ async function main() {
     }
   });
   page.on('pageerror', (e) => log(`page error: ${e.message}`));
+  // Errors the page itself reports (a CSP violation, a failed script).
+  const problems = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(m.text());
+  });
+  page.on('pageerror', (e) => problems.push(e.message));
+
+  if (mode.startsWith('dashboard')) {
+    try {
+      await dashboard(page, problems);
+    } catch (e) {
+      const shot = path.join(outDir, `${tag}-failed.png`);
+      await page.screenshot({ path: shot, fullPage: true }).catch(() => {});
+      console.error(`[browser ${mode}] FAILED: ${e.message}`);
+      console.error(`[browser ${mode}] screenshot at failure: ${shot}`);
+      process.exitCode = 1;
+    } finally {
+      await context.close();
+      fs.rmSync(userDataDir, { recursive: true, force: true });
+    }
+    return;
+  }
 
   try {
     const t0 = Date.now();
@@ -234,6 +264,77 @@ async function main() {
     await context.close();
     fs.rmSync(userDataDir, { recursive: true, force: true });
   }
+}
+
+// The dashboard: a table of every route, live, with working buttons.
+async function dashboard(page, problems) {
+  const first = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: LOAD_MS });
+  if (!first || first.status() !== 200) fail(`the dashboard answered ${first && first.status()}`);
+  const title = await page.title();
+  if (title !== 'drowsy') fail(`the dashboard's title is ${JSON.stringify(title)}`);
+  const rowSel = `#rows tr:has(b:text-is("${route}"))`;
+  const names = await page.$$eval('#rows tr td:first-child b', (bs) => bs.map((b) => b.textContent));
+  log(`routes listed: ${JSON.stringify(names)}`);
+  if (!names.includes(route)) fail(`route ${route} is not on the dashboard`);
+  if (mode === 'dashboard-nojs') {
+    const visible = await page.$$eval('#rows button', (bs) => bs.filter((b) => !b.hidden).length);
+    if (visible) fail(`${visible} button(s) shown without JavaScript, where they cannot work`);
+    const note = await page.textContent('footer');
+    if (!/reload the page/.test(note || '')) fail('the <noscript> note is not shown with JavaScript off');
+    const shot = path.join(outDir, `${tag}-1-static.png`);
+    await page.screenshot({ path: shot, fullPage: true });
+    log(`screenshot (static table): ${shot}`);
+    console.log('DASHBOARD_OK');
+    return;
+  }
+  await until('the live view (server-sent events)', STEP_MS, async () =>
+    (await page.textContent('#live')) === 'live');
+  const state = async () => (await page.textContent(`${rowSel} .state`)) || '';
+  log(`${route} is ${await state()}`);
+  if ((await state()) !== 'stopped') fail(`${route} should be asleep before the wake, it is ${await state()}`);
+  const shot1 = path.join(outDir, `${tag}-1-dashboard.png`);
+  await page.screenshot({ path: shot1, fullPage: true });
+  log(`screenshot (dashboard): ${shot1}`);
+
+  // Wake it with its button: the row follows the wake live.
+  const t0 = Date.now();
+  await page.click(`${rowSel} button[data-action="wake"]`);
+  const seen = new Set();
+  await until(`${route} running after its Wake button`, READY_MS, async () => {
+    const s = await state();
+    if (!seen.has(s)) { seen.add(s); log(`${route}: ${s} after ${Date.now() - t0} ms`); }
+    const msg = (await page.textContent(`${rowSel} .msg`)) || '';
+    return s === 'running' && /awake/.test(msg);
+  });
+  const msg = await page.textContent(`${rowSel} .msg`);
+  log(`the row says: ${JSON.stringify(msg)}; states seen: ${JSON.stringify([...seen])}`);
+  await until('the last wake and p50/p95 on the row', STEP_MS, async () => {
+    const cells = await page.$$eval(`${rowSel} td.num`, (tds) => tds.map((t) => t.textContent));
+    return cells.some((c) => / s \/ /.test(c)) ? cells : null;
+  });
+  await until('CPU and memory of the running guest', READY_MS, async () =>
+    /iB/.test((await page.textContent(rowSel)) || ''));
+  const shot2 = path.join(outDir, `${tag}-2-woken.png`);
+  await page.screenshot({ path: shot2, fullPage: true });
+  log(`screenshot (after the wake): ${shot2}`);
+
+  // Its journal, from the Logs link.
+  await page.click(`${rowSel} a:text-is("Logs")`);
+  await until('journal lines on the logs page', READY_MS, async () => {
+    const text = (await page.textContent('#log')) || '';
+    return text.split('\n').filter((l) => l).length >= 3;
+  });
+  const status = await page.textContent('#state');
+  const lines = ((await page.textContent('#log')) || '').trim().split('\n');
+  log(`logs page: ${status}; ${lines.length} lines, the last: ${JSON.stringify(lines[lines.length - 1])}`);
+  if (/drowsy-begin|printf|login:|\x1b/.test(lines.join('\n'))) fail('the shell around the journal shows on the logs page');
+  const shot3 = path.join(outDir, `${tag}-3-logs.png`);
+  await page.screenshot({ path: shot3 });
+  log(`screenshot (logs): ${shot3}`);
+
+  if (problems.length) fail(`console errors: ${JSON.stringify(problems)}`);
+  log('no console errors');
+  console.log('DASHBOARD_OK');
 }
 
 main().catch((e) => {

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub cluster_round_trips: Family<ClusterOpLabel, Counter>,
     pub access_denied_total: Family<AccessDeniedLabel, Counter>,
     pub wakes_refused_total: Family<WakeRefusedLabel, Counter>,
+    /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
+    pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
 }
 
 impl Default for Metrics {
@@ -239,7 +241,12 @@ impl Metrics {
             "Requests that found their guest asleep and were not allowed to wake it",
             wakes_refused_total.clone(),
         );
+        let guest_stats = Arc::new(crate::proxmox::stats::StatsBoard::default());
+        registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
+            guest_stats.clone(),
+        )));
         Metrics {
+            guest_stats,
             registry,
             access_denied_total,
             wakes_refused_total,

@@ -142,8 +142,24 @@ async fn handle(
             json(&routes_json(&state, usage.as_ref()))
         }
         (&Method::GET, "/api/certs") => json(&serde_json::json!(state.acme.status())),
-        (_, "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs") => {
-            pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        (&Method::GET, "/api/stats") => json(&super::stats_api::stats_json(&state)),
+        (&Method::GET, "/") => super::dashboard::page(&state),
+        (&Method::GET, "/dashboard/events") => super::dashboard::events(state.clone()),
+        (&Method::GET, path) if path.starts_with("/logs/") => {
+            match find_route(&state, &path["/logs/".len()..]) {
+                Some(route) => super::dashboard::logs_page(&route.name),
+                None => pages::plain(StatusCode::NOT_FOUND, "no such route"),
+            }
+        }
+        (
+            _,
+            "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs" | "/api/stats",
+        ) => pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::GET, path) if super::logs_api::target(path).is_some() => {
+            let name = super::logs_api::target(path)
+                .unwrap_or_default()
+                .to_string();
+            super::logs_api::logs(&state, &name, req.uri().query()).await
         }
         (method, path) => match control_target(path) {
             Some(_) if method != Method::POST => {
@@ -154,6 +170,18 @@ async fn handle(
         },
     };
     Ok(resp)
+}
+
+/// A response of server-sent events from `rx`, never cached.
+pub(crate) fn event_stream(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::channel(rx));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 fn json(value: &serde_json::Value) -> Response<RespBody> {
@@ -195,7 +223,7 @@ fn control_target(path: &str) -> Option<(&str, &str)> {
     (matches!(action, "wake" | "sleep") && !name.is_empty()).then_some((name, action))
 }
 
-fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
+pub(crate) fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
     state
         .proxy
         .table
@@ -315,6 +343,7 @@ fn routes_json(
             "hosts": s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             "target": s.describe_target(),
             "guest": s.target.guest().map(|g| g.key.to_string()),
+            "auto": s.auto,
             "listen": s.tcp_listen.map(|a| a.to_string()),
             "sleeps": false,
             "state": serde_json::Value::Null,
@@ -327,6 +356,9 @@ fn routes_json(
             "address": serde_json::Value::Null,
             "error": serde_json::Value::Null,
             "cluster": serde_json::Value::Null,
+            "wake_p50_ms": serde_json::Value::Null,
+            "wake_p95_ms": serde_json::Value::Null,
+            "asleep_share_24h": serde_json::Value::Null,
         });
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
@@ -354,6 +386,10 @@ fn routes_json(
             v["address"] = g.address.map(|a| a.to_string()).into();
             v["error"] = g.last_error.into();
             v["cluster"] = cluster_json(usage, &gate.id);
+            let h = gate.history_view();
+            v["wake_p50_ms"] = h.wake_p50_ms.into();
+            v["wake_p95_ms"] = h.wake_p95_ms.into();
+            v["asleep_share_24h"] = h.asleep_share.into();
         }
         out.insert(route.name.to_string(), v);
     }

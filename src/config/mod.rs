@@ -3,6 +3,7 @@
 //! runtime settings of [`runtime`].
 
 pub mod access;
+mod auto;
 mod error;
 mod expand;
 mod locate;
@@ -18,7 +19,9 @@ pub use access::{
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use runtime::*;
-pub use validate::{decode_hmac_key, parse_host_pattern, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use validate::{
+    decode_hmac_key, is_pve_tag, parse_host_pattern, DEFAULT_TAG, LETSENCRYPT, LETSENCRYPT_STAGING,
+};
 pub use values::{parse_duration, parse_size};
 
 use std::path::Path;

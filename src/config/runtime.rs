@@ -56,6 +56,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// Named access policies (`access:`), in file order.
     pub access: Vec<super::PolicySettings>,
+    /// Routes from Proxmox tags (`auto_routes:`), when configured.
+    pub auto_routes: Option<AutoRoutes>,
 }
 
 /// `cluster:` (DESIGN.md §13), validated.
@@ -92,6 +94,24 @@ impl ClusterSettings {
         };
         format!("{scheme}://{host}:{}/{}", self.port, self.db)
     }
+}
+
+/// `auto_routes:` (DESIGN.md §12), validated: which guests get a route,
+/// and what every such route starts from.
+#[derive(Clone, Debug)]
+pub struct AutoRoutes {
+    /// The opt-in tag, lowercase.
+    pub tag: String,
+    /// Hosts are `<guest name>.<domain>`.
+    pub domain: String,
+    /// Unless the guest has a `port-NNNN` tag.
+    pub port: u16,
+    /// Unless the guest has an `https` tag.
+    pub scheme: Scheme,
+    /// Sleep, backend and `no_wake` settings of every auto route (from
+    /// `auto_routes`, else `defaults`); name, hosts and target are
+    /// placeholders filled in per guest.
+    pub template: RouteSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -307,6 +327,9 @@ pub struct RouteSettings {
     pub no_wake: NoWake,
     /// Access policies, wake rules and header rules (DESIGN.md §11).
     pub access: super::RouteAccess,
+    /// Made from a Proxmox tag (`auto_routes`) rather than written in the
+    /// file.
+    pub auto: bool,
 }
 
 impl RouteSettings {

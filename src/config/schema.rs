@@ -28,6 +28,7 @@ pub struct RawConfig {
     /// Named access policies (DESIGN.md §11), in file order.
     #[serde(default)]
     pub access: Policies,
+    pub auto_routes: Option<super::auto::RawAutoRoutes>,
 }
 
 /// `cluster:` (DESIGN.md §13): several drowsy instances sharing use and

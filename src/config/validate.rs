@@ -24,8 +24,10 @@ macro_rules! path {
 
 mod access;
 mod acme;
+mod auto;
 mod cluster;
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use auto::{is_pve_tag, DEFAULT_TAG};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_CLUSTER_NAME: &str = "pve";
@@ -110,9 +112,14 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
     let routes = routes(&mut ctx, &raw, &proxmox, base);
     access::check_auth_urls(&mut ctx, &policies, &routes);
     access::check_tcp_routes(&mut ctx, &policies, &routes, &raw);
+    let auto_routes = raw.auto_routes.as_ref().and_then(|a| {
+        let known: Vec<&str> = raw.access.0.iter().map(|(n, _)| n.as_str()).collect();
+        auto::auto_routes(&mut ctx, a, &raw.defaults, &proxmox, base, &known)
+    });
     if listen.http.is_none()
         && listen.https.is_none()
         && !routes.iter().any(|r| r.tcp_listen.is_some())
+        && auto_routes.is_none()
     {
         ctx.err(
             &path!["listen"],
@@ -132,6 +139,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             acme,
             cluster,
             access: policies,
+            auto_routes,
         })
     } else {
         Err(ConfigErrors(ctx.errors))
@@ -758,6 +766,7 @@ fn routes(
             depends_on,
             no_wake: no_wake(ctx, &at, r),
             access: access::route_access(ctx, &at, r, &raw.defaults, &known),
+            auto: false,
         });
     }
     check_cycles(ctx, &out);

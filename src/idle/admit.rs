@@ -193,8 +193,16 @@ pub async fn admit<B>(
         if start {
             gate.request_wake();
         }
-        let failed = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
-        return Admit::Respond(Box::new(loading(route, failed)));
+        let history = gate.history_view();
+        // A public reason only, never the internal one (DESIGN.md §9).
+        let error = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
+        return Admit::Respond(Box::new(loading(&page::Loading {
+            route,
+            error,
+            usual_ms: history.wake_p50_ms,
+            elapsed_ms: history.waking_for_ms.unwrap_or(0),
+            ..page::Loading::default()
+        })));
     }
     let Some(_slot) = gate.try_hold(policy.max_held_requests) else {
         return Admit::Respond(Box::new(pages::unavailable(
@@ -240,8 +248,8 @@ pub fn starts(gate: &Gate, wake: Option<WakeCheck<'_>>) -> Result<bool, WakeRefu
 }
 
 /// 503 with the loading page: nothing caches or indexes it.
-fn loading(route: &str, error: Option<&str>) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(page::loading_page(route, error)));
+pub fn loading(view: &page::Loading) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(page::render(view)));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let h = resp.headers_mut();
     h.insert(

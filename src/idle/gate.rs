@@ -6,6 +6,7 @@
 
 use super::activity::{Activity, UseGuard};
 use super::fence::{self, Claim};
+use super::history::{History, HistoryView};
 use super::state::{GuestState, Phase};
 use super::sync::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::admin::metrics::{Metrics, RouteLabel, RouteResultLabel, RouteStateLabel, WakeResult};
@@ -211,6 +212,8 @@ pub struct Gate {
     pub(super) turns: AtomicU64,
     pub(super) deps: ArcSwap<Vec<Arc<Gate>>>,
     pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
+    /// Past wake times and sleep spans (dashboard, loading page).
+    history: Mutex<History>,
 }
 
 impl Gate {
@@ -263,6 +266,7 @@ impl Gate {
             turns: AtomicU64::new(0),
             deps: ArcSwap::from_pointee(Vec::new()),
             dependents: ArcSwap::from_pointee(Vec::new()),
+            history: Mutex::new(History::default()),
         });
         (gate, rx)
     }
@@ -336,6 +340,7 @@ impl Gate {
         };
         // The cluster publisher claims only a running guest: let it look.
         self.requests.claim.notify_one();
+        self.history().mark(s.is_asleep(), Instant::now());
         self.label.load().metrics.show_state(s);
         if was.is_awake() && !s.is_awake() {
             // Dependencies wait for their dependents to sleep: tell them.
@@ -364,6 +369,7 @@ impl Gate {
     /// A wake begins: a new attempt, `starting`, announced before the
     /// dependencies are read (the dependency fence).
     pub(super) fn begin_wake(&self) {
+        self.history().begin_wake(Instant::now());
         self.transition(Some(GuestState::Starting), |sig| {
             sig.attempt += 1;
             sig.phase = Phase::Starting;
@@ -385,8 +391,24 @@ impl Gate {
         });
     }
 
+    /// A wake of drowsy's took `ms` (for the percentiles).
+    pub(super) fn record_wake(&self, ms: u64) {
+        self.history().record_wake(ms);
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake percentiles, the asleep share of the last day, and how long
+    /// the wake under way has taken.
+    pub fn history_view(&self) -> HistoryView {
+        self.history().view(Instant::now())
+    }
+
     /// The wake succeeded.
     pub(super) fn ready_now(&self, ms: u64) {
+        self.history().end_wake();
         self.transition(Some(GuestState::Running), |sig| {
             sig.phase = Phase::Ready { ms };
         });

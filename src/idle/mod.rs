@@ -12,6 +12,7 @@ mod asleep;
 pub mod binding;
 pub mod fence;
 pub mod gate;
+pub mod history;
 mod owner;
 pub mod page;
 mod probe;

@@ -257,6 +257,7 @@ impl Owner {
                 let ms = elapsed.as_millis() as u64;
                 self.gate.wakes.fetch_add(1, Ordering::Relaxed);
                 self.gate.last_wake_ms.store(ms.max(1), Ordering::Relaxed);
+                self.gate.record_wake(ms);
                 label.metrics.wakes_ok.inc();
                 label.metrics.wake_duration.observe(elapsed.as_secs_f64());
                 self.gate.ready_now(ms);

@@ -47,6 +47,16 @@ impl GuestState {
         }
     }
 
+    /// Asleep for the share-of-time figures (stopped or suspended); `None`
+    /// while the state is not known.
+    pub fn is_asleep(self) -> Option<bool> {
+        match self {
+            GuestState::Unknown => None,
+            GuestState::Stopped | GuestState::Suspended => Some(true),
+            _ => Some(false),
+        }
+    }
+
     /// Awake for the purpose of dependencies: a dependency stays up while
     /// any of its dependents is in one of these.
     pub fn is_awake(self) -> bool {

@@ -34,15 +34,26 @@ pub enum LookupError {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     guests: Vec<Guest>,
+    index: Arc<Index>,
+}
+
+/// Positions in the guest list by vmid, name and IP. Shared by snapshots
+/// that differ only in usage figures (the positions are the same).
+#[derive(Debug, Default)]
+struct Index {
     by_vmid: HashMap<u32, Vec<usize>>,
     by_name: HashMap<String, Vec<usize>>,
     by_ip: HashMap<IpAddr, Vec<usize>>,
 }
 
+fn sort_guests(guests: &mut [Guest]) {
+    guests.sort_by(|a, b| (&a.cluster, a.vmid).cmp(&(&b.cluster, b.vmid)));
+}
+
 impl Snapshot {
     fn build(mut guests: Vec<Guest>) -> Snapshot {
-        guests.sort_by(|a, b| (&a.cluster, a.vmid).cmp(&(&b.cluster, b.vmid)));
-        let mut s = Snapshot::default();
+        sort_guests(&mut guests);
+        let mut s = Index::default();
         for (i, g) in guests.iter().enumerate() {
             s.by_vmid.entry(g.vmid).or_default().push(i);
             if !g.name.is_empty() {
@@ -55,8 +66,19 @@ impl Snapshot {
                 }
             }
         }
-        s.guests = guests;
-        s
+        Snapshot {
+            guests,
+            index: Arc::new(s),
+        }
+    }
+
+    /// The same guests with new usage figures: the index stays.
+    fn with_usage(&self, mut guests: Vec<Guest>) -> Snapshot {
+        sort_guests(&mut guests);
+        Snapshot {
+            guests,
+            index: self.index.clone(),
+        }
     }
 
     pub fn guests(&self) -> &[Guest] {
@@ -64,13 +86,13 @@ impl Snapshot {
     }
 
     pub fn get(&self, cluster: &str, vmid: u32) -> Option<&Guest> {
-        self.pick(self.by_vmid.get(&vmid), Some(cluster))
+        self.pick(self.index.by_vmid.get(&vmid), Some(cluster))
             .into_iter()
             .next()
     }
 
     pub fn by_vmid(&self, cluster: Option<&str>, vmid: u32) -> Vec<&Guest> {
-        self.pick(self.by_vmid.get(&vmid), cluster)
+        self.pick(self.index.by_vmid.get(&vmid), cluster)
     }
 
     /// Case-insensitive; a FQDN whose full name matches no guest is tried
@@ -78,18 +100,20 @@ impl Snapshot {
     /// (Proxmox guest names are hostnames, usually unqualified).
     pub fn by_name(&self, cluster: Option<&str>, name: &str) -> Vec<&Guest> {
         let name = name.trim_end_matches('.').to_lowercase();
-        let full = self.pick(self.by_name.get(&name), cluster);
+        let full = self.pick(self.index.by_name.get(&name), cluster);
         if !full.is_empty() {
             return full;
         }
         match name.split_once('.') {
-            Some((label, _)) if !label.is_empty() => self.pick(self.by_name.get(label), cluster),
+            Some((label, _)) if !label.is_empty() => {
+                self.pick(self.index.by_name.get(label), cluster)
+            }
             _ => Vec::new(),
         }
     }
 
     pub fn by_ip(&self, cluster: Option<&str>, ip: IpAddr) -> Vec<&Guest> {
-        self.pick(self.by_ip.get(&ip), cluster)
+        self.pick(self.index.by_ip.get(&ip), cluster)
     }
 
     fn pick(&self, idx: Option<&Vec<usize>>, cluster: Option<&str>) -> Vec<&Guest> {
@@ -173,6 +197,9 @@ pub struct ClusterCache {
     /// Serializes writers; readers only load the snapshot.
     write: Mutex<()>,
     generation: watch::Sender<u64>,
+    /// Bumped on every change at all, usage figures included (those
+    /// change with nearly every poll of a running guest).
+    samples: watch::Sender<u64>,
     changes: broadcast::Sender<GuestChange>,
 }
 
@@ -198,6 +225,7 @@ impl ClusterCache {
             polled: Mutex::new(Vec::new()),
             write: Mutex::new(()),
             generation: watch::channel(0).0,
+            samples: watch::channel(0).0,
             changes: broadcast::channel(1024).0,
         }
     }
@@ -244,9 +272,16 @@ impl ClusterCache {
         Ok(unique(&r.key, found)?.cloned())
     }
 
-    /// Bumped on every change of any guest; `changed()` wakes watchers.
+    /// Bumped on every change of any guest (usage figures aside);
+    /// `changed()` wakes watchers.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Bumped whenever anything in the cache changed, usage figures (CPU,
+    /// memory, I/O counters) included.
+    pub fn samples(&self) -> watch::Receiver<u64> {
+        self.samples.subscribe()
     }
 
     /// Status changes (start/stop from outside included), as they are seen.
@@ -265,15 +300,27 @@ impl ClusterCache {
         let (mine, others): (Vec<&Guest>, Vec<&Guest>) =
             old.guests.iter().partition(|g| g.cluster == *cluster);
         let mine: Vec<Guest> = mine.into_iter().cloned().collect();
-        let new_mine = f(&mine);
-        if sorted(&new_mine) == mine {
+        let new_mine = sorted(&f(&mine));
+        if new_mine == mine {
             return;
         }
-        let events = status_changes(cluster, &mine, &new_mine);
+        let identity_changed = !same_but_usage(&new_mine, &mine);
+        // Statuses are part of what a guest is: usage alone changes none.
+        let events = match identity_changed {
+            true => status_changes(cluster, &mine, &new_mine),
+            false => Vec::new(),
+        };
         let mut all: Vec<Guest> = others.into_iter().cloned().collect();
         all.extend(new_mine);
-        self.snap.store(Arc::new(Snapshot::build(all)));
-        self.generation.send_modify(|g| *g += 1);
+        let next = match identity_changed {
+            true => Snapshot::build(all),
+            false => old.with_usage(all),
+        };
+        self.snap.store(Arc::new(next));
+        if identity_changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        self.samples.send_modify(|g| *g += 1);
         for e in events {
             // No receiver is fine: nobody listens yet.
             let _ = self.changes.send(e);
@@ -319,6 +366,39 @@ impl ClusterCache {
     }
 }
 
+/// Whether two lists differ at most in their usage figures, which change
+/// with every poll and must not look like a change of the guests.
+fn same_but_usage(a: &[Guest], b: &[Guest]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_guest(x, y))
+}
+
+/// Every field but `usage` (listed, so a new field cannot be forgotten).
+fn same_guest(a: &Guest, b: &Guest) -> bool {
+    let Guest {
+        cluster,
+        node,
+        vmid,
+        kind,
+        name,
+        status,
+        tags,
+        ips,
+        template,
+        ha,
+        usage: _,
+    } = a;
+    *cluster == b.cluster
+        && *node == b.node
+        && *vmid == b.vmid
+        && *kind == b.kind
+        && *name == b.name
+        && *status == b.status
+        && *tags == b.tags
+        && *ips == b.ips
+        && *template == b.template
+        && *ha == b.ha
+}
+
 fn sorted(guests: &[Guest]) -> Vec<Guest> {
     let mut v = guests.to_vec();
     v.sort_by_key(|g| g.vmid);
@@ -359,6 +439,7 @@ mod tests {
             ips: ip.iter().map(|s| s.parse().unwrap()).collect(),
             template: false,
             ha: false,
+            usage: Default::default(),
         }
     }
 
@@ -495,6 +576,16 @@ mod tests {
         assert_eq!((first.old, first.new), (None, Some(GuestStatus::Running)));
         let second = events.try_recv().unwrap();
         assert_eq!(second.new, Some(GuestStatus::Stopped));
+        // New usage figures are stored, but are no change of the guests.
+        let samples = *c.samples().borrow();
+        c.update_cluster(&home, |old| {
+            let mut v = old.to_vec();
+            v[0].usage.netin = 4096;
+            v
+        });
+        assert_eq!(c.generation(), 2);
+        assert_eq!(*c.samples().borrow(), samples + 1);
+        assert_eq!(c.get("home", 105).unwrap().usage.netin, 4096);
         let g = c
             .set_ips(&home, 105, vec!["10.0.0.9".parse().unwrap()])
             .unwrap();

@@ -46,6 +46,8 @@ pub struct PveClient {
     metrics: Arc<Metrics>,
     timeout: Duration,
     loopback_guests: bool,
+    /// The TLS settings of the API, for the terminal's WebSocket.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for PveClient {
@@ -86,6 +88,7 @@ impl PveClient {
         };
         let tls = tls::client_config(settings.ca_file.as_deref(), settings.insecure_skip_verify)
             .map_err(setup)?;
+        let ws_tls = Arc::new(tls.clone());
         if settings.insecure_skip_verify {
             tracing::warn!(
                 cluster = %cluster,
@@ -120,7 +123,49 @@ impl PveClient {
             metrics,
             timeout: settings.request_timeout,
             loopback_guests: settings.insecure_loopback_guests,
+            tls: ws_tls,
         })
+    }
+
+    /// `https://host:8006/api2/json`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub(crate) fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The user of ticket auth (`None` with an API token).
+    pub fn ticket_user(&self) -> Option<&str> {
+        match &self.auth {
+            Auth::Ticket(t) => Some(&t.username),
+            Auth::Token(_) => None,
+        }
+    }
+
+    /// The token id or user, for messages.
+    pub fn principal_id(&self) -> &str {
+        &self.principal.id
+    }
+
+    /// The `PVEAuthCookie` of ticket auth (logging in if needed), for a
+    /// request the client does not make itself (the terminal's WebSocket);
+    /// `None` with an API token.
+    pub(crate) async fn session_cookie(&self) -> Result<Option<HeaderValue>, PveError> {
+        match self.credentials().await? {
+            Credentials::Ticket(t) => Ok(Some(t.cookie.clone())),
+            Credentials::Token(_) => Ok(None),
+        }
+    }
+
+    /// Counts a request made outside [`Self::get`] and [`Self::post`].
+    pub(crate) fn count_call(&self, endpoint: &'static str, code: u16) {
+        self.count(endpoint, code);
     }
 
     pub fn cluster(&self) -> &Arc<str> {

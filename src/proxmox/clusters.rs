@@ -13,6 +13,10 @@ use std::sync::Arc;
 pub struct Clusters {
     pub cache: Arc<ClusterCache>,
     clusters: Vec<Cluster>,
+    /// Ends the task that keeps the guest statistics current.
+    stop: tokio_util::sync::CancellationToken,
+    /// The shortest `poll_interval`: how often new figures can appear.
+    pub poll_interval: std::time::Duration,
 }
 
 struct Cluster {
@@ -37,7 +41,24 @@ impl Clusters {
             );
             clusters.push(Cluster { client, poller });
         }
-        let me = Clusters { cache, clusters };
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(follow_usage(
+            cache.clone(),
+            metrics.guest_stats.clone(),
+            stop.clone(),
+        ));
+        let poll_interval = config
+            .proxmox
+            .iter()
+            .map(|p| p.poll_interval)
+            .min()
+            .unwrap_or(std::time::Duration::from_secs(3));
+        let me = Clusters {
+            cache,
+            clusters,
+            stop,
+            poll_interval,
+        };
         me.set_needed(config);
         Ok(me)
     }
@@ -99,9 +120,33 @@ impl Clusters {
 
     /// Stops the pollers.
     pub fn shutdown(&self) {
+        self.stop.cancel();
         for c in &self.clusters {
             c.poller.stop();
         }
+    }
+}
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Feeds every new view of the cache (each poll that brought new usage
+/// figures) to the statistics board.
+async fn follow_usage(
+    cache: Arc<ClusterCache>,
+    board: Arc<super::stats::StatsBoard>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut samples = cache.samples();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = samples.changed() => if r.is_err() { return },
+        }
+        board.observe(&cache.snapshot());
     }
 }
 

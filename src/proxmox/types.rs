@@ -79,7 +79,7 @@ impl fmt::Display for GuestStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Guest {
     pub cluster: Arc<str>,
     pub node: String,
@@ -94,6 +94,54 @@ pub struct Guest {
     pub template: bool,
     /// Managed by the HA stack: power actions go through HA requests.
     pub ha: bool,
+    /// CPU, memory and I/O as the same `/cluster/resources` entry reports
+    /// them (no extra call).
+    pub usage: Usage,
+}
+
+/// What `/cluster/resources` says about a guest's use of the host, as
+/// pvestatd last sampled it (every 10 s on a real cluster).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// Share of the guest's CPUs busy over pvestatd's last interval
+    /// (0.25 = a quarter of `maxcpu` cores), computed by Proxmox from the
+    /// cgroup's CPU time counter.
+    pub cpu: f64,
+    /// CPUs the guest may use (cores, or an LXC `cpulimit`).
+    pub maxcpu: f64,
+    pub mem: u64,
+    pub maxmem: u64,
+    /// Bytes since the guest started (counters reset with it).
+    pub netin: u64,
+    pub netout: u64,
+    pub diskread: u64,
+    pub diskwrite: u64,
+    /// Seconds since the guest started, as of the same sample: the clock
+    /// the counters above were read at.
+    pub uptime: u64,
+}
+
+impl Usage {
+    fn from_resource(r: &Value) -> Usage {
+        let n = |k: &str| r.get(k).and_then(u64_field).unwrap_or(0);
+        let f = |k: &str| {
+            r.get(k)
+                .and_then(f64_field)
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .unwrap_or(0.0)
+        };
+        Usage {
+            cpu: f("cpu"),
+            maxcpu: f("maxcpu"),
+            mem: n("mem"),
+            maxmem: n("maxmem"),
+            netin: n("netin"),
+            netout: n("netout"),
+            diskread: n("diskread"),
+            diskwrite: n("diskwrite"),
+            uptime: n("uptime"),
+        }
+    }
 }
 
 impl Guest {
@@ -123,6 +171,7 @@ impl Guest {
             ips: Vec::new(),
             template: r.get("template").map(truthy).unwrap_or(false),
             ha: has_ha_state(r),
+            usage: Usage::from_resource(r),
         })
     }
 }
@@ -131,6 +180,22 @@ impl Guest {
 fn u32_field(v: &Value) -> Option<u32> {
     match v {
         Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn u64_field(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn f64_field(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
@@ -184,6 +249,36 @@ mod tests {
         assert_eq!(g.tags, vec!["web", "prod"]);
         assert!(g.ha && !g.template);
         assert_eq!(g.label(), "home/pve1/105");
+        assert_eq!(g.usage.maxmem, 536870912);
+        assert_eq!(g.usage.uptime, 42);
+    }
+
+    // Usage fields of the same entry: `cpu` is a ratio of `maxcpu`, the
+    // byte counters run since the guest started; a stopped guest has 0s.
+    #[test]
+    fn parses_usage_and_tolerates_odd_values() {
+        let c: Arc<str> = Arc::from("home");
+        let g = Guest::from_resource(
+            &c,
+            &json!({"type":"qemu","vmid":200,"node":"pve1","status":"running","cpu":0.0523,
+                    "maxcpu":4,"mem":1073741824u64,"maxmem":4294967296u64,"netin":"1234",
+                    "netout":5678,"diskread":1.5e9,"diskwrite":-3,"uptime":3600}),
+        )
+        .unwrap();
+        let u = &g.usage;
+        assert!((u.cpu - 0.0523).abs() < 1e-9 && u.maxcpu == 4.0);
+        assert_eq!((u.mem, u.maxmem), (1 << 30, 4 << 30));
+        assert_eq!((u.netin, u.netout), (1234, 5678));
+        assert_eq!(
+            (u.diskread, u.diskwrite, u.uptime),
+            (1_500_000_000, 0, 3600)
+        );
+        let g = Guest::from_resource(
+            &c,
+            &json!({"type":"lxc","vmid":201,"node":"pve1","cpu":"x"}),
+        )
+        .unwrap();
+        assert_eq!(g.usage, Usage::default());
     }
 
     #[test]

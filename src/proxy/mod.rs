@@ -1,6 +1,7 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
 pub mod authority;
+pub mod auto;
 pub mod body;
 pub mod conn;
 pub mod forward;

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::auth::{percent_decode, AuthError, Principal};
 use super::state::{lock, Shared};
-use super::{actions, endpoints, FaultKind, GuestKind};
+use super::{actions, endpoints, termproxy, FaultKind, GuestKind};
 
 pub(crate) type ApiResponse = Response<Full<Bytes>>;
 
@@ -50,7 +50,7 @@ impl ApiError {
         ApiError::Params(BTreeMap::from([(name.to_string(), msg.into())]))
     }
 
-    fn into_response(self) -> ApiResponse {
+    pub fn into_response(self) -> ApiResponse {
         match self {
             ApiError::Unauthorized(reason) => {
                 error_response(StatusCode::UNAUTHORIZED, reason, None)
@@ -165,6 +165,20 @@ pub(crate) enum Route {
         node: String,
         vmid: String,
     },
+    AgentExec {
+        node: String,
+        vmid: String,
+    },
+    AgentExecStatus {
+        node: String,
+        vmid: String,
+    },
+    TermProxy {
+        node: String,
+    },
+    VncWebsocket {
+        node: String,
+    },
 }
 
 fn kind_of(segment: &str) -> Option<GuestKind> {
@@ -249,6 +263,28 @@ pub(crate) fn route(method: &Method, path: &str) -> Option<(Route, String)> {
             },
             "GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces".to_string(),
         ),
+        ["nodes", _, "qemu", _, "agent", "exec"] if post => (
+            Route::AgentExec {
+                node: s(1),
+                vmid: s(3),
+            },
+            "POST /nodes/{node}/qemu/{vmid}/agent/exec".to_string(),
+        ),
+        ["nodes", _, "qemu", _, "agent", "exec-status"] if get => (
+            Route::AgentExecStatus {
+                node: s(1),
+                vmid: s(3),
+            },
+            "GET /nodes/{node}/qemu/{vmid}/agent/exec-status".to_string(),
+        ),
+        ["nodes", _, "termproxy"] if post => (
+            Route::TermProxy { node: s(1) },
+            "POST /nodes/{node}/termproxy".to_string(),
+        ),
+        ["nodes", _, "vncwebsocket"] if get => (
+            Route::VncWebsocket { node: s(1) },
+            "GET /nodes/{node}/vncwebsocket".to_string(),
+        ),
         _ => return None,
     };
     Some(r)
@@ -285,6 +321,7 @@ async fn connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Sha
                 Ok(tls_stream) => {
                     let _ = builder
                         .serve_connection(TokioIo::new(tls_stream), service)
+                        .with_upgrades()
                         .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "sim API TLS handshake failed"),
@@ -292,6 +329,7 @@ async fn connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Sha
             None => {
                 let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
                     .await;
             }
         }
@@ -326,6 +364,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> ApiRe
         .to_string();
     if let Some(fault) = shared.take_fault(&full_path) {
         return injected(&shared, fault).await;
+    }
+    if let Some((Route::VncWebsocket { node }, _)) = &matched {
+        let node = node.clone();
+        return upgrade(&shared, req, &node).await;
     }
     match dispatch(&shared, req, matched.map(|(r, _)| r), rel).await {
         Ok(data) => envelope(data),
@@ -363,6 +405,18 @@ async fn dispatch(
     };
     let params = params(req).await?;
     endpoints::call(shared, &principal, route, &params)
+}
+
+/// `vncwebsocket`: authenticated like any call, answered with an upgrade.
+async fn upgrade(shared: &Arc<Shared>, req: Request<Incoming>, node: &str) -> ApiResponse {
+    let result = authenticate(shared, &req).and_then(|who| {
+        let mut p = Params::new();
+        if let Some(q) = req.uri().query() {
+            parse_form(q, &mut p);
+        }
+        termproxy::websocket(shared, &who, node, &p, req)
+    });
+    result.unwrap_or_else(ApiError::into_response)
 }
 
 /// Token or ticket; a ticket also needs the CSRF token on anything but GET.
@@ -413,10 +467,18 @@ async fn params(req: Request<Incoming>) -> Result<Params, ApiError> {
     Ok(out)
 }
 
+/// A key given more than once (a list, e.g. `command=a&command=b`) keeps
+/// all its values, joined by NUL.
 fn parse_form(s: &str, out: &mut Params) {
     for pair in s.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.insert(percent_decode(k, true), percent_decode(v, true));
+        let v = percent_decode(v, true);
+        out.entry(percent_decode(k, true))
+            .and_modify(|old| {
+                old.push('\0');
+                old.push_str(&v);
+            })
+            .or_insert(v);
     }
 }
 

@@ -167,6 +167,11 @@ impl AuthState {
         })
     }
 
+    /// Random ticket-like text of `len` characters.
+    pub fn random(&mut self, len: usize) -> String {
+        self.signature(len)
+    }
+
     /// Base64-looking text of `len` characters. Real tickets carry an RSA
     /// signature in base64, so they contain `+`, `/` and `=`, which clients
     /// must escape in the cookie.

@@ -11,7 +11,8 @@ use super::api::{ApiError, Params, Route};
 use super::auth::Principal;
 use super::spec::{format_mac, guest_mac, link_local};
 use super::state::{lock, Guest, Power, Shared, Snapshot};
-use super::{actions, GuestKind};
+use super::usage::{self, max_cpu};
+use super::{actions, agent, termproxy, GuestKind};
 
 /// The version the simulator claims to be.
 const VERSION: &str = "9.0.3";
@@ -67,7 +68,37 @@ pub(crate) fn call(
             locate(shared, &node, GuestKind::Qemu, vmid)?;
             guest_view(shared, vmid, agent_interfaces)?
         }
+        Route::AgentExec { node, vmid } => {
+            let vmid = agent_exec_allowed(shared, who, &node, &vmid)?;
+            agent::exec(shared, vmid, params)
+        }
+        Route::AgentExecStatus { node, vmid } => {
+            let vmid = agent_exec_allowed(shared, who, &node, &vmid)?;
+            agent::status(shared, vmid, params)
+        }
+        Route::TermProxy { node } => termproxy::open(shared, who, &node, params),
+        // Answered with an upgrade before it gets here.
+        Route::VncWebsocket { .. } => Err(ApiError::Server("websocket upgrade required".into())),
     }
+}
+
+/// Running commands in a VM: PVE 9 checks VM.GuestAgent.Unrestricted,
+/// PVE 8 VM.Monitor.
+fn agent_exec_allowed(
+    shared: &Shared,
+    who: &Principal,
+    node: &str,
+    vmid: &str,
+) -> Result<u32, ApiError> {
+    let vmid = check_vmid(vmid)?;
+    require(
+        shared,
+        who,
+        &format!("/vms/{vmid}"),
+        &["VM.GuestAgent.Unrestricted", "VM.Monitor"],
+    )?;
+    locate(shared, node, GuestKind::Qemu, vmid)?;
+    Ok(vmid)
 }
 
 /// Validates the vmid, checks `privilege` on it and that the guest lives
@@ -266,11 +297,9 @@ fn vm_resource(g: &Guest) -> Value {
         "id": format!("{}/{}", s.kind.as_str(), s.vmid),
         "type": s.kind.as_str(), "vmid": s.vmid, "name": s.name, "node": s.node,
         "status": broadcast_status(g), "template": 0,
-        "maxmem": max_mem(s.kind), "mem": if up { max_mem(s.kind) / 4 } else { 0 },
-        "maxcpu": max_cpu(s.kind), "cpu": if up { 0.012 } else { 0.0 },
         "maxdisk": 8_589_934_592u64, "disk": if up { 1_073_741_824u64 } else { 0 },
-        "uptime": g.uptime(), "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
     });
+    merge(&mut v, usage::fields(g));
     if !s.tags.is_empty() {
         v["tags"] = json!(s.tags.join(";"));
     }
@@ -280,17 +309,10 @@ fn vm_resource(g: &Guest) -> Value {
     v
 }
 
-fn max_mem(kind: GuestKind) -> u64 {
-    match kind {
-        GuestKind::Lxc => 536_870_912,
-        GuestKind::Qemu => 2_147_483_648,
-    }
-}
-
-fn max_cpu(kind: GuestKind) -> u32 {
-    match kind {
-        GuestKind::Lxc => 1,
-        GuestKind::Qemu => 2,
+/// Adds the fields of `more` (an object) to `v`.
+fn merge(v: &mut Value, more: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (v, more) {
+        into.extend(from);
     }
 }
 
@@ -302,16 +324,14 @@ fn status_current(g: &Guest) -> Value {
     let mut v = json!({
         "vmid": s.vmid, "name": s.name, "type": s.kind.as_str(),
         "status": if up { "running" } else { "stopped" },
-        "uptime": g.uptime(), "cpus": max_cpu(s.kind), "cpu": if up { 0.012 } else { 0.0 },
-        "maxmem": max_mem(s.kind), "mem": if up { max_mem(s.kind) / 4 } else { 0 },
-        "maxdisk": 8_589_934_592u64, "disk": 0, "netin": 0, "netout": 0,
-        "diskread": 0, "diskwrite": 0,
+        "cpus": max_cpu(s.kind), "maxdisk": 8_589_934_592u64, "disk": 0,
         "ha": if s.ha {
             json!({"managed": 1, "state": if up { "started" } else { "stopped" }, "group": null})
         } else {
             json!({"managed": 0})
         },
     });
+    merge(&mut v, usage::fields(g));
     if up {
         v["pid"] = json!(10_000 + s.vmid);
     }

@@ -37,6 +37,10 @@ pub(crate) struct Identity {
     /// The next boot answers the first segment on each with a reset, as a
     /// fresh kernel does for a connection it does not know.
     pub frozen: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    /// Requests served and their sizes (the network counters).
+    pub traffic: super::usage::Traffic,
+    /// The guest's systemd journal (`pct exec .. journalctl`).
+    pub journal: super::journal::Journal,
 }
 
 impl Identity {
@@ -45,6 +49,8 @@ impl Identity {
             name,
             vmid,
             frozen: std::sync::Mutex::new(Vec::new()),
+            traffic: Default::default(),
+            journal: Default::default(),
         }
     }
 }
@@ -190,7 +196,13 @@ async fn route(
     identity: Arc<Identity>,
     token: CancellationToken,
 ) -> Response<Body> {
-    match req.uri().path() {
+    let bytes_in = request_size(&req);
+    let line = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let resp = match req.uri().path() {
         "/ws" if is_websocket(&req) => websocket(req, token),
         "/slow" => slow(
             query_u64(&req, "chunks", 5),
@@ -198,7 +210,27 @@ async fn route(
         ),
         "/bytes" => bytes(query_u64(&req, "n", 1024)),
         _ => echo(req, &identity).await,
-    }
+    };
+    let bytes_out = 160 + http_body::Body::size_hint(resp.body()).lower();
+    identity.traffic.record(bytes_in, bytes_out);
+    identity.journal.add(
+        super::journal::WEB_UNIT,
+        "web",
+        97,
+        &format!("{line} {}", resp.status().as_u16()),
+    );
+    resp
+}
+
+/// About what the request took on the wire: its head and announced body.
+fn request_size(req: &Request<Incoming>) -> u64 {
+    let head: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let path = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    (head + path + 16) as u64 + http_body::Body::size_hint(req.body()).lower()
 }
 
 /// Names the guest and echoes the request, with the size of its body

@@ -20,16 +20,20 @@
 //!   an empty body and the reason only in the status line.
 
 mod actions;
+mod agent;
 mod api;
 mod auth;
 mod cli;
 mod endpoints;
 mod guest_http;
+mod journal;
 mod power;
 mod spec;
 mod state;
+mod termproxy;
 mod tls;
 mod upid;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +56,20 @@ pub const TOKEN_SECRET: &str = "5f1c9a2e-7b3d-4e8f-9a6b-0c2d4e6f8a1b";
 /// The user every simulator accepts for ticket login.
 pub const USERNAME: &str = "drowsy@pve";
 pub const PASSWORD: &str = "sleepy-guests";
+/// The superuser: the only one the node's terminal gives a shell.
+pub use termproxy::ROOT_USER;
+pub const ROOT_PASSWORD: &str = "root-of-all-guests";
+/// Everything root@pam may do (it may do anything).
+const ROOT_PRIVILEGES: [&str; 8] = [
+    "VM.Audit",
+    "VM.PowerMgmt",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Modify",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Monitor",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -153,6 +171,8 @@ impl Sim {
         let mut auth = auth::AuthState::new(opts.ticket_lifetime);
         auth.add_token(TOKEN_ID, TOKEN_SECRET);
         auth.add_user(USERNAME, PASSWORD);
+        auth.add_user(ROOT_USER, ROOT_PASSWORD);
+        auth.set_privileges(ROOT_USER, &ROOT_PRIVILEGES);
         let shared = Arc::new(Shared {
             nodes: Mutex::new(opts.nodes.clone()),
             knobs: Mutex::new(Knobs {
@@ -166,6 +186,8 @@ impl Sim {
             counters: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Vec::new()),
             snapshot: Mutex::new(None),
+            consoles: Mutex::new(Default::default()),
+            execs: Mutex::new(Default::default()),
             cancel: CancellationToken::new(),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -243,6 +265,20 @@ impl Sim {
     pub fn set_fail_start(&self, vmid: u32, msg: Option<&str>) {
         self.shared
             .with_guest(vmid, |g| g.spec.fail_start = msg.map(str::to_string));
+    }
+
+    /// Replaces a guest's tags, as an edit in the web UI would (seen in
+    /// `/cluster/resources` from its next refresh on).
+    pub fn set_tags(&self, vmid: u32, tags: &[&str]) {
+        self.shared.with_guest(vmid, |g| {
+            g.spec.tags = tags.iter().map(|t| t.to_string()).collect()
+        });
+    }
+
+    /// Renames a guest (its hostname / VM name).
+    pub fn set_name(&self, vmid: u32, name: &str) {
+        self.shared
+            .with_guest(vmid, |g| g.spec.name = name.to_string());
     }
 
     /// Hard-stops a guest from outside drowsy.

@@ -210,7 +210,14 @@ pub(crate) fn shutdown(
         if !in_time && !req.force_stop {
             return sh.finish_task(&task, &timeout_error(kind, vmid, req.timeout));
         }
-        let server = sh.with_guest(vmid, |g| g.power_off()).flatten();
+        let server = sh
+            .with_guest(vmid, |g| {
+                if in_time {
+                    g.identity.journal.shutdown();
+                }
+                g.power_off()
+            })
+            .flatten();
         closed(server).await;
         sh.finish_task(&task, if in_time { "OK" } else { "WARNINGS: 1" });
     });

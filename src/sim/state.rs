@@ -59,6 +59,9 @@ pub(crate) struct Guest {
     pub last_boot: Option<BootRecord>,
     pub listening: watch::Sender<bool>,
     pub identity: Arc<Identity>,
+    /// The service's traffic totals when the guest last booted: the usage
+    /// counters start from zero with each boot, as in Proxmox.
+    pub boot_traffic: (u64, u64, u64),
 }
 
 impl Guest {
@@ -76,6 +79,7 @@ impl Guest {
             last_boot: None,
             listening: watch::Sender::new(false),
             identity,
+            boot_traffic: (0, 0, 0),
         }
     }
 
@@ -88,6 +92,8 @@ impl Guest {
     pub fn power_on(&mut self) {
         self.power = Power::Running;
         self.up_since = Some(Instant::now());
+        self.boot_traffic = self.identity.traffic.totals();
+        self.identity.journal.boot();
         if self.ip.is_none() {
             self.ip = Some(self.spec.effective_ip());
         }
@@ -109,10 +115,6 @@ impl Guest {
         self.power = Power::Stopped;
         self.up_since = None;
         self.close_service()
-    }
-
-    pub fn uptime(&self) -> u64 {
-        self.up_since.map(|t| t.elapsed().as_secs()).unwrap_or(0)
     }
 }
 
@@ -146,6 +148,10 @@ pub(crate) struct Shared {
     pub counters: Mutex<BTreeMap<String, u64>>,
     pub faults: Mutex<Vec<ActiveFault>>,
     pub snapshot: Mutex<Option<Snapshot>>,
+    /// Terminals handed out by `termproxy`, waiting for their WebSocket.
+    pub consoles: Mutex<super::termproxy::Consoles>,
+    /// Guest-agent commands run, for `exec-status`.
+    pub execs: Mutex<super::agent::Execs>,
     /// Cancelled when the simulator shuts down; parent of every guest's token.
     pub cancel: CancellationToken,
     pub runtime: Handle,

@@ -265,7 +265,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<TestBody> {
 
 /// drowsy running in this process from a YAML config written to a temp dir.
 pub struct Drowsy {
-    pub running: Running,
+    pub running: Arc<Running>,
     pub dir: tempfile::TempDir,
 }
 
@@ -455,4 +455,37 @@ pub async fn wait_state(gate: &drowsy::idle::Gate, state: drowsy::idle::GuestSta
         .await
         .unwrap_or_else(|_| panic!("{} never became {}", gate.label(), state.as_str()))
         .expect("state watch");
+}
+
+/// A WebSocket to the guest's `/ws` echo through drowsy, for `host`.
+pub async fn ws_connect(
+    d: &Drowsy,
+    host: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(d.http())
+        .await
+        .expect("connect");
+    tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::client_async(format!("ws://{host}/ws"), stream),
+    )
+    .await
+    .expect("deadline")
+    .expect("websocket handshake")
+    .0
+}
+
+/// Sends `text` and expects it back.
+pub async fn ws_echo(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: &str,
+) {
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.expect("send");
+    let echo = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("deadline")
+        .expect("socket open")
+        .expect("message");
+    assert_eq!(echo.into_text().expect("text").as_str(), text);
 }
