@@ -333,6 +333,48 @@ async fn slowloris_connection_is_closed_after_header_timeout() {
     assert!(a.seen().is_empty());
 }
 
+// The next request head on a keep-alive connection has the same deadline
+// as the first: a client that answers a response with a trickle of head
+// bytes is dropped within header_read_timeout, not kept for keepalive_timeout.
+#[tokio::test]
+async fn a_slow_second_head_on_a_keep_alive_connection_is_dropped() {
+    let a = Backend::start().await;
+    let d = Drowsy::start(&format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: off\n  header_read_timeout: 300ms\n  keepalive_timeout: 1h\nroutes:\n  a:\n    host: a.lan\n    backend: {}\n",
+        a.url()
+    ))
+    .await;
+    let mut s = TcpStream::connect(d.http()).await.expect("connect");
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.lan\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("first response in time")
+            .expect("read");
+        assert!(n > 0, "closed before the first response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: a.lan\r\nX-Slow: 1")
+        .await
+        .expect("write");
+    // Drain what is left of the first response; then the close.
+    loop {
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("the slow connection was never closed")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    assert_eq!(a.seen().len(), 1, "only the complete request was forwarded");
+}
+
 #[tokio::test]
 async fn smuggling_shaped_requests_never_reach_the_backend_as_two() {
     let a = Backend::start().await;

@@ -64,11 +64,11 @@ impl Entrypoint {
         stop: CancellationToken,
         kill: CancellationToken,
     ) -> Self {
+        // No hyper header timer: it would arm and cancel a timer for every
+        // request; `drive` enforces header_read_timeout with the
+        // connection's one idle deadline instead.
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(l.header_read_timeout)
-            .keep_alive(true)
-            .max_buf_size(MAX_HEAD);
+        h1.keep_alive(true).max_buf_size(MAX_HEAD);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(l.http2_max_concurrent_streams)
@@ -204,11 +204,12 @@ where
     match protocol {
         Protocol::Http1 => {
             let conn = ep.http1.serve_connection(io, svc).with_upgrades();
-            drive(conn, &info, ep, std::future::pending()).await
+            let head = Some(ep.header_read_timeout);
+            drive(conn, &info, ep, std::future::pending(), head).await
         }
         Protocol::Http2 => {
             let stalled = info.send_stalled(ep.send_timeout);
-            drive(ep.http2.serve_connection(io, svc), &info, ep, stalled).await
+            drive(ep.http2.serve_connection(io, svc), &info, ep, stalled, None).await
         }
     }
 }
@@ -217,15 +218,37 @@ where
 /// it gracefully (HTTP/2 with GOAWAY); one that still has not finished
 /// after another idle period is dropped, as is everything at `kill` and a
 /// connection whose client stopped reading (`stalled`).
-async fn drive<C>(conn: C, info: &ConnInfo, ep: &Entrypoint, stalled: impl Future<Output = ()>)
-where
+///
+/// `head` (HTTP/1): with no request in flight, the next request head must
+/// be complete within this, counted from the end of the last response (or
+/// the connection's start); else the connection is dropped. An HTTP/1
+/// request is in flight from its complete head on, so "idle" covers both
+/// a keep-alive pause and a head that trickles in (slowloris).
+async fn drive<C>(
+    conn: C,
+    info: &ConnInfo,
+    ep: &Entrypoint,
+    stalled: impl Future<Output = ()>,
+    head: Option<Duration>,
+) where
     C: Graceful,
 {
     let mut conn = pin!(conn);
     let mut stalled = pin!(stalled);
+    let head_expired = async {
+        match head {
+            Some(t) => info.idle.expired(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut head_expired = pin!(head_expired);
     let mut closing = false;
     loop {
         tokio::select! {
+            _ = head_expired.as_mut() => {
+                tracing::debug!(client = %info.peer, "no complete request head within header_read_timeout");
+                return;
+            }
             _ = stalled.as_mut() => {
                 tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
                 return;

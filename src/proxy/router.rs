@@ -3,14 +3,18 @@
 //! half-updated table and never take a lock.
 
 use crate::config::HostPattern;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// Routes by host: exact names first, then the longest matching wildcard
 /// suffix (so `*.lab.home.arpa` beats `*.home.arpa`).
+///
+/// FxHash rather than SipHash: the keys are the config's hosts and never
+/// change while the table serves, so a client choosing the looked-up name
+/// cannot grow a collision chain (the reason for SipHash's cost).
 #[derive(Debug)]
 pub struct HostTable<R> {
-    exact: HashMap<Box<str>, Arc<R>>,
+    exact: FxHashMap<Box<str>, Arc<R>>,
     /// Suffixes with their leading dot, longest first.
     wildcards: Vec<(Box<str>, Arc<R>)>,
 }
@@ -18,7 +22,7 @@ pub struct HostTable<R> {
 impl<R> Default for HostTable<R> {
     fn default() -> Self {
         HostTable {
-            exact: HashMap::new(),
+            exact: FxHashMap::default(),
             wildcards: Vec::new(),
         }
     }
