@@ -33,7 +33,8 @@ HELD=${HELD:-10000}
 STAMP=$(date -u +%Y%m%dT%H%MZ)
 OUT=${OUT:-$ROOT/target/bench/all-$STAMP.md}
 
-log() { printf '[bench] %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 load=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$load" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; then
@@ -64,7 +65,7 @@ mkdir -p "$(dirname "$OUT")"
 	echo "# drowsy benchmarks, $STAMP"
 	echo
 	echo "$(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr)," \
-		"drowsy $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (modified)')"
+		"drowsy $(drowsy_rev)"
 	if [[ $BENCH_LOADED == 1 ]]; then
 		echo "**LOADED machine**: 1-minute load average $load at start (FORCE=1)"
 	else

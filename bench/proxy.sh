@@ -22,6 +22,7 @@
 #                        that cannot be installed is left out with a message
 #   WORKERS [1]          workers per proxy (drowsy TOKIO_WORKER_THREADS, nginx
 #                        worker_processes, HAProxy nbthread, Go GOMAXPROCS)
+#   TITLE                the tables' heading
 #   ENTRIES              instead of PEERS/WORKERS: NAME:WORKERS list, e.g.
 #                        "drowsy:1 nginx:1 drowsy:2 nginx:2" (bench/scale.sh)
 #   ROUNDS [5]           measured rounds; each round runs every proxy once
@@ -146,7 +147,7 @@ client_h2() {
 		--log-file="$out.times" "https://$HOST_HEADER:$port/" >"$out"
 	local failed errored non2xx proto
 	read -r failed errored < <(awk '/^requests:/ { print $10, $12 }' "$out")
-	non2xx=$(awk '/^status codes:/ { print $4 + $6 + $8 }' "$out")
+	non2xx=$(awk '/^status codes:/ { print $5 + $7 + $9 }' "$out")
 	proto=$(awk '/^Application protocol:/ { print $3 }' "$out")
 	if [[ $proto != h2 ]]; then
 		log "h2load against port $port did not negotiate h2 (got '${proto:-nothing}')"
@@ -265,8 +266,8 @@ print_tables() {
 		M[$i]=$(medians "${E_LABEL[i]}" "$results")
 	done
 
-	local title="Proxy throughput"
-	[[ $MODE == h2 ]] && title="Proxy throughput, HTTP/2 over TLS"
+	local title=${TITLE:-Proxy throughput}
+	[[ $MODE == h2 ]] && title=${TITLE:-Proxy throughput, HTTP/2 over TLS}
 	echo
 	echo "### $title"
 	echo
@@ -277,14 +278,19 @@ print_tables() {
 	load_note
 	versions_line "${E_NAME[@]}"
 	if [[ $MODE == h2 ]]; then
+		# What each proxy negotiated with h2load (the same for all, or a warning).
+		local tls=() kinds
 		for ((i = 0; i < n; i++)); do
-			local f=$WORKDIR/round1-$i.txt
-			[[ -f $f ]] && printf '%s: %s %s %s; ' "${E_LABEL[i]}" \
-				"$(awk '/^Application protocol:/ { print $3 }' "$f")" \
-				"$(awk '/^TLS Protocol:/ { print $3 }' "$f")" \
-				"$(awk '/^Cipher:/ { print $2 }' "$f")"
+			tls+=("$(awk '/^Application protocol:/ { p = $3 } /^TLS Protocol:/ { v = $3 } /^Cipher:/ { c = $2 }
+				/^Server Temp Key:/ { k = $4 } END { print p, v, c, k }' "$WORKDIR/round1-$i.txt")")
 		done
-		echo
+		kinds=$(printf '%s\n' "${tls[@]}" | sort -u)
+		if [[ $(wc -l <<<"$kinds") == 1 ]]; then
+			echo "negotiated by every proxy: $kinds"
+		else
+			echo "WARNING: the proxies negotiated different TLS parameters:"
+			for ((i = 0; i < n; i++)); do echo "  ${E_LABEL[i]}: ${tls[i]}"; done
+		fi
 	fi
 	echo
 	printf '| %-10s | %9s | %8s | %10s | %9s | %16s | %17s |\n' proxy "req/s" "p99 (ms)" \
@@ -299,8 +305,8 @@ print_tables() {
 
 	# drowsy's ratio to every other entry with the same worker count.
 	echo
-	printf '| %-18s | %8s | %8s | %10s |\n' "ratio" "req/s" "p99" "CPU us/req"
-	echo "|--------------------|---------:|---------:|-----------:|"
+	printf '| %-22s | %8s | %8s | %10s |\n' "ratio" "req/s" "p99" "CPU us/req"
+	echo "|------------------------|---------:|---------:|-----------:|"
 	for ((i = 0; i < n; i++)); do
 		[[ ${E_NAME[i]} == drowsy ]] || continue
 		for ((j = 0; j < n; j++)); do
@@ -310,7 +316,7 @@ print_tables() {
 			read -r -a o <<<"${M[$j]}"
 			awk -v l="${E_LABEL[i]} / ${E_LABEL[j]}" -v a="${d[0]}" -v b="${o[0]}" -v c="${d[1]}" -v e="${o[1]}" \
 				-v f="${d[4]}" -v g="${o[4]}" 'BEGIN {
-				printf "| %-18s | %7.2fx | %7.2fx | %9.2fx |\n", l, a / b, c / e, f / g }'
+				printf "| %-22s | %7.2fx | %7.2fx | %9.2fx |\n", l, a / b, c / e, f / g }'
 		done
 	done
 
@@ -339,8 +345,8 @@ print_tables() {
 			local d o
 			read -r -a d <<<"${M[0]}"
 			read -r -a o <<<"${M[$j]}"
-			awk -v a="${d[0]}" -v b="${o[0]}" -v f="${d[4]}" -v g="${o[4]}" 'BEGIN {
-				printf "\ntarget vs nginx: req/s >= 1.00x: %s; CPU us/req <= 1.00x: %s\n",
+			awk -v l="${E_LABEL[0]} / ${E_LABEL[j]}" -v a="${d[0]}" -v b="${o[0]}" -v f="${d[4]}" -v g="${o[4]}" 'BEGIN {
+				printf "\ntarget %s: req/s >= 1.00x: %s; CPU us/req <= 1.00x: %s\n", l,
 					(a / b >= 1.0 ? "met" : "MISSED"), (f / g <= 1.0 ? "met" : "MISSED") }'
 		done
 	fi

@@ -15,4 +15,5 @@ export ENTRIES=${ENTRIES:-"drowsy:2 nginx:2 drowsy:1 nginx:1"}
 export PROXY_CPU=${PROXY_CPU:-0,1} CLIENT_CPU=${CLIENT_CPU:-0,1}
 export BACKEND_CPU=${BACKEND_CPU:-0,1} BACKEND_WORKERS=${BACKEND_WORKERS:-2}
 export THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-3}
+export TITLE=${TITLE:-"Scaling: two workers on two cores, shared with the client and the backend"}
 exec "$(dirname "${BASH_SOURCE[0]}")/proxy.sh" "$@"
