@@ -16,6 +16,7 @@
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]          fresh-process runs per configuration (medians shown)
+#   SETTLE [1]          seconds to wait after startup before sampling RSS
 #   PROXY_CPU [0]       core for the proxies; CLIENT_CPU [1] for the rest
 #   BASE_PORT [18380]   proxies on BASE_PORT..+9, the simulator on +9,
 #                       backends from BASE_PORT+100
@@ -27,6 +28,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROUTES=${1:-${ROUTES:-100}}
 ROUNDS=${ROUNDS:-3}
+SETTLE=${SETTLE:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18380}
@@ -59,14 +61,7 @@ drowsy_guest_conf() {
 listen:
   http: 127.0.0.1:$PROXY_PORT
   admin: 127.0.0.1:$ADMIN_PORT
-proxmox:
-  - name: pve
-    url: https://127.0.0.1:$SIM_PORT
-    token_id: "$SIM_TOKEN_ID"
-    token_secret: "$SIM_TOKEN_SECRET"
-    ca_file: $SIM_CA
-    insecure_loopback_guests: true
-    poll_interval: 3s
+$(sim_proxmox_conf "$SIM_PORT")
 defaults:
   idle_timeout: 15m
 routes:
@@ -101,35 +96,13 @@ EOF
 	done
 }
 
-start_sim() {
-	local file=$WORKDIR/guests.yml i
-	{
-		echo "task_delay: 100ms"
-		echo "resources_refresh: 0s"
-		echo "guests:"
-		for ((i = 0; i < ROUTES; i++)); do
-			printf '  - {vmid: %d, kind: lxc, name: g%d, port: 8080}\n' $((VMID_BASE + i)) $((VMID_BASE + i))
-		done
-	} >"$file"
-	mkdir -p "$WORKDIR/simtmp"
-	start_bg "$CLIENT_CPU" "$WORKDIR/sim.out" TMPDIR="$WORKDIR/simtmp" -- \
-		"$DROWSY_BIN" sim --listen "127.0.0.1:$SIM_PORT" --guests "$file"
-	local pid=$BG_PID
-	for ((i = 0; i < 100; i++)); do
-		grep -q '^press Ctrl-C' "$WORKDIR/sim.out" 2>/dev/null && break
-		kill -0 "$pid" 2>/dev/null || die "drowsy sim exited (see $WORKDIR/sim.out)"
-		sleep 0.1
-	done
-	SIM_CA=$(awk '/^CA certificate:/ { print $3 }' "$WORKDIR/sim.out")
-	read -r SIM_TOKEN_ID SIM_TOKEN_SECRET < <(awk '/^API token:/ { print $3, $5 }' "$WORKDIR/sim.out")
-	[[ -f $SIM_CA && -n $SIM_TOKEN_SECRET ]] || die "cannot read the simulator's CA and token (see $WORKDIR/sim.out)"
-}
-
 # ---------------------------------------------------------------- measuring
 
-# Samples RSS every 50 ms until five samples in a row are equal (at most 5 s).
+# After SETTLE, samples RSS every 50 ms until five samples in a row are
+# equal (at most 5 s more).
 settled_rss() {
 	local last same=0 i kib
+	sleep "$SETTLE"
 	last=$(proc_rss_kib "$@")
 	for ((i = 0; i < 100 && same < 5; i++)); do
 		sleep 0.05
@@ -138,18 +111,6 @@ settled_rss() {
 		last=$kib
 	done
 	echo "$last"
-}
-
-# Waits until drowsy's admin API shows every guest route's guest as stopped.
-wait_guests_polled() {
-	local i count
-	for ((i = 0; i < 200; i++)); do
-		count=$(curl -fsS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/api/routes" 2>/dev/null |
-			grep -o '"state":"stopped"' | wc -l || true)
-		((count >= ROUTES)) && return 0
-		sleep 0.1
-	done
-	die "drowsy never saw all $ROUTES guests (saw $count)"
 }
 
 # One request to every route; for guest routes only the route lookup and
@@ -186,7 +147,7 @@ measure() {
 	esac
 	pid=$BG_PID
 	if [[ $kind == guest ]]; then
-		wait_guests_polled
+		wait_routes_state "$ADMIN_PORT" "$n" stopped
 	else
 		HOST_HEADER=$(host_of 0) wait_ready http "$PROXY_PORT" "$proxy" "$pid"
 	fi
@@ -208,7 +169,16 @@ main() {
 	build_drowsy
 	check_quiet
 	start_backend "$BACKEND_BASE" 1 "$CLIENT_CPU" "$ROUTES"
-	start_sim
+	local i
+	{
+		echo "task_delay: 100ms"
+		echo "resources_refresh: 0s"
+		echo "guests:"
+		for ((i = 0; i < ROUTES; i++)); do
+			printf '  - {vmid: %d, kind: lxc, name: g%d, port: 8080}\n' $((VMID_BASE + i)) $((VMID_BASE + i))
+		done
+	} >"$WORKDIR/guests.yml"
+	start_sim "$WORKDIR/guests.yml" "$SIM_PORT" "$CLIENT_CPU"
 
 	local configs=("static drowsy 1" "static nginx 1" "static drowsy $ROUTES" "static nginx $ROUTES" "guest drowsy $ROUTES")
 	local results=$WORKDIR/results.txt round c k n=${#configs[@]}
@@ -232,8 +202,8 @@ main() {
 	load_note
 	versions_line drowsy nginx
 	echo
-	echo "| configuration                  | RSS idle (KiB) | after a request per route (KiB) |"
-	echo "|--------------------------------|---------------:|--------------------------------:|"
+	echo "| configuration                     | RSS idle (KiB) | after a request per route (KiB) |"
+	echo "|-----------------------------------|---------------:|--------------------------------:|"
 	local -A idle touched
 	for c in "${configs[@]}"; do
 		local key=${c// /-} label
@@ -243,9 +213,9 @@ main() {
 		label="$proxy, $routes $kind route(s)"
 		[[ $kind == guest ]] && label="$proxy, $routes guest routes (asleep)"
 		if [[ $kind == guest ]]; then
-			printf '| %-30s | %14.0f | %31s |\n' "$label" "${idle[$key]}" "(none sent: it would wake)"
+			printf '| %-33s | %14.0f | %31s |\n' "$label" "${idle[$key]}" "(none sent: it would wake)"
 		else
-			printf '| %-30s | %14.0f | %31.0f |\n' "$label" "${idle[$key]}" "${touched[$key]}"
+			printf '| %-33s | %14.0f | %31.0f |\n' "$label" "${idle[$key]}" "${touched[$key]}"
 		fi
 	done
 	echo

@@ -369,6 +369,53 @@ make_cert() {
 	cat "$dir/cert.pem" "$dir/key.pem" >"$dir/both.pem"
 }
 
+# The simulated Proxmox VE API (`drowsy sim`) on 127.0.0.1:$2 with the
+# guests of YAML file $1, pinned to CPU list $3. Sets SIM_PID, SIM_CA,
+# SIM_TOKEN_ID and SIM_TOKEN_SECRET (what a drowsy config needs to reach it).
+start_sim() {
+	local file=$1 port=$2 cpus=$3 dir i
+	dir=$(mktemp -d "$WORKDIR/sim.XXXXXX")
+	# The simulator writes its CA certificate under TMPDIR.
+	start_bg "$cpus" "$dir/out" TMPDIR="$dir" -- "$DROWSY_BIN" sim --listen "127.0.0.1:$port" --guests "$file"
+	SIM_PID=$BG_PID
+	for ((i = 0; i < 100; i++)); do
+		grep -q '^press Ctrl-C' "$dir/out" 2>/dev/null && break
+		kill -0 "$SIM_PID" 2>/dev/null || die "drowsy sim exited (see $dir/out)"
+		sleep 0.1
+	done
+	SIM_CA=$(awk '/^CA certificate:/ { print $3 }' "$dir/out")
+	read -r SIM_TOKEN_ID SIM_TOKEN_SECRET < <(awk '/^API token:/ { print $3, $5 }' "$dir/out")
+	[[ -f $SIM_CA && -n $SIM_TOKEN_SECRET ]] || die "cannot read the simulator's CA and token (see $dir/out)"
+}
+
+# The `proxmox:` section of a drowsy config for the simulator start_sim ran
+# on port $1 (its guests on loopback addresses), polled every $2 [3s].
+sim_proxmox_conf() {
+	cat <<EOF
+proxmox:
+  - name: pve
+    url: https://127.0.0.1:$1
+    token_id: "$SIM_TOKEN_ID"
+    token_secret: "$SIM_TOKEN_SECRET"
+    ca_file: $SIM_CA
+    insecure_loopback_guests: true
+    poll_interval: ${2:-3s}
+EOF
+}
+
+# Waits until drowsy's admin API on 127.0.0.1:$1 shows at least $2 routes
+# whose guest is in state $3 (every 0.1 s, at most 20 s).
+wait_routes_state() {
+	local admin=$1 want=$2 state=$3 i count=0
+	for ((i = 0; i < 200; i++)); do
+		count=$(curl -fsS --max-time 2 "http://127.0.0.1:$admin/api/routes" 2>/dev/null |
+			grep -o "\"state\":\"$state\"" | wc -l || true)
+		((count >= want)) && return 0
+		sleep 0.1
+	done
+	die "drowsy's admin API never showed $want guest(s) $state (saw $count)"
+}
+
 # ---------------------------------------------------------------- configs
 
 # nginx main config: $1 file, $2 state dir name, $3 workers,

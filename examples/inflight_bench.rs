@@ -9,9 +9,13 @@
 //!   so the proxy's accept queue never overflows. PIDS (comma-separated) are
 //!   the proxy's processes, whose VmRSS is summed: before the load (settled),
 //!   once all N requests are held by the backend (settled), and at the peak.
-//!   Prints one `RESULT key=value...` line for the script, the rest on stderr.
+//! - `wake PROXY_ADDR ADMIN_ADDR ROUTE N PIDS [HOST]`: the same against a
+//!   sleeping guest route of drowsy: the requests are held by its idle gate
+//!   until the guest has booted, and the pacing count is the gate's `held`
+//!   from drowsy's admin API (`GET /api/routes`).
 //!
-//! Loopback only; every wait is bounded.
+//! Both load modes print one `RESULT key=value...` line for the script, the
+//! rest on stderr. Loopback only; every wait is bounded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,19 +46,38 @@ async fn main() -> Result<(), Error> {
         Some("load") => {
             let usage = "load PROXY_ADDR BACKEND_ADDR N PIDS [HOST]";
             let proxy: SocketAddr = arg(1).ok_or(usage)?.parse()?;
-            let backend: SocketAddr = arg(2).ok_or(usage)?.parse()?;
+            let counter = Counter::Backend(arg(2).ok_or(usage)?.parse()?);
             let n: u64 = arg(3).ok_or(usage)?.parse()?;
-            let pids = arg(4)
-                .ok_or(usage)?
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::parse)
-                .collect::<Result<Vec<u32>, _>>()?;
-            let host = arg(5).unwrap_or("bench.local").to_string();
-            load(proxy, backend, n, &pids, &host).await
+            let pids = parse_pids(arg(4).ok_or(usage)?)?;
+            let host = arg(5).unwrap_or("bench.local");
+            load(proxy, counter, n, &pids, host).await
         }
-        _ => Err("usage: inflight_bench backend ADDR DELAY_MS | load PROXY_ADDR BACKEND_ADDR N PIDS [HOST]".into()),
+        Some("wake") => {
+            let usage = "wake PROXY_ADDR ADMIN_ADDR ROUTE N PIDS [HOST]";
+            let proxy: SocketAddr = arg(1).ok_or(usage)?.parse()?;
+            let counter = Counter::Gate {
+                admin: arg(2).ok_or(usage)?.parse()?,
+                route: arg(3).ok_or(usage)?.to_string(),
+            };
+            let n: u64 = arg(4).ok_or(usage)?.parse()?;
+            let pids = parse_pids(arg(5).ok_or(usage)?)?;
+            let host = arg(6).unwrap_or("bench.local");
+            load(proxy, counter, n, &pids, host).await
+        }
+        _ => Err(
+            "usage: inflight_bench backend ADDR DELAY_MS | load PROXY_ADDR BACKEND_ADDR N PIDS [HOST] \
+             | wake PROXY_ADDR ADMIN_ADDR ROUTE N PIDS [HOST]"
+                .into(),
+        ),
     }
+}
+
+fn parse_pids(list: &str) -> Result<Vec<u32>, Error> {
+    Ok(list
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()?)
 }
 
 // ---------------------------------------------------------------- backend
@@ -113,45 +136,123 @@ async fn serve_conn(mut s: TcpStream, held: Arc<AtomicU64>, delay: Duration) {
     }
 }
 
-/// The backend's held count, over a kept-alive connection.
-struct HeldProbe {
-    stream: TcpStream,
-    buf: Vec<u8>,
+/// Where the count of requests that have passed the proxy comes from.
+#[derive(Clone)]
+enum Counter {
+    /// The slow backend's `GET /_held`.
+    Backend(SocketAddr),
+    /// drowsy's admin API: the route's gate, its `held` count and `state`.
+    Gate { admin: SocketAddr, route: String },
 }
 
-impl HeldProbe {
-    async fn connect(addr: SocketAddr) -> Result<Self, Error> {
-        Ok(HeldProbe {
-            stream: TcpStream::connect(addr).await?,
-            buf: Vec::new(),
+/// One reading of a counter.
+struct Reading {
+    held: u64,
+    /// The gate's state (`stopped`, `starting`, `running`, ...); none for
+    /// the backend.
+    state: Option<String>,
+    /// Wakes the gate has made so far.
+    wakes: Option<u64>,
+}
+
+impl Reading {
+    /// The requests are being answered: the guest is up (a gate), or never
+    /// had to wake (the backend, whose answers the held count shows).
+    fn released(&self) -> bool {
+        self.state.as_deref() == Some("running")
+    }
+}
+
+/// A counter being read: the backend over one kept-alive connection, the
+/// admin API on a fresh connection each time (it is small and local).
+enum Probe {
+    Backend { stream: TcpStream, buf: Vec<u8> },
+    Gate { admin: SocketAddr, route: String },
+}
+
+impl Counter {
+    async fn probe(&self) -> Result<Probe, Error> {
+        Ok(match self {
+            Counter::Backend(addr) => Probe::Backend {
+                stream: TcpStream::connect(addr).await?,
+                buf: Vec::new(),
+            },
+            Counter::Gate { admin, route } => Probe::Gate {
+                admin: *admin,
+                route: route.clone(),
+            },
         })
     }
+}
 
-    async fn held(&mut self) -> Result<u64, Error> {
-        self.stream
-            .write_all(b"GET /_held HTTP/1.1\r\nHost: backend\r\n\r\n")
-            .await?;
+impl Probe {
+    async fn read(&mut self) -> Result<Reading, Error> {
         let read = async {
-            let mut chunk = [0u8; 256];
-            loop {
-                let text = String::from_utf8_lossy(&self.buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    if let Some(end) = body.find('\n') {
-                        let consumed = head.len() + 4 + end + 1;
-                        let value = body[..end].trim().parse()?;
-                        self.buf.drain(..consumed);
-                        return Ok::<u64, Error>(value);
-                    }
-                }
-                let n = self.stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err("backend closed the probe connection".into());
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
+            match self {
+                Probe::Backend { stream, buf } => backend_held(stream, buf).await,
+                Probe::Gate { admin, route } => gate_reading(*admin, route).await,
             }
         };
         tokio::time::timeout(Duration::from_secs(5), read).await?
     }
+}
+
+async fn backend_held(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Reading, Error> {
+    stream
+        .write_all(b"GET /_held HTTP/1.1\r\nHost: backend\r\n\r\n")
+        .await?;
+    let mut chunk = [0u8; 256];
+    loop {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            if let Some(end) = body.find('\n') {
+                let consumed = head.len() + 4 + end + 1;
+                let held = body[..end].trim().parse()?;
+                buf.drain(..consumed);
+                return Ok(Reading {
+                    held,
+                    state: None,
+                    wakes: None,
+                });
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("backend closed the probe connection".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn gate_reading(admin: SocketAddr, route: &str) -> Result<Reading, Error> {
+    let mut stream = TcpStream::connect(admin).await?;
+    // The admin API answers only to an IP address or a localhost name.
+    let req = format!("GET /api/routes HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of head")?;
+    if status_of(head)? != 200 {
+        return Err(format!("/api/routes: {}", head.lines().next().unwrap_or("")).into());
+    }
+    let routes: serde_json::Value = serde_json::from_str(body)?;
+    let gate = routes
+        .get(route)
+        .ok_or_else(|| format!("no route {route} in /api/routes"))?;
+    Ok(Reading {
+        held: gate["held"].as_u64().ok_or("no held count")?,
+        state: gate["state"].as_str().map(str::to_string),
+        wakes: gate["wakes"].as_u64(),
+    })
+}
+
+fn status_of(response: &str) -> Result<u16, Error> {
+    Ok(response
+        .split(' ')
+        .nth(1)
+        .ok_or("no status line")?
+        .parse()?)
 }
 
 // ---------------------------------------------------------------- load
@@ -195,12 +296,7 @@ struct Counts {
     connect_retries: AtomicU64,
 }
 
-async fn one_request(
-    proxy: SocketAddr,
-    host: &str,
-    i: u64,
-    counts: &Counts,
-) -> Result<u16, Error> {
+async fn one_request(proxy: SocketAddr, host: &str, i: u64, counts: &Counts) -> Result<u16, Error> {
     let mut tries = 0;
     let mut stream = loop {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(proxy)).await {
@@ -219,21 +315,73 @@ async fn one_request(
     counts.sent.fetch_add(1, Ordering::Relaxed);
     let mut buf = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text.split(' ').nth(1).ok_or("no status line")?.parse()?)
+    status_of(&String::from_utf8_lossy(&buf))
+}
+
+/// Starts N requests, each on its own connection, released by `pacer`.
+fn spawn_requests(
+    proxy: SocketAddr,
+    host: &str,
+    n: u64,
+    counts: &Arc<Counts>,
+    pacer: &Arc<tokio::sync::Semaphore>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (counts, pacer, host) = (counts.clone(), pacer.clone(), host.to_string());
+            tokio::spawn(async move {
+                let result = async {
+                    pacer.acquire().await?.forget();
+                    one_request(proxy, &host, i, &counts).await
+                }
+                .await;
+                match result {
+                    Ok(200) => counts.ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => counts.other_status.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => counts.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            })
+        })
+        .collect()
+}
+
+/// The proxy's RSS while all N requests are held, once it stops moving;
+/// sampling gives up as soon as the counter shows them released.
+async fn held_rss(counter: &Counter, pids: &[u32], n: u64) -> Result<u64, Error> {
+    let still = Arc::new(AtomicBool::new(true));
+    let watch = {
+        let still = still.clone();
+        let mut probe = counter.probe().await?;
+        tokio::spawn(async move {
+            while let Ok(r) = probe.read().await {
+                if r.held < n || r.released() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            still.store(false, Ordering::Relaxed);
+        })
+    };
+    let kib = settled_rss(pids, || !still.load(Ordering::Relaxed)).await;
+    watch.abort();
+    Ok(kib)
 }
 
 async fn load(
     proxy: SocketAddr,
-    backend: SocketAddr,
+    counter: Counter,
     n: u64,
     pids: &[u32],
     host: &str,
 ) -> Result<(), Error> {
     let pids: Arc<[u32]> = pids.into();
-    let mut probe = HeldProbe::connect(backend).await?;
-    if probe.held().await? != 0 {
-        return Err("the backend is still holding requests from an earlier run".into());
+    let mut probe = counter.probe().await?;
+    let first = probe.read().await?;
+    if first.held != 0 {
+        return Err("requests from an earlier run are still held".into());
+    }
+    if let Some(state) = first.state.as_deref().filter(|s| *s != "stopped") {
+        return Err(format!("the guest is {state}, not stopped").into());
     }
     let baseline = settled_rss(&pids, || false).await;
 
@@ -252,72 +400,37 @@ async fn load(
     let counts = Arc::new(Counts::default());
     let pacer = Arc::new(tokio::sync::Semaphore::new(WINDOW as usize));
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let (counts, pacer, host) = (counts.clone(), pacer.clone(), host.to_string());
-        tasks.push(tokio::spawn(async move {
-            let result = async {
-                pacer.acquire().await?.forget();
-                one_request(proxy, &host, i, &counts).await
-            }
-            .await;
-            match result {
-                Ok(200) => counts.ok.fetch_add(1, Ordering::Relaxed),
-                Ok(_) => counts.other_status.fetch_add(1, Ordering::Relaxed),
-                Err(_) => counts.failed.fetch_add(1, Ordering::Relaxed),
-            };
-        }));
-    }
+    let tasks = spawn_requests(proxy, host, n, &counts, &pacer);
 
-    // Pace the connects on the backend's held count until all N are held
-    // at once (or the first answers come back, or the deadline passes).
+    // Pace the connects on the held count until all N are held at once
+    // (or the first answers come back, or the deadline passes).
     let mut released = WINDOW;
     let mut max_held = 0;
     let mut all_held = None;
     let until = Instant::now() + DEADLINE;
     while Instant::now() < until {
-        let held = probe.held().await?;
-        max_held = max_held.max(held);
-        if held >= n {
+        let r = probe.read().await?;
+        max_held = max_held.max(r.held);
+        if r.held >= n {
             all_held = Some(started.elapsed());
             break;
         }
-        let allowed = (held + WINDOW).min(n);
+        let allowed = (r.held + WINDOW).min(n);
         if allowed > released {
             pacer.add_permits((allowed - released) as usize);
             released = allowed;
         }
-        let failed = counts.failed.load(Ordering::Relaxed) + counts.other_status.load(Ordering::Relaxed);
-        if failed > 0 || counts.ok.load(Ordering::Relaxed) > 0 {
-            break; // some request ended before all were held
+        let failed =
+            counts.failed.load(Ordering::Relaxed) + counts.other_status.load(Ordering::Relaxed);
+        if r.released() || failed > 0 || counts.ok.load(Ordering::Relaxed) > 0 {
+            break; // some request ended, or the guest woke, before all were held
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The proxy's memory with all N in flight, once it stops moving (and
-    // while the backend still holds them all).
-    let held_rss = match all_held {
-        Some(_) => {
-            let still = Arc::new(AtomicBool::new(true));
-            let kib = {
-                let watch = {
-                    let still = still.clone();
-                    let mut probe = HeldProbe::connect(backend).await?;
-                    tokio::spawn(async move {
-                        while let Ok(h) = probe.held().await {
-                            if h < n {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        still.store(false, Ordering::Relaxed);
-                    })
-                };
-                let kib = settled_rss(&pids, || !still.load(Ordering::Relaxed)).await;
-                watch.abort();
-                kib
-            };
-            Some(kib)
-        }
+    // Whatever happened, let the remaining requests go so the run ends.
+    pacer.add_permits(n.saturating_sub(released) as usize);
+    let held_kib = match all_held {
+        Some(_) => Some(held_rss(&counter, &pids, n).await?),
         None => None,
     };
     for t in tasks {
@@ -328,27 +441,31 @@ async fn load(
     sampler.await?;
     let peak = peak.load(Ordering::Relaxed);
     let after = rss_kib(&pids);
+    let wakes = probe.read().await?.wakes;
 
     let c = &counts;
     let per = |kib: u64| kib.saturating_sub(baseline) as f64 * 1024.0 / n as f64;
     eprintln!(
-        "{n} requests: {} ok, {} other status, {} failed, {} connect retries; max held {max_held}; all held after {}; all answered after {:.0} ms",
+        "{n} requests: {} ok, {} other status, {} failed, {} connect retries; max held {max_held}; all held after {}; all answered after {:.0} ms{}",
         c.ok.load(Ordering::Relaxed),
         c.other_status.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
         c.connect_retries.load(Ordering::Relaxed),
         all_held.map_or("never".to_string(), |t| format!("{:.0} ms", t.as_secs_f64() * 1e3)),
         done.as_secs_f64() * 1e3,
+        wakes.map_or(String::new(), |w| format!("; {w} wake(s)")),
     );
     println!(
-        "RESULT n={n} ok={} other={} failed={} retries={} max_held={max_held} all_held_ms={} baseline_kib={baseline} held_kib={} peak_kib={peak} after_kib={after} per_held_b={} per_peak_b={:.0}",
+        "RESULT n={n} ok={} other={} failed={} retries={} max_held={max_held} all_held_ms={} done_ms={:.0} wakes={} baseline_kib={baseline} held_kib={} peak_kib={peak} after_kib={after} per_held_b={} per_peak_b={:.0}",
         c.ok.load(Ordering::Relaxed),
         c.other_status.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
         c.connect_retries.load(Ordering::Relaxed),
         all_held.map_or(-1.0, |t| t.as_secs_f64() * 1e3).round(),
-        held_rss.unwrap_or(0),
-        held_rss.map_or("-1".to_string(), |k| format!("{:.0}", per(k))),
+        done.as_secs_f64() * 1e3,
+        wakes.map_or(-1, |w| w as i64),
+        held_kib.unwrap_or(0),
+        held_kib.map_or("-1".to_string(), |k| format!("{:.0}", per(k))),
         per(peak),
     );
     Ok(())
