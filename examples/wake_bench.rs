@@ -295,7 +295,7 @@ async fn start_pair(boot_ms: u64, running: bool, pin: bool) -> Result<Pair, Erro
 
 impl Pair {
     async fn route(&self) -> Result<serde_json::Value, Error> {
-        let (status, text) = http_request(self.admin, "GET", "admin", "/api/routes").await?;
+        let (status, text) = http_request(self.admin, "GET", "localhost", "/api/routes").await?;
         if status != 200 {
             return Err(format!("/api/routes: {status}").into());
         }
