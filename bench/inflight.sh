@@ -86,9 +86,9 @@ read_result() {
 # ------------------------------------------------------------ in flight
 
 inflight_part() {
-	local names=(drowsy) name
+	local names=(drowsy) name skipped=()
 	for name in $PEERS; do
-		ensure_peer "$name" && names+=("$name")
+		if ensure_peer "$name"; then names+=("$name"); else skipped+=("$name"); fi
 	done
 	((${#names[@]} >= 2)) || die "nothing to compare drowsy with (PEERS='$PEERS')"
 	check_fds $((2 * N + 200)) "$N requests in flight"
@@ -127,6 +127,7 @@ inflight_part() {
 	echo "one worker per proxy, a fresh process per run; median of $ROUNDS run(s); $(date -u +%Y-%m-%dT%H:%MZ)"
 	load_note
 	versions_line "${names[@]}"
+	((${#skipped[@]})) && echo "left out (could not be installed, see the log): ${skipped[*]}"
 	echo
 	echo "| proxy    | RSS idle (KiB) | RSS in flight (KiB) | per request in flight | peak RSS (KiB) | peak per request |"
 	echo "|----------|---------------:|--------------------:|----------------------:|---------------:|-----------------:|"

@@ -78,6 +78,8 @@ esac
 # One entry per proxy process measured: E_NAME, E_WORKERS, E_PORT, E_PID,
 # E_LABEL (the name, with the worker count when counts differ).
 E_NAME=() E_WORKERS=() E_PORT=() E_PID=() E_LABEL=()
+# Peers that could not be installed (left out, named under the tables).
+SKIPPED=()
 
 plan_entries() {
 	local spec=() e name w mixed=0 i
@@ -91,6 +93,7 @@ plan_entries() {
 		name=${e%%:*} w=${e#*:}
 		[[ $name == "$e" ]] && w=$WORKERS
 		if [[ $name != drowsy ]] && ! ensure_peer "$name"; then
+			SKIPPED+=("$name")
 			continue
 		fi
 		E_NAME+=("$name") E_WORKERS+=("$w")
@@ -277,6 +280,7 @@ print_tables() {
 	echo "client on $CLIENT_CPU, backend on $BACKEND_CPU; $(date -u +%Y-%m-%dT%H:%MZ)"
 	load_note
 	versions_line "${E_NAME[@]}"
+	((${#SKIPPED[@]})) && echo "left out (could not be installed, see the log): ${SKIPPED[*]}"
 	if [[ $MODE == h2 ]]; then
 		# What each proxy negotiated with h2load (the same for all, or a warning).
 		local tls=() kinds
