@@ -81,7 +81,7 @@ started=$(date +%s)
 
 tool_versions() {
 	local v=()
-	v+=("$(wrk --version 2>&1 | awk 'NR == 1 { print "wrk " $2 }')")
+	v+=("$(wrk --version 2>&1 | awk 'NR == 1 { print "wrk " $2 }' || true)")
 	v+=("$(h2load --version 2>&1 | awk 'NR == 1 { print $2 }')")
 	v+=("$(rustc --version 2>/dev/null | awk '{ print "rustc " $2 }')")
 	local line

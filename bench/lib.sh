@@ -313,7 +313,7 @@ peer_version() {
 	case $1 in
 	drowsy) echo "drowsy $(drowsy_rev)" ;;
 	nginx) "$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //' ;;
-	haproxy) "$HAPROXY_BIN" -v | head -n1 | awk '{ print "haproxy " $3 }' ;;
+	haproxy) "$HAPROXY_BIN" -v | awk 'NR == 1 { print "haproxy " $3 }' ;;
 	traefik) "$TRAEFIK_BIN" version | awk '/^Version:/ { print "traefik " $2 }' ;;
 	caddy) "$CADDY_BIN" version | awk '{ print "caddy " $1 }' ;;
 	esac
