@@ -11,7 +11,7 @@
 # fuzz/artifacts/TARGET, logs in fuzz/logs/TARGET.log. Exits non-zero when
 # any target crashed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 secs="${FUZZ_SECS:-180}"
 targets=("$@")
