@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use std::error::Error as StdError;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +115,15 @@ pub async fn forward(
     };
     // HTTP/1 clients keep their backend connection between requests.
     let affinity = (version != Version::HTTP_2).then_some(&conn.affinity);
-    let sent = upstream::send(&ctx.upstream.pool, affinity, ctx.epoch, outgoing);
+    // Pinned here and lent to `exchange`: an async fn keeps its arguments
+    // apart from what it awaits, so passing the future by value would hold
+    // it twice in every request's state.
+    let sent = pin!(upstream::send(
+        &ctx.upstream.pool,
+        affinity,
+        ctx.epoch,
+        outgoing
+    ));
     let result = match exchange(sent, progress, ctx.response_timeout).await {
         Some(r) => r,
         None => {
@@ -188,7 +197,7 @@ pub async fn forward(
 /// body (`progress`; waiting for the client does not count) nor answers
 /// after the last one. A request without a body starts it at once.
 async fn exchange<F, T>(
-    request: F,
+    request: Pin<&mut F>,
     progress: Option<Arc<BodyProgress>>,
     limit: Option<Duration>,
 ) -> Option<T>

@@ -576,7 +576,9 @@ where
         .or_else(|| pool.checkout(epoch));
     let mut conn = match reused {
         Some(c) => c,
-        None => pool.open(epoch).await?,
+        // Boxed: a new connection is the rare case on the warm path, and
+        // its future (dial + handshake) would double this one's size.
+        None => Box::pin(pool.open(epoch)).await?,
     };
     loop {
         let stale_possible = conn.used;
@@ -609,7 +611,7 @@ where
                     Some(r) => {
                         tracing::debug!(error = %e.error(), "stale backend connection; sending again on a new one");
                         req = r;
-                        conn = pool.open(epoch).await?;
+                        conn = Box::pin(pool.open(epoch)).await?;
                     }
                     None => return Err(UpstreamError::Http(e.into_error())),
                 }
