@@ -1043,11 +1043,9 @@ async fn an_unknown_sni_name_gets_no_certificate_unless_a_default_is_set() {
         ))
         .await;
         let addr = d.running.https_addr().expect("https");
-        let mut cfg = pki.client_config(&[b"http/1.1"]);
         // Judge the handshake only: the served certificate is for a.test.
-        cfg.dangerous().set_certificate_verifier(Arc::new(AcceptAny(
-            rustls::crypto::ring::default_provider(),
-        )));
+        let mut cfg = drowsy::tls_trust::client_config(None, true).expect("client config");
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from("unknown.test").expect("name");
@@ -1057,53 +1055,5 @@ async fn an_unknown_sni_name_gets_no_certificate_unless_a_default_is_set() {
             default.is_some(),
             "default_certificate {default:?}"
         );
-    }
-}
-
-#[derive(Debug)]
-struct AcceptAny(rustls::crypto::CryptoProvider);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -26,7 +26,6 @@ use http::{Request, Response, StatusCode};
 use rate_limit::Limiter;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 pub use wake_rules::{WakeCheck, WakeRules};
@@ -54,9 +53,8 @@ impl Who<'_> {
 pub struct Policy {
     pub name: Arc<str>,
     check: Check,
-    /// When the last warning about it was logged (ms after `born`).
-    warned: AtomicU64,
-    born: Instant,
+    /// Its failures are logged as a warning at most once a minute.
+    warned: crate::logging::WarnThrottle,
 }
 
 enum Check {
@@ -70,14 +68,7 @@ impl Policy {
     /// At most one warning a minute per policy (an auth server that is
     /// down must not flood the log with one line per request).
     fn warning_due(&self) -> bool {
-        const EVERY_MS: u64 = 60_000;
-        let now = self.born.elapsed().as_millis() as u64 + EVERY_MS;
-        let last = self.warned.load(Ordering::Relaxed);
-        now >= last + EVERY_MS
-            && self
-                .warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.warned.due()
     }
 }
 
@@ -109,8 +100,7 @@ impl Engine {
             let policy = Policy {
                 name: p.name.clone(),
                 check,
-                warned: AtomicU64::new(0),
-                born: Instant::now(),
+                warned: crate::logging::WarnThrottle::default(),
             };
             policies.insert(p.name.clone(), Arc::new(policy));
         }

@@ -178,11 +178,15 @@ fn unreachable() -> Refusal {
     }
 }
 
-/// The fence: take the marker (`lease` long), then read every other
-/// instance's use. `Ok` means no other instance used the guest when the
-/// marker was already visible to them.
-pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Lease, Refusal> {
-    let marker = Marker::new(Kind::Stop, c.instance());
+/// A pipeline that starts by taking the guest's marker for this instance
+/// (`SET NX PX`: only if nobody holds it, gone after `lease`).
+fn take_marker(
+    c: &Cluster,
+    k: &GuestKeys,
+    kind: Kind,
+    lease: Duration,
+) -> (redis::Pipeline, Marker) {
+    let marker = Marker::new(kind, c.instance());
     let mut p = redis::pipe();
     p.cmd("SET")
         .arg(&k.marker)
@@ -190,6 +194,14 @@ pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Le
         .arg("NX")
         .arg("PX")
         .arg(keys::px(lease));
+    (p, marker)
+}
+
+/// The fence: take the marker (`lease` long), then read every other
+/// instance's use. `Ok` means no other instance used the guest when the
+/// marker was already visible to them.
+pub async fn take(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Result<Lease, Refusal> {
+    let (mut p, marker) = take_marker(c, k, Kind::Stop, lease);
     p.cmd("SMEMBERS").arg(&k.instances);
     p.cmd("GET").arg(&k.stops);
     let v = c.run("fence", &p).await.map_err(|_| unreachable())?;
@@ -260,14 +272,7 @@ impl Lease {
 /// (wait for it with [`wait_clear`]) or Redis cannot be asked (start
 /// anyway: Proxmox answers a second start with "already running").
 pub async fn take_wake(c: &Arc<Cluster>, k: &GuestKeys, lease: Duration) -> Option<Lease> {
-    let marker = Marker::new(Kind::Wake, c.instance());
-    let mut p = redis::pipe();
-    p.cmd("SET")
-        .arg(&k.marker)
-        .arg(marker.encode())
-        .arg("NX")
-        .arg("PX")
-        .arg(keys::px(lease));
+    let (p, marker) = take_marker(c, k, Kind::Wake, lease);
     let v = c.run("wake", &p).await.ok()?;
     v.first().is_some_and(value::is_ok).then(|| Lease {
         cluster: c.clone(),

@@ -249,7 +249,13 @@ pub fn starts(gate: &Gate, wake: Option<WakeCheck<'_>>) -> Result<bool, WakeRefu
 
 /// 503 with the loading page: nothing caches or indexes it.
 pub fn loading(view: &page::Loading) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(page::render(view)));
+    page_503(page::render(view), 2)
+}
+
+/// A 503 HTML page (loading or asleep) that nothing caches or indexes,
+/// with `Retry-After` for clients that are not browsers.
+pub fn page_503(html: String, retry_after: u32) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(html));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let h = resp.headers_mut();
     h.insert(
@@ -257,7 +263,7 @@ pub fn loading(view: &page::Loading) -> Response<RespBody> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

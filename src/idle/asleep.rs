@@ -6,8 +6,7 @@
 use super::page::{render, Loading};
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
 
 /// `page`: a browser navigation that gets HTML.
 pub fn answer(route: &str, retry_after: u32, page: bool) -> Response<RespBody> {
@@ -20,31 +19,19 @@ pub fn answer(route: &str, retry_after: u32, page: bool) -> Response<RespBody> {
     // Look again no sooner than Retry-After says, and at least every five
     // minutes, in case someone allowed to wake it has done so.
     let refresh = retry_after.clamp(5, 300);
-    let mut resp = Response::new(RespBody::full(render(&Loading {
+    let html = render(&Loading {
         route,
         asleep_only: true,
         refresh_secs: refresh,
         ..Loading::default()
-    })));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    });
+    super::admit::page_503(html, retry_after)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{header, StatusCode};
 
     #[test]
     fn says_asleep_never_waking() {

@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -41,10 +40,8 @@ pub struct Route {
     /// In-flight accounting for routes without a gate (a gate counts its own).
     activity: Arc<Activity>,
     inflight: Gauge,
-    /// When a refused request was last logged as a warning (milliseconds
-    /// after `built`): at most one such line per minute per route.
-    warned: AtomicU64,
-    built: Instant,
+    /// Refused requests are logged as a warning at most once a minute.
+    warned: crate::logging::WarnThrottle,
 }
 
 pub enum RouteKind {
@@ -125,22 +122,14 @@ impl Route {
             inflight: metrics.inflight.get_or_create_owned(&RouteLabel {
                 route: settings.name.clone(),
             }),
-            warned: AtomicU64::new(0),
-            built: Instant::now(),
+            warned: crate::logging::WarnThrottle::default(),
         })
     }
 
     /// Whether a warning about this route is due (at most one a minute, so
     /// a flood of requests cannot flood the log).
     pub fn warning_due(&self) -> bool {
-        const EVERY_MS: u64 = 60_000;
-        let now = self.built.elapsed().as_millis() as u64 + EVERY_MS;
-        let last = self.warned.load(Ordering::Relaxed);
-        now >= last + EVERY_MS
-            && self
-                .warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        self.warned.due()
     }
 
     /// Counts a request of a route without a gate in `drowsy_inflight`
