@@ -41,7 +41,8 @@ pub fn parse_authority(raw: &str) -> Option<Authority<'_>> {
     // already canonical (no leading zeros, not empty).
     let port_normal = match (port_text, port) {
         (None, _) => true,
-        (Some(t), Some(p)) => t == p.to_string(),
+        // Digits only and in range: canonical unless zero-padded.
+        (Some(t), Some(_)) => t.len() == 1 || !t.starts_with('0'),
         (Some(_), None) => false,
     };
     let (host, host_normal) = normal_host(host)?;
@@ -81,17 +82,31 @@ fn normal_host(host: &str) -> Option<(Cow<'_, str>, bool)> {
     if name.is_empty() || name.len() > MAX_HOST {
         return None;
     }
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !name.split('.').all(valid_label) {
+    // One pass: every label 1 to 63 of the allowed characters; note any
+    // uppercase letter on the way.
+    let (mut label, mut upper) = (0usize, false);
+    for b in name.bytes() {
+        match b {
+            b'.' if label == 0 => return None,
+            b'.' => label = 0,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'A'..=b'Z' => {
+                label += 1;
+                upper = true;
+            }
+            _ => return None,
+        }
+        if label > 63 {
+            return None;
+        }
+    }
+    if label == 0 {
         return None;
     }
-    let (lower, already) = lowercase(name);
-    Some((lower, already && !dot))
+    match upper {
+        true => Some((Cow::Owned(name.to_ascii_lowercase()), false)),
+        false => Some((Cow::Borrowed(name), !dot)),
+    }
 }
 
 fn lowercase(s: &str) -> (Cow<'_, str>, bool) {
@@ -192,5 +207,16 @@ mod tests {
         let a = parse_authority(raw.to_str().unwrap()).unwrap();
         assert_eq!(a.header_value(Some(&raw)), "wiki.lan:8080");
         assert_eq!(a.header_value(None), "wiki.lan:8080");
+        // A zero-padded port is rewritten; "0" itself is canonical.
+        for (raw, want) in [
+            ("wiki.lan:080", "wiki.lan:80"),
+            ("wiki.lan:00", "wiki.lan:0"),
+            ("wiki.lan:0", "wiki.lan:0"),
+            ("WIKI.lan", "wiki.lan"),
+        ] {
+            let v = HeaderValue::from_static(raw);
+            let a = parse_authority(raw).unwrap();
+            assert_eq!(a.header_value(Some(&v)), want, "{raw}");
+        }
     }
 }

@@ -263,7 +263,9 @@ pin_project! {
     pub struct RespBody {
         #[pin]
         inner: Inner,
-        log: Option<AccessLog>,
+        // Boxed: most proxies run without the access log, and the body
+        // is moved several times per request.
+        log: Option<Box<AccessLog>>,
         // Keeps the guest counted as in use until the body is done.
         hold: Option<UseGuard>,
         // Keeps the request counted in flight (per connection and overall).
@@ -318,7 +320,7 @@ impl RespBody {
         RespBody::full(Bytes::new())
     }
 
-    pub fn set_log(&mut self, log: AccessLog) {
+    pub fn set_log(&mut self, log: Box<AccessLog>) {
         self.log = Some(log);
     }
 }

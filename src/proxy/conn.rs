@@ -6,10 +6,11 @@ use super::forward::upstream::Affinity;
 use super::limits::{ConnSlot, InflightSlot};
 use http::HeaderValue;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -21,6 +22,8 @@ pub struct ConnInfo {
     pub idle: ConnIdle,
     /// The backend connection an HTTP/1 client keeps between requests.
     pub affinity: Arc<Affinity<ReqBody>>,
+    /// The response timer its requests reuse.
+    pub timers: TimerSlot,
     /// HTTP/2 responses in progress, for the send timeout (see
     /// [`ConnInfo::send_stalled`]).
     streams: Mutex<Vec<Arc<StreamClock>>>,
@@ -38,6 +41,7 @@ impl ConnInfo {
             client: super::forward::headers::client_ip_value(peer.ip()),
             idle: ConnIdle::new(),
             affinity: Arc::default(),
+            timers: TimerSlot::default(),
             streams: Mutex::new(Vec::new()),
             _slot: slot,
         }
@@ -120,6 +124,60 @@ impl ConnIdle {
             }
             tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+/// A timer the requests of one connection take turns with. A new timer is
+/// registered in the runtime's timer wheel on its first poll and removed
+/// when dropped, under the wheel's lock both times; moving a registered
+/// timer to a later deadline is one atomic update (the wheel finds the
+/// later deadline when the old one comes). An HTTP/1 connection's requests
+/// come one after another, so they all share one timer; concurrent HTTP/2
+/// streams get their own when it is lent out.
+#[derive(Debug, Default)]
+pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl TimerSlot {
+    /// The connection's timer set to `deadline` (a new one when it is in
+    /// use), given back when the loan is dropped.
+    pub fn lend(&self, deadline: Instant) -> LentTimer<'_> {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let timer = match spare {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        LentTimer {
+            slot: self,
+            timer: Some(timer),
+        }
+    }
+}
+
+pub struct LentTimer<'a> {
+    slot: &'a TimerSlot,
+    // Always `Some` until dropped.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl LentTimer<'_> {
+    /// Waits for `deadline`.
+    pub async fn until(&mut self, deadline: Instant) {
+        if let Some(t) = self.timer.as_mut() {
+            if t.deadline() != deadline {
+                t.as_mut().reset(deadline);
+            }
+            t.as_mut().await
+        }
+    }
+}
+
+impl Drop for LentTimer<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = self.timer.take();
     }
 }
 

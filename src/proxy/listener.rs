@@ -10,6 +10,7 @@
 use super::conn::ConnInfo;
 use super::io::{ClientIo, Protocol};
 use super::service::{self, Shared};
+use super::woken::Woken;
 use crate::config::ListenSettings;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
@@ -244,36 +245,57 @@ async fn drive<C>(
     let mut head_expired = pin!(head_expired);
     let mut closing = false;
     loop {
-        tokio::select! {
-            _ = head_expired.as_mut() => {
-                tracing::debug!(client = %info.peer, "no complete request head within header_read_timeout");
-                return;
+        // The watchers are polled only when one of them was woken (see
+        // `Woken`), not on each of the connection's own wake-ups.
+        let watch = Woken::new(async {
+            tokio::select! {
+                biased;
+                _ = ep.kill.cancelled() => Watch::Kill,
+                _ = head_expired.as_mut() => Watch::Head,
+                _ = stalled.as_mut() => Watch::Stalled,
+                _ = ep.stop.cancelled(), if !closing => Watch::Stop,
+                _ = info.idle.expired(ep.keepalive_timeout) => Watch::Idle,
             }
-            _ = stalled.as_mut() => {
-                tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
-                return;
-            }
+        });
+        let event = tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = ep.kill.cancelled() => return,
-            _ = ep.stop.cancelled(), if !closing => {
-                conn.as_mut().shut();
-                closing = true;
+            event = watch => event,
+        };
+        match event {
+            Watch::Kill => return,
+            Watch::Head => {
+                tracing::debug!(client = %info.peer, "no complete request head within header_read_timeout");
+                return;
             }
-            _ = info.idle.expired(ep.keepalive_timeout) => {
-                if closing {
-                    tracing::debug!(client = %info.peer, "idle connection did not close; dropping it");
-                    return;
-                }
+            Watch::Stalled => {
+                tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
+                return;
+            }
+            Watch::Idle if closing => {
+                tracing::debug!(client = %info.peer, "idle connection did not close; dropping it");
+                return;
+            }
+            Watch::Stop | Watch::Idle => {
                 conn.as_mut().shut();
                 closing = true;
             }
         }
     }
+}
+
+/// What ended a connection's wait, besides the connection itself.
+enum Watch {
+    Kill,
+    Head,
+    Stalled,
+    Stop,
+    Idle,
 }
 
 /// A served connection that can be asked to finish gracefully.

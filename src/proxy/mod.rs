@@ -15,6 +15,7 @@ pub mod router;
 pub mod service;
 pub mod tcp;
 pub mod tls;
+pub mod woken;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;

@@ -53,12 +53,15 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // The access log is an info event: below that level nothing of it is
+    // kept (the level is fixed at startup).
+    let logged = tracing::enabled!(target: "drowsy::access", tracing::Level::INFO).then(|| {
+        let path = req.uri().path_and_query().cloned();
+        (
+            req.method().clone(),
+            path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        )
+    });
     let table = shared.table.load();
     // Who the client is, once (DESIGN.md §11): every check, the access log
     // and the backend's X-Real-IP use this one address.
@@ -94,7 +97,7 @@ pub async fn handle(
             };
             let resp = dispatch(&shared, &route, &from, req, &host).await;
             route.record(resp.status().as_u16(), start);
-            (Some(route.name.clone()), resp)
+            (logged.is_some().then(|| route.name.clone()), resp)
         }
         (Some(_), Err(resp)) => (None, *resp),
     };
@@ -103,16 +106,18 @@ pub async fn handle(
     if let Some(guard) = guard {
         body.set_guard(guard);
     }
-    body.set_log(AccessLog {
-        route,
-        method,
-        path,
-        query: table.access_log_query,
-        peer: client,
-        status,
-        start,
-        bytes: 0,
-    });
+    if let Some((method, path)) = logged {
+        body.set_log(Box::new(AccessLog {
+            route,
+            method,
+            path,
+            query: table.access_log_query,
+            peer: client,
+            status,
+            start,
+            bytes: 0,
+        }));
+    }
     Ok(resp)
 }
 

@@ -123,6 +123,15 @@ fn hop_index(name: &str) -> Option<Hop> {
 /// nearly every backend sends, name nothing but the fixed `Keep-Alive`
 /// (removed anyway): they cost no allocation.
 fn remove_named_by_connection(headers: &mut HeaderMap, upgrade: bool) {
+    // Nearly every backend response says just `Connection: keep-alive` or
+    // `close`: one line, one token.
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    if let (Some(only), None) = (lines.next(), lines.next()) {
+        let v = only.as_bytes();
+        if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+            return;
+        }
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for token in headers
         .get_all(header::CONNECTION)
@@ -362,6 +371,30 @@ mod tests {
         assert!(!h.contains_key("x-secret"));
         assert!(!h.contains_key("x-other"));
         assert!(h.contains_key("x-kept"));
+    }
+
+    // The usual backend answer: one `Connection: keep-alive` (any case),
+    // which names nothing but the fixed Keep-Alive field.
+    #[test]
+    fn connection_keep_alive_alone_goes_with_keep_alive() {
+        for value in ["keep-alive", "Keep-Alive", "close"] {
+            let mut h = map(&[
+                ("connection", value),
+                ("keep-alive", "timeout=5"),
+                ("content-length", "3"),
+            ]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{value}: {h:?}");
+            assert!(h.contains_key("content-length"));
+        }
+        // Two lines go the long way round and still remove what they name.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-named"),
+            ("x-named", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

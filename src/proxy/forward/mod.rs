@@ -7,7 +7,7 @@ mod upgrade;
 pub mod upstream;
 
 use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
-use super::conn::ConnInfo;
+use super::conn::{ConnInfo, TimerSlot};
 use super::pages;
 use crate::idle::UseGuard;
 use bytes::Bytes;
@@ -124,7 +124,7 @@ pub async fn forward(
         ctx.epoch,
         outgoing
     ));
-    let result = match exchange(sent, progress, ctx.response_timeout).await {
+    let result = match exchange(sent, progress, ctx.response_timeout, &conn.timers).await {
         Some(r) => r,
         None => {
             let limit = ctx.response_timeout.unwrap_or_default();
@@ -200,6 +200,7 @@ async fn exchange<F, T>(
     request: Pin<&mut F>,
     progress: Option<Arc<BodyProgress>>,
     limit: Option<Duration>,
+    timers: &TimerSlot,
 ) -> Option<T>
 where
     F: std::future::Future<Output = T>,
@@ -207,20 +208,22 @@ where
     let Some(limit) = limit else {
         return Some(request.await);
     };
+    let now = tokio::time::Instant::now();
+    let mut timer = timers.lend(now + limit);
     let clock = async {
         let Some(progress) = progress else {
-            return tokio::time::sleep(limit).await;
+            return timer.until(now + limit).await;
         };
         loop {
             match progress.backend_since() {
                 // The client's turn: body_read_timeout watches that.
-                None => tokio::time::sleep(limit).await,
+                None => timer.until(tokio::time::Instant::now() + limit).await,
                 Some(since) => {
                     let deadline = since + limit;
                     if tokio::time::Instant::now() >= deadline {
                         return;
                     }
-                    tokio::time::sleep_until(deadline).await;
+                    timer.until(deadline).await;
                 }
             }
         }
