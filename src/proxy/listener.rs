@@ -115,7 +115,7 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
                     continue;
                 };
                 let info = Arc::new(ConnInfo::new(peer, ep.tls.is_some(), Some(slot)));
-                connections.spawn(connection(stream, info, ep.clone()));
+                hand_over(&connections, stream, info, ep.clone());
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -128,6 +128,36 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Moves a new connection to the next worker thread, which serves it to
+/// its end (see [`super::workers`]).
+fn hand_over(
+    connections: &TaskTracker,
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    ep: Arc<Entrypoint>,
+) {
+    // The socket leaves this runtime's reactor and joins the worker's.
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(client = %info.peer, error = %e, "cannot hand the connection over");
+            return;
+        }
+    };
+    let worker = ep.shared.workers.next().clone();
+    connections.spawn_on(
+        async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, info, ep).await,
+                Err(e) => {
+                    tracing::debug!(client = %info.peer, error = %e, "cannot serve the connection");
+                }
+            }
+        },
+        &worker,
+    );
 }
 
 async fn connection(stream: TcpStream, info: Arc<ConnInfo>, ep: Arc<Entrypoint>) {

@@ -16,6 +16,7 @@ pub mod service;
 pub mod tcp;
 pub mod tls;
 pub mod woken;
+pub mod workers;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -53,6 +54,8 @@ pub enum StartError {
     Acme(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running proxy: its entrypoints are bound and serving.
@@ -88,7 +91,10 @@ impl Proxy {
         let kill = CancellationToken::new();
         let acme = Arc::new(crate::acme::Hooks::default());
         let l = &config.listen;
+        let workers =
+            workers::Workers::start(workers::Workers::wanted()).map_err(StartError::Workers)?;
         let shared = Arc::new(Shared {
+            workers,
             table: ArcSwap::from_pointee(table),
             metrics,
             upgrades: TaskTracker::new(),

@@ -45,6 +45,8 @@ pub struct Shared {
     pub acme: Arc<crate::acme::Hooks>,
     /// With `listen.redirect_https`: the HTTPS port plain requests go to.
     pub https_redirect: Option<u16>,
+    /// The threads client connections are served on.
+    pub workers: super::workers::Workers,
 }
 
 pub async fn handle(
