@@ -11,6 +11,7 @@
 use super::Who;
 use crate::config::ForwardAuthSettings;
 use crate::proxy::body::RespBody;
+use crate::proxy::forward::headers::{connection_named, is_hop_by_hop, is_spoofable};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -192,41 +193,15 @@ impl ForwardAuth {
 /// as on the way to backends.
 fn forged_or_framing(name: &HeaderName) -> bool {
     let n = name.as_str();
-    matches!(
-        n,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
-            | "content-length"
-            | "host"
-            | "forwarded"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "x-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-cluster-client-ip"
-            | "forwarded-for"
-            | "x-url-scheme"
-            | "front-end-https"
-    ) || n.starts_with("x-forwarded")
+    // `Proxy-Authorization` is hop-by-hop, but its hop ends here: it is
+    // meant for the proxy, which asks the auth server (Authelia, for one,
+    // reads basic credentials from it).
+    (is_hop_by_hop(name) && name != header::PROXY_AUTHORIZATION)
+        || is_spoofable(name)
+        || matches!(n, "trailer" | "content-length" | "host" | "forwarded")
+        || n.starts_with("x-forwarded")
         || n.starts_with("x-original-")
         || n.contains('_')
-}
-
-/// Fields named by `Connection` (RFC 9110 §7.6.1), hop-by-hop too.
-fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
 }
 
 /// The auth server's refusal as the client gets it: status, headers
@@ -238,18 +213,7 @@ fn passed_on(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Response<R
     let named = connection_named(headers);
     let out = resp.headers_mut();
     for (name, value) in headers {
-        let hop = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "content-length"
-                | "proxy-authenticate"
-        );
+        let hop = is_hop_by_hop(name) || matches!(name.as_str(), "trailer" | "content-length");
         if !hop && !named.contains(name) {
             out.append(name.clone(), value.clone());
         }

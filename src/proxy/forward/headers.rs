@@ -96,6 +96,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A hop-by-hop field whatever `Connection` says: the fixed list above,
+/// `Upgrade` and `TE` (also for other clients of these rules, such as the
+/// forward-auth request).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_index(name.as_str()).is_some()
+}
+
+/// The fields a `Connection` header names (RFC 9110 §7.6.1), besides the
+/// `keep-alive`, `close` and `upgrade` tokens' own meaning.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
 enum Hop {
     /// An index into [`HOP_BY_HOP`].
     Fixed(usize),
@@ -243,7 +262,7 @@ pub fn set_forwarded(
 /// Client-address and front-end headers that some backends believe
 /// (nginx's realip, CDN conventions, framework defaults). From a peer that
 /// is not a trusted proxy they are forged by definition.
-fn is_spoofable(name: &HeaderName) -> bool {
+pub fn is_spoofable(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "x-real-ip"
