@@ -1,7 +1,7 @@
 //! A future that is polled only when it asked to be.
 //!
 //! A connection's task runs the connection beside a few watchers (the
-//! keep-alive and header timers, shutdown, a response timeout). `select!`
+//! keep-alive and header timers, the send stall, shutdown). `select!`
 //! polls every branch each time the task wakes, which is several times per
 //! request, although the watchers almost never have anything new: they
 //! wait for a timer or a token that has not fired. Wrapped in [`Woken`], a

@@ -66,14 +66,6 @@ impl Workers {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         &self.handles[i]
     }
-
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -83,7 +75,7 @@ mod tests {
     #[test]
     fn connections_go_round_the_workers_and_run_on_their_threads() {
         let workers = Workers::start(2).unwrap();
-        assert_eq!(workers.len(), 2);
+        assert_eq!(workers.handles.len(), 2);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

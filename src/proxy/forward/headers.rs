@@ -151,26 +151,14 @@ fn remove_named_by_connection(headers: &mut HeaderMap, upgrade: bool) {
             return;
         }
     }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-            continue;
-        }
-        if upgrade && token.eq_ignore_ascii_case("upgrade") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            named.push(name);
-        }
-    }
+    // `HeaderName` keeps names lowercase: the tokens compare as written.
+    let named = connection_named(headers);
     for name in named {
-        headers.remove(name);
+        let token_only =
+            matches!(name.as_str(), "keep-alive" | "close") || (upgrade && name == header::UPGRADE);
+        if !token_only {
+            headers.remove(name);
+        }
     }
 }
 
