@@ -3,7 +3,7 @@
 # side with its peers, written as one markdown report (tables, method,
 # versions) to target/bench/ and printed at the end.
 #
-#   bench/all.sh                               # full run (about 15 minutes)
+#   bench/all.sh                               # full run (about 20 minutes)
 #   QUICK=1 bench/all.sh                       # short runs: checks that everything works
 #   DROWSY_BIN=/path/to/drowsy bench/all.sh    # benchmark that binary (nothing built for it)
 #
@@ -11,13 +11,13 @@
 # [0.3] (other work on the machine would distort every figure); FORCE=1 runs
 # anyway and marks every table as measured on a LOADED machine.
 #
-# In order: HTTP/1.1 throughput against every peer (proxy.sh), HTTP/2 over
-# TLS (h2.sh), two workers on two cores (scale.sh), memory per request in
-# flight beside nginx and HELD requests held through one wake
-# (inflight.sh), idle memory with 100 routes (idle.sh), and the wake
-# overhead (wake.sh overhead). Each script's own settings (ROUNDS,
-# DURATION, PEERS, ...) pass through, but apply to all of them; run a script
-# alone to tune one.
+# In order: HTTP/1.1 throughput against every peer (proxy.sh), the same
+# with a new connection per request (close.sh), HTTP/2 over TLS (h2.sh),
+# two workers on two cores (scale.sh), memory per request in flight beside
+# nginx and HELD requests held through one wake (inflight.sh), idle memory
+# with 100 routes (idle.sh), and the wake overhead (wake.sh overhead). Each
+# script's own settings (ROUNDS, DURATION, PEERS, ...) pass through, but
+# apply to all of them; run a script alone to tune one.
 #
 # The wake overhead is measured by examples/wake_bench.rs, which runs drowsy
 # in its own process from this tree's source: with DROWSY_BIN it still
@@ -155,6 +155,7 @@ note() {
 }
 
 run "HTTP/1.1 throughput, one core" "$BENCH/proxy.sh"
+run "HTTP/1.1, a new connection per request, one core" "$BENCH/close.sh"
 run "HTTP/2 over TLS, one core" "$BENCH/h2.sh"
 run "Scaling: two workers on two cores" "$BENCH/scale.sh"
 first=1

@@ -10,6 +10,8 @@
 # and drowsy's ratio to each peer.
 #
 #   MODE=http  (default) HTTP/1.1 keep-alive, wrk -t1 -c64
+#   MODE=close HTTP/1.1 with a new connection for every request (wrk sends
+#              `Connection: close`): the cost of accepting and closing
 #   MODE=h2    HTTP/2 over TLS 1.3 (self-signed ECDSA P-256 certificate),
 #              h2load -c16 -m16; every proxy speaks HTTP/1.1 to the backend
 #
@@ -17,7 +19,7 @@
 # bench/scale.sh runs this with two workers; bench/README.md has the method.
 #
 # Environment (defaults in brackets):
-#   MODE [http]          http or h2
+#   MODE [http]          http, close or h2
 #   PEERS [nginx haproxy traefik caddy]  peers to run beside drowsy; a peer
 #                        that cannot be installed is left out with a message
 #   WORKERS [1]          workers per proxy (drowsy TOKIO_WORKER_THREADS, nginx
@@ -68,9 +70,9 @@ BASE_PORT=${BASE_PORT:-18080}
 BACKEND_PORT=$((BASE_PORT + 1))
 
 case $MODE in
-http) PROTO=http ;;
+http | close) PROTO=http ;;
 h2) PROTO=https ;;
-*) die "MODE must be http or h2" ;;
+*) die "MODE must be http, close or h2" ;;
 esac
 
 # ---------------------------------------------------------------- entries
@@ -126,11 +128,13 @@ to_ms() {
 	}'
 }
 
-# Runs the client once; sets RPS, P99 (ms), REQS; flags errors.
+# Runs the client once; sets RPS, P99 (ms), REQS; flags errors. Extra
+# arguments go to wrk.
 client_http() {
 	local port=$1 duration=$2 out=$3
+	shift 3
 	taskset -c "$CLIENT_CPU" wrk -t "$THREADS" -c "$CONNECTIONS" -d "$duration" \
-		--latency -H "Host: $HOST_HEADER" "http://127.0.0.1:$port/" >"$out"
+		--latency -H "Host: $HOST_HEADER" "$@" "http://127.0.0.1:$port/" >"$out"
 	if grep -Eq 'Non-2xx|Socket errors' "$out"; then
 		log "wrk reported errors against port $port:"
 		grep -E 'Non-2xx|Socket errors' "$out" >&2
@@ -141,6 +145,10 @@ client_http() {
 	REQS=$(awk '/ requests in / { print $1 }' "$out")
 	[[ -n $RPS && -n $P99 && -n $REQS ]] || die "cannot read wrk output $out"
 	P99=$(to_ms "$P99")
+}
+
+client_close() {
+	client_http "$@" -H "Connection: close"
 }
 
 client_h2() {
@@ -223,6 +231,8 @@ main() {
 	local client
 	if [[ $MODE == h2 ]]; then
 		client="h2load -t$THREADS -c$CONNECTIONS -m$STREAMS, HTTP/2 over TLS 1.3 ($TLS13_CIPHER), HTTP/1.1 to the backend"
+	elif [[ $MODE == close ]]; then
+		client="wrk -t$THREADS -c$CONNECTIONS, HTTP/1.1, a new connection per request (Connection: close)"
 	else
 		client="wrk -t$THREADS -c$CONNECTIONS, keep-alive HTTP/1.1"
 	fi
@@ -271,6 +281,7 @@ print_tables() {
 
 	local title=${TITLE:-Proxy throughput}
 	[[ $MODE == h2 ]] && title=${TITLE:-Proxy throughput, HTTP/2 over TLS}
+	[[ $MODE == close ]] && title=${TITLE:-Proxy throughput, a new connection per request}
 	echo
 	echo "### $title"
 	echo

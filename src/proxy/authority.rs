@@ -73,7 +73,8 @@ fn normal_host(host: &str) -> Option<(Cow<'_, str>, bool)> {
     if let Some(inner) = host.strip_prefix('[') {
         // IP-literal: IPv6 only (no zone identifier, no IPvFuture).
         inner.strip_suffix(']')?.parse::<Ipv6Addr>().ok()?;
-        return Some(lowercase(host));
+        let upper = host.bytes().any(|b| b.is_ascii_uppercase());
+        return Some((lowered(host, upper), !upper));
     }
     let (name, dot) = match host.strip_suffix('.') {
         Some(n) => (n, true),
@@ -103,17 +104,14 @@ fn normal_host(host: &str) -> Option<(Cow<'_, str>, bool)> {
     if label == 0 {
         return None;
     }
-    match upper {
-        true => Some((Cow::Owned(name.to_ascii_lowercase()), false)),
-        false => Some((Cow::Borrowed(name), !dot)),
-    }
+    Some((lowered(name, upper), !upper && !dot))
 }
 
-fn lowercase(s: &str) -> (Cow<'_, str>, bool) {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        (Cow::Owned(s.to_ascii_lowercase()), false)
-    } else {
-        (Cow::Borrowed(s), true)
+/// `s` in lowercase, copied only when the caller saw an uppercase letter.
+fn lowered(s: &str, upper: bool) -> Cow<'_, str> {
+    match upper {
+        true => Cow::Owned(s.to_ascii_lowercase()),
+        false => Cow::Borrowed(s),
     }
 }
 

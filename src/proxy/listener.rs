@@ -93,7 +93,16 @@ impl Entrypoint {
 }
 
 /// Accepts until `stop`, then waits for the open connections to finish.
-pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
+/// Runs on worker `home` (see [`super::workers`]), whose reactor the
+/// listener joins here.
+pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, home: usize) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot accept connections");
+            return;
+        }
+    };
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -115,7 +124,7 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
                     continue;
                 };
                 let info = Arc::new(ConnInfo::new(peer, ep.tls.is_some(), Some(slot)));
-                hand_over(&connections, stream, info, ep.clone());
+                hand_over(&connections, stream, info, ep.clone(), home);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -130,14 +139,22 @@ pub async fn accept_loop(listener: TcpListener, ep: Arc<Entrypoint>) {
     connections.wait().await;
 }
 
-/// Moves a new connection to the next worker thread, which serves it to
-/// its end (see [`super::workers`]).
+/// Gives a new connection to the next worker thread, which serves it to
+/// its end (see [`super::workers`]). When that is the accepting worker
+/// (`home`) itself, the connection stays where it is.
 fn hand_over(
     connections: &TaskTracker,
     stream: TcpStream,
     info: Arc<ConnInfo>,
     ep: Arc<Entrypoint>,
+    home: usize,
 ) {
+    let (i, worker) = ep.shared.workers.next();
+    if i == home {
+        connections.spawn(connection(stream, info, ep));
+        return;
+    }
+    let worker = worker.clone();
     // The socket leaves this runtime's reactor and joins the worker's.
     let stream = match stream.into_std() {
         Ok(s) => s,
@@ -146,7 +163,6 @@ fn hand_over(
             return;
         }
     };
-    let worker = ep.shared.workers.next().clone();
     connections.spawn_on(
         async move {
             match TcpStream::from_std(stream) {

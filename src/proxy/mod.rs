@@ -56,6 +56,8 @@ pub enum StartError {
     Cluster(String),
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("cannot hand a listening socket to a worker thread: {0}")]
+    HandOver(std::io::Error),
 }
 
 /// A running proxy: its entrypoints are bound and serving.
@@ -131,13 +133,13 @@ impl Proxy {
         if let Some(addr) = l.http {
             let listener = bind(addr, "listen.http").await?;
             http_addr = listener.local_addr().ok();
-            loops.spawn(listener::accept_loop(listener, entry(None)));
+            spawn_accept_loop(&mut loops, &shared, listener, entry(None))?;
         }
         if let Some(addr) = l.https {
             let listener = bind(addr, "listen.https").await?;
             https_addr = listener.local_addr().ok();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(sni.clone())?);
-            loops.spawn(listener::accept_loop(listener, entry(Some(acceptor))));
+            spawn_accept_loop(&mut loops, &shared, listener, entry(Some(acceptor)))?;
         }
         let proxy = Proxy {
             shared,
@@ -249,6 +251,21 @@ impl Proxy {
         self.kill.cancel();
         loops.abort_all();
     }
+}
+
+/// Starts an HTTP entrypoint's accept loop on the next worker.
+fn spawn_accept_loop(
+    loops: &mut JoinSet<()>,
+    shared: &Shared,
+    listener: TcpListener,
+    ep: Arc<Entrypoint>,
+) -> Result<(), StartError> {
+    // The listener leaves this runtime's reactor; the loop registers it
+    // with its worker's.
+    let listener = listener.into_std().map_err(StartError::HandOver)?;
+    let (home, worker) = shared.workers.next();
+    loops.spawn_on(listener::accept_loop(listener, ep, home), worker);
+    Ok(())
 }
 
 /// The listen addresses of a config's TCP routes.

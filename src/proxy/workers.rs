@@ -1,13 +1,19 @@
 //! The threads that serve client connections: one single-threaded runtime
-//! per worker, like nginx's worker processes. The accept loops hand each
-//! new connection to the next worker, where it stays until it closes: its
-//! request futures, its backend connection and its timers are all woken
-//! and polled on that one thread. A shared work-stealing runtime would
-//! move a connection's task between threads as its sockets become ready,
-//! paying for the hand-over (and the cold caches) on every request.
+//! per worker, like nginx's worker processes. Each HTTP entrypoint's accept
+//! loop runs on a worker too, and deals new connections out to the workers
+//! in turn; a connection stays on its worker until it closes: its request
+//! futures, its backend connection and its timers are all woken and polled
+//! on that one thread. A shared work-stealing runtime would move a
+//! connection's task between threads as its sockets become ready, paying
+//! for the hand-over (and the cold caches) on every request.
 //!
-//! Everything else (accept loops, the admin API, the Proxmox pollers,
-//! wakes) stays on the main runtime.
+//! A connection dealt to the accepting worker itself is served where it
+//! was accepted, with no hand-over at all: with one worker, accepting a
+//! connection costs what it costs in a single-threaded server. Only those
+//! dealt to another worker move their socket to that worker's reactor.
+//!
+//! Everything else (TCP routes, the admin API, the Proxmox pollers, wakes)
+//! stays on the main runtime.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,10 +67,11 @@ impl Workers {
             .unwrap_or(1)
     }
 
-    /// The worker for the next connection, in turn.
-    pub fn next(&self) -> &Handle {
+    /// The next worker in turn (for a connection or an accept loop): its
+    /// number, to tell whether it is the caller's own, and its runtime.
+    pub fn next(&self) -> (usize, &Handle) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        &self.handles[i]
+        (i, &self.handles[i])
     }
 }
 
@@ -81,9 +88,10 @@ mod tests {
             .unwrap();
         let names: Vec<String> = rt.block_on(async {
             let mut names = Vec::new();
-            for _ in 0..4 {
-                let task = workers
-                    .next()
+            for turn in 0..4 {
+                let (i, handle) = workers.next();
+                assert_eq!(i, turn % 2);
+                let task = handle
                     .spawn(async { thread::current().name().unwrap_or_default().to_string() });
                 names.push(task.await.unwrap());
             }
