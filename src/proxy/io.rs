@@ -124,6 +124,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
             let n = (len - pos).min(buf.remaining());
             buf.put_slice(&self.prefix[pos..pos + n]);
             self.prefix_pos += n as u8;
+            if pos + n == len && buf.remaining() > 0 {
+                // What arrived after the sniffed bytes comes in the same
+                // read, so the server sees the first request head whole:
+                // given only the prefix, hyper parses a partial head and
+                // doubles its read buffer (8 to 16 KiB, a copy) to read the
+                // rest. Pending or an error is for the next read to see.
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -288,6 +296,23 @@ mod tests {
         let mut got = [0u8; 16];
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"PUT / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_first_read_brings_the_sniffed_bytes_and_what_followed() {
+        let head = b"GET /a/long/enough/path HTTP/1.1\r\nHost: example.test\r\n\r\n";
+        let (mut a, b) = tokio::io::duplex(256);
+        tokio::io::AsyncWriteExt::write_all(&mut a, head)
+            .await
+            .unwrap();
+        let mut io = ClientIo::new(b, Duration::from_secs(1));
+        assert_eq!(io.sniff().await.unwrap(), Some(Protocol::Http1));
+        let mut got = [0u8; 256];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &head[..]);
+        // Nothing more has arrived: the next read waits, then sees EOF.
+        drop(a);
+        assert_eq!(io.read(&mut got).await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]
