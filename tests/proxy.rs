@@ -375,6 +375,37 @@ async fn a_slow_second_head_on_a_keep_alive_connection_is_dropped() {
     assert_eq!(a.seen().len(), 1, "only the complete request was forwarded");
 }
 
+// With keepalive_timeout shorter than header_read_timeout, a quiet HTTP/1
+// keep-alive connection is closed at keepalive_timeout (the keep-alive
+// timer is armed only when it can fire before the head deadline).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_keepalive_timeout() {
+    let a = Backend::start().await;
+    let d = Drowsy::start(&format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: off\n  header_read_timeout: 1h\n  keepalive_timeout: 300ms\nroutes:\n  a:\n    host: a.lan\n    backend: {}\n",
+        a.url()
+    ))
+    .await;
+    let mut s = TcpStream::connect(d.http()).await.expect("connect");
+    s.write_all(b"GET /only HTTP/1.1\r\nHost: a.lan\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    // The response, then the close, well before the head deadline (1 h).
+    loop {
+        match tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("the idle connection was never closed")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(a.seen().len(), 1);
+}
+
 #[tokio::test]
 async fn smuggling_shaped_requests_never_reach_the_backend_as_two() {
     let a = Backend::start().await;

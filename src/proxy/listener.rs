@@ -289,6 +289,15 @@ async fn drive<C>(
         }
     };
     let mut head_expired = pin!(head_expired);
+    // Both deadlines count from the end of the last response: with a head
+    // deadline no later than the keep-alive one, an idle HTTP/1
+    // connection is dropped at the head deadline and a keep-alive timer
+    // would never fire. Not arming it spares each new connection a timer
+    // put into the runtime's timer wheel and taken out again.
+    let keepalive = match head {
+        Some(h) if h <= ep.keepalive_timeout => None,
+        _ => Some(ep.keepalive_timeout),
+    };
     let mut closing = false;
     loop {
         // The watchers are polled only when one of them was woken (see
@@ -300,7 +309,7 @@ async fn drive<C>(
                 _ = head_expired.as_mut() => Watch::Head,
                 _ = stalled.as_mut() => Watch::Stalled,
                 _ = ep.stop.cancelled(), if !closing => Watch::Stop,
-                _ = info.idle.expired(ep.keepalive_timeout) => Watch::Idle,
+                _ = info.idle.expired(keepalive.unwrap_or_default()), if keepalive.is_some() => Watch::Idle,
             }
         });
         let event = tokio::select! {
