@@ -364,11 +364,38 @@ pub struct SimEnv {
     pub ca: PathBuf,
 }
 
+/// A port for a server a test configures before starting it. Taken below
+/// the kernel's ephemeral range: a port from `bind(0)`, once released, can
+/// be handed to any outgoing connection or other `bind(0)` of the tests
+/// running beside it before the server binds it ("Address already in use").
+/// Below that range only this function hands ports out, each once per
+/// process, from an offset that differs between test binaries.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let end = ephemeral_start().max(FIRST + 1_000);
+    let span = end - FIRST;
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let port = FIRST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {end}");
+}
+
+/// The first port of the kernel's ephemeral range (Linux), 32768 when it
+/// cannot be read.
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl SimEnv {
