@@ -231,14 +231,19 @@ async fn the_stop_race_between_instances_loses_nothing() {
     let (ga, gb) = (a.gate("wiki"), b.gate("wiki"));
     let (mut stopped, mut refused) = (0, 0);
     for i in 0..30u64 {
-        if let Err(e) = ga.wait_ready(DEADLINE).await {
-            panic!(
-                "round {i}: A not up ({e}): {} {:?} inflight {}",
-                ga.state().as_str(),
-                ga.claim(),
-                ga.activity.inflight()
-            );
-        }
+        // A uses the guest the way a client does, with a request: its
+        // claim is published on that request's idle→busy edge. (Waiting on
+        // the gate without a request in flight could find the guest running,
+        // woken by B, with A's claim not yet published and nothing to
+        // publish it.)
+        let (status, _, body) = get(a.http(), "wiki.lan", &format!("/a{i}")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "round {i}: A not up: {body:?} {} {:?}",
+            ga.state().as_str(),
+            ga.claim()
+        );
         // B's request comes on its idle→busy edge: its claim is given back.
         until("B to give its claim back", || gb.claim() == Claim::Needed).await;
         let delay_a = Duration::from_micros((i * 7919) % 3000);
