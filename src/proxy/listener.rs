@@ -282,13 +282,7 @@ async fn drive<C>(
 {
     let mut conn = pin!(conn);
     let mut stalled = pin!(stalled);
-    let head_expired = async {
-        match head {
-            Some(t) => info.idle.expired(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut head_expired = pin!(head_expired);
+    let mut head_expired = pin!(idle_past(info, head));
     // Both deadlines count from the end of the last response: with a head
     // deadline no later than the keep-alive one, an idle HTTP/1
     // connection is dropped at the head deadline and a keep-alive timer
@@ -309,7 +303,7 @@ async fn drive<C>(
                 _ = head_expired.as_mut() => Watch::Head,
                 _ = stalled.as_mut() => Watch::Stalled,
                 _ = ep.stop.cancelled(), if !closing => Watch::Stop,
-                _ = info.idle.expired(keepalive.unwrap_or_default()), if keepalive.is_some() => Watch::Idle,
+                _ = idle_past(info, keepalive) => Watch::Idle,
             }
         });
         let event = tokio::select! {
@@ -341,6 +335,14 @@ async fn drive<C>(
                 closing = true;
             }
         }
+    }
+}
+
+/// Resolves once the connection has been idle for `t`; never without one.
+async fn idle_past(info: &ConnInfo, t: Option<Duration>) {
+    match t {
+        Some(t) => info.idle.expired(t).await,
+        None => std::future::pending().await,
     }
 }
 
