@@ -232,10 +232,7 @@ async fn the_stop_race_between_instances_loses_nothing() {
     let (mut stopped, mut refused) = (0, 0);
     for i in 0..30u64 {
         // A uses the guest the way a client does, with a request: its
-        // claim is published on that request's idle→busy edge. (Waiting on
-        // the gate without a request in flight could find the guest running,
-        // woken by B, with A's claim not yet published and nothing to
-        // publish it.)
+        // claim is published on that request's idle→busy edge.
         let (status, _, body) = get(a.http(), "wiki.lan", &format!("/a{i}")).await;
         assert_eq!(
             status,
@@ -468,4 +465,50 @@ async fn the_warm_path_makes_no_round_trips_to_redis() {
     let most = (elapsed.as_millis() / 1000 + 2) as f64;
     let refreshed = round_trips(&a, "refresh") - refreshes;
     assert!(refreshed <= most, "{refreshed} refreshes in {elapsed:?}");
+}
+
+/// Defect: a wake with no request in flight (the admin API's wake, a
+/// dependent waiting for its dependency) on an instance whose view of the
+/// guest is stale. B stopped the guest; A, which has not polled since,
+/// still shows it running with its claim not taken. The claim attempt hands
+/// over to A's owner, which finds the guest down; with nothing in flight
+/// there, nobody asked for a wake again and the admin call waited until
+/// `wake_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_without_a_request_on_a_stale_instance_starts_the_guest() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki").running(true)]).await;
+    // A polls once at start and then not for an hour: only the shared
+    // store can tell it of B's stop. Its wake gives up well before the
+    // test's own deadline, so a stall shows as a 503.
+    let slow_poll = |name: &str| {
+        config(&env, &cluster_yaml(&redis, name), "127.0.0.1:0", "1h")
+            .replace("poll_interval: 100ms", "poll_interval: 1h")
+            .replace("defaults:\n", "defaults:\n  wake_timeout: 10s\n")
+    };
+    let a = Drowsy::start(&slow_poll("proxy-a")).await;
+    let b = instance(&env, &redis, "proxy-b", "1h").await;
+    let (ga, gb) = (a.gate("wiki"), b.gate("wiki"));
+    wait_state(&ga, GuestState::Running).await;
+    wait_state(&gb, GuestState::Running).await;
+    gb.sleep_now().await.expect("B stops the guest");
+    assert_eq!(env.sim.guest_status(105), Some("stopped"));
+    assert_eq!(ga.state(), GuestState::Running, "A has not looked yet");
+    assert_eq!(ga.claim(), Claim::Needed);
+
+    let admin = a.running.admin_addr.expect("admin");
+    let req = http::Request::post("/api/routes/wiki/wake")
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(full(bytes::Bytes::from_static(b"{}")))
+        .expect("request");
+    let (s, _, body) = send(admin, req).await;
+    assert_eq!(s, StatusCode::OK, "{body:?}");
+    assert_eq!(json_of(&body)["state"], "running");
+    assert_eq!(env.sim.guest_status(105), Some("running"));
+    let (s, _, _) = get(a.http(), "wiki.lan", "/after").await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -625,10 +625,25 @@ impl Gate {
                 if rx.changed().await.is_err() {
                     return Err(WaitError::Failed("drowsy is shutting down".into()));
                 }
+                self.ask_again(start);
             }
         })
         .await;
         waited.unwrap_or(Err(WaitError::Timeout))
+    }
+
+    /// A waiter asks again at each change. One with a request in flight is
+    /// seen by the owner and the publisher anyway; one without (the admin
+    /// API's wake, a dependent's wait) is not: the owner may find the guest
+    /// stopped elsewhere, or the publisher hand its claim attempt to the
+    /// owner's check, and neither would try again for it. Repeated asks
+    /// coalesce into one wake.
+    fn ask_again(&self, start: bool) {
+        if start {
+            self.request_wake();
+        } else if self.awaiting_claim() {
+            self.want_claim();
+        }
     }
 
     /// Asks the owner to put the guest to sleep now.
