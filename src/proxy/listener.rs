@@ -103,6 +103,7 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
             return;
         }
     };
+    let nodelay = Nodelay::on(&listener);
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -124,7 +125,7 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
                     continue;
                 };
                 let info = Arc::new(ConnInfo::new(peer, ep.tls.is_some(), Some(slot)));
-                hand_over(&connections, stream, info, ep.clone(), home);
+                hand_over(&connections, (stream, nodelay), info, ep.clone(), home);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -144,12 +145,13 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
 /// (`home`) itself, the connection stays where it is.
 fn hand_over(
     connections: &TaskTracker,
-    stream: TcpStream,
+    (stream, nodelay): (TcpStream, Nodelay),
     info: Arc<ConnInfo>,
     ep: Arc<Entrypoint>,
     home: usize,
 ) {
     let (i, worker) = ep.shared.workers.next();
+    nodelay.set(&stream);
     if i == home {
         connections.spawn(connection(stream, info, ep));
         return;
@@ -177,13 +179,48 @@ fn hand_over(
 }
 
 async fn connection(stream: TcpStream, info: Arc<ConnInfo>, ep: Arc<Entrypoint>) {
-    let _ = stream.set_nodelay(true);
     match &ep.tls {
         None => serve(stream, info, &ep).await,
-        Some(acceptor) => {
-            if let Some(tls) = tls_accept(acceptor, stream, info.peer, &ep).await {
-                serve(tls, info, &ep).await;
-            }
+        // Boxed: the handshake and the TLS stream would otherwise set the
+        // size of every connection's task, plain ones too (each is copied
+        // whole when spawned, and its memory held while it lives).
+        Some(acceptor) => Box::pin(serve_tls(acceptor, stream, info, &ep)).await,
+    }
+}
+
+async fn serve_tls(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    ep: &Entrypoint,
+) {
+    if let Some(tls) = tls_accept(acceptor, stream, info.peer, ep).await {
+        serve(tls, info, ep).await;
+    }
+}
+
+/// Whether accepted sockets still need TCP_NODELAY set one by one.
+#[derive(Clone, Copy)]
+enum Nodelay {
+    /// Set on the listener: on Linux an accepted socket is cloned from its
+    /// listener and keeps the option, which spares a system call per
+    /// connection.
+    Inherited,
+    PerSocket,
+}
+
+impl Nodelay {
+    fn on(listener: &TcpListener) -> Nodelay {
+        let set = socket2::SockRef::from(listener).set_tcp_nodelay(true);
+        match set {
+            Ok(()) if cfg!(target_os = "linux") => Nodelay::Inherited,
+            _ => Nodelay::PerSocket,
+        }
+    }
+
+    fn set(self, stream: &TcpStream) {
+        if let Nodelay::PerSocket = self {
+            let _ = stream.set_nodelay(true);
         }
     }
 }
@@ -250,13 +287,19 @@ where
     let io = TokioIo::new(io);
     match protocol {
         Protocol::Http1 => {
-            let conn = ep.http1.serve_connection(io, svc).with_upgrades();
+            let conn = pin!(ep.http1.serve_connection(io, svc).with_upgrades());
             let head = Some(ep.header_read_timeout);
             drive(conn, &info, ep, std::future::pending(), head).await
         }
+        // Boxed, so that HTTP/2's larger state does not set the size of
+        // every connection's task.
         Protocol::Http2 => {
-            let stalled = info.send_stalled(ep.send_timeout);
-            drive(ep.http2.serve_connection(io, svc), &info, ep, stalled, None).await
+            Box::pin(async {
+                let stalled = info.send_stalled(ep.send_timeout);
+                let conn = pin!(ep.http2.serve_connection(io, svc));
+                drive(conn, &info, ep, stalled, None).await
+            })
+            .await
         }
     }
 }
@@ -272,7 +315,7 @@ where
 /// request is in flight from its complete head on, so "idle" covers both
 /// a keep-alive pause and a head that trickles in (slowloris).
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     info: &ConnInfo,
     ep: &Entrypoint,
     stalled: impl Future<Output = ()>,
@@ -280,7 +323,8 @@ async fn drive<C>(
 ) where
     C: Graceful,
 {
-    let mut conn = pin!(conn);
+    // `conn` is pinned by the caller: taken by value it would be held
+    // twice in this future (the argument and its pinned copy).
     let mut stalled = pin!(stalled);
     let mut head_expired = pin!(idle_past(info, head));
     // Both deadlines count from the end of the last response: with a head
@@ -384,5 +428,25 @@ where
 {
     fn shut(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_without_setting_it_each_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nodelay = Nodelay::on(&listener);
+        if cfg!(target_os = "linux") {
+            assert!(matches!(nodelay, Nodelay::Inherited));
+        }
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (stream, _) = accepted.unwrap();
+        nodelay.set(&stream);
+        assert!(stream.nodelay().unwrap());
+        drop(client);
     }
 }

@@ -197,8 +197,41 @@ pub fn client_ip(peer: IpAddr) -> IpAddr {
 
 /// [`client_ip`] as a header value (made once per connection).
 pub fn client_ip_value(peer: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&client_ip(peer).to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let made = match client_ip(peer) {
+        // Most clients: written straight into a buffer, without the
+        // formatting machinery and its String (a connection per request
+        // makes this once per request).
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let len = dotted_quad(v4, &mut buf);
+            HeaderValue::from_bytes(&buf[..len])
+        }
+        ip => HeaderValue::from_str(&ip.to_string()),
+    };
+    made.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// An IPv4 address in dotted-decimal form, as `Display` writes it (RFC
+/// 3986 §3.2.2 `dec-octet`: no leading zeros); the length written.
+fn dotted_quad(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> usize {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    len
 }
 
 /// Sets the X-Forwarded-* family (the de-facto form of RFC 7239's
@@ -214,6 +247,9 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
+    // Room for the three fields at once: a map sized by the parser for the
+    // client's own few fields would otherwise grow (and rehash) twice.
+    headers.reserve(3);
     let prior: Vec<&str> = match trusted {
         true => headers
             .get_all(&X_FORWARDED_FOR)
@@ -321,6 +357,36 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_quad_writes_what_display_writes() {
+        // Every octet value in every position, and the widest address.
+        let mut buf = [0u8; 15];
+        for o in 0..=255u8 {
+            for ip in [
+                [o, 0, 0, 0],
+                [10, o, 9, 1],
+                [192, 168, o, 100],
+                [1, 2, 3, o],
+            ] {
+                let ip = std::net::Ipv4Addr::from(ip);
+                let len = dotted_quad(ip, &mut buf);
+                assert_eq!(&buf[..len], ip.to_string().as_bytes());
+            }
+        }
+        let widest = std::net::Ipv4Addr::new(255, 255, 255, 255);
+        assert_eq!(dotted_quad(widest, &mut buf), 15);
+        assert_eq!(client_ip_value("10.0.0.7".parse().unwrap()), "10.0.0.7");
+        // An IPv4-mapped IPv6 peer (a dual-stack listener) is its IPv4 address.
+        assert_eq!(
+            client_ip_value("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1"
+        );
+        assert_eq!(
+            client_ip_value("2001:db8::1".parse().unwrap()),
+            "2001:db8::1"
+        );
+    }
 
     #[test]
     fn hop_index_names_every_fixed_hop_by_hop_field() {
