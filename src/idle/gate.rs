@@ -608,9 +608,6 @@ impl Gate {
         if let Some(why) = self.backoff_error() {
             return Err(WaitError::Failed(why));
         }
-        if start {
-            self.request_wake();
-        }
         let waited = tokio::time::timeout(timeout, async {
             loop {
                 if let Some(ready) = self.ready() {
@@ -622,10 +619,13 @@ impl Gate {
                         false => WaitError::Failed(f.why.clone()),
                     });
                 }
+                // First, and then after each change once the checks above
+                // found nothing: a failed wake ends the wait with its error
+                // rather than being asked for again.
+                self.ask_again(start);
                 if rx.changed().await.is_err() {
                     return Err(WaitError::Failed("drowsy is shutting down".into()));
                 }
-                self.ask_again(start);
             }
         })
         .await;
