@@ -124,8 +124,9 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
                     tracing::debug!(client = %peer, "refused: max_connections_per_ip reached");
                     continue;
                 };
+                nodelay.set(&stream);
                 let info = Arc::new(ConnInfo::new(peer, ep.tls.is_some(), Some(slot)));
-                hand_over(&connections, (stream, nodelay), info, ep.clone(), home);
+                hand_over(&connections, stream, info, ep.clone(), home);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -145,13 +146,12 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
 /// (`home`) itself, the connection stays where it is.
 fn hand_over(
     connections: &TaskTracker,
-    (stream, nodelay): (TcpStream, Nodelay),
+    stream: TcpStream,
     info: Arc<ConnInfo>,
     ep: Arc<Entrypoint>,
     home: usize,
 ) {
     let (i, worker) = ep.shared.workers.next();
-    nodelay.set(&stream);
     if i == home {
         connections.spawn(connection(stream, info, ep));
         return;
