@@ -97,7 +97,9 @@ pub async fn handle(
                 client,
                 conn: &conn,
             };
-            let resp = dispatch(&shared, &route, &from, req, &host).await;
+            // Boxed once: every layer below moves the request on, and a
+            // box moves as one pointer where the request is 264 bytes.
+            let resp = dispatch(&shared, &route, &from, Box::new(req), &host).await;
             route.record(resp.status().as_u16(), start);
             (logged.is_some().then(|| route.name.clone()), resp)
         }
@@ -316,7 +318,7 @@ async fn dispatch(
     shared: &Shared,
     route: &Arc<Route>,
     from: &Origin<'_>,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     host: &HeaderValue,
 ) -> Response<RespBody> {
     let Some(rules) = &route.access else {
@@ -333,7 +335,7 @@ async fn dispatch(
         host,
     };
     // Boxed: only routes with policies pay for the policies' future.
-    let (mut resp, granted) = match Box::pin(rules.admit(&mut req, &who)).await {
+    let (mut resp, granted) = match Box::pin(rules.admit(&mut *req, &who)).await {
         Ok(granted) => {
             let resp = forward_to(shared, route, from, req, host).await;
             (resp, Some(granted))
@@ -356,7 +358,7 @@ async fn forward_to(
     shared: &Shared,
     route: &Arc<Route>,
     from: &Origin<'_>,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     host: &HeaderValue,
 ) -> Response<RespBody> {
     let (conn, trusted) = (from.conn, from.trusted);

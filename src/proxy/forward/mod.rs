@@ -97,12 +97,12 @@ pub struct ForwardCtx<'a> {
 pub async fn forward(
     ctx: ForwardCtx<'_>,
     conn: &Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    mut req: Box<Request<Incoming>>,
     hold: Option<UseGuard>,
 ) -> Response<RespBody> {
     let version = req.version();
     let upgrade = version == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     // The response timeout counts the backend's silence, not the upload:
     // a long upload is not a slow backend.
     let progress = (!req.body().is_end_stream()).then(BodyProgress::new);
@@ -239,11 +239,11 @@ where
 fn prepare(
     ctx: &ForwardCtx<'_>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Box<Request<Incoming>>,
     upgrade: bool,
     progress: Option<Arc<BodyProgress>>,
 ) -> Result<Request<ReqBody>, http::Error> {
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, body) = (*req).into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::scrub_client_headers(&mut parts.headers, ctx.trusted, &conn.client);
     if parts.version == Version::HTTP_2 {
