@@ -484,12 +484,10 @@ async fn a_wake_without_a_request_on_a_stale_instance_starts_the_guest() {
     // A polls once at start and then not for an hour: only the shared
     // store can tell it of B's stop. Its wake gives up well before the
     // test's own deadline, so a stall shows as a 503.
-    let slow_poll = |name: &str| {
-        config(&env, &cluster_yaml(&redis, name), "127.0.0.1:0", "1h")
-            .replace("poll_interval: 100ms", "poll_interval: 1h")
-            .replace("defaults:\n", "defaults:\n  wake_timeout: 10s\n")
-    };
-    let a = Drowsy::start(&slow_poll("proxy-a")).await;
+    let slow_poll = config(&env, &cluster_yaml(&redis, "proxy-a"), "127.0.0.1:0", "1h")
+        .replace("poll_interval: 100ms", "poll_interval: 1h")
+        .replace("defaults:\n", "defaults:\n  wake_timeout: 10s\n");
+    let a = Drowsy::start(&slow_poll).await;
     let b = instance(&env, &redis, "proxy-b", "1h").await;
     let (ga, gb) = (a.gate("wiki"), b.gate("wiki"));
     wait_state(&ga, GuestState::Running).await;
@@ -499,13 +497,7 @@ async fn a_wake_without_a_request_on_a_stale_instance_starts_the_guest() {
     assert_eq!(ga.state(), GuestState::Running, "A has not looked yet");
     assert_eq!(ga.claim(), Claim::Needed);
 
-    let admin = a.running.admin_addr.expect("admin");
-    let req = http::Request::post("/api/routes/wiki/wake")
-        .header("host", admin.to_string())
-        .header("content-type", "application/json")
-        .body(full(bytes::Bytes::from_static(b"{}")))
-        .expect("request");
-    let (s, _, body) = send(admin, req).await;
+    let (s, body) = admin_post(&a, "/api/routes/wiki/wake").await;
     assert_eq!(s, StatusCode::OK, "{body:?}");
     assert_eq!(json_of(&body)["state"], "running");
     assert_eq!(env.sim.guest_status(105), Some("running"));

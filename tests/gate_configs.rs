@@ -36,17 +36,6 @@ async fn wait_sim(env: &SimEnv, d: &Drowsy, vmid: u32, status: &str) {
     .await;
 }
 
-async fn admin_post(d: &Drowsy, path: &str) -> (StatusCode, bytes::Bytes) {
-    let admin = d.running.admin_addr.expect("admin");
-    let req = Request::post(path)
-        .header("host", admin.to_string())
-        .header("content-type", "application/json")
-        .body(full(bytes::Bytes::new()))
-        .expect("request");
-    let (s, _, b) = send(admin, req).await;
-    (s, b)
-}
-
 // Defect: after the stop, the poller forgets a DHCP guest's address, and a
 // route naming the guest by that address could no longer find it to wake it.
 #[tokio::test]

@@ -311,6 +311,19 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, http:
     .await
 }
 
+/// POSTs to an instance's admin API the way the dashboard does (JSON,
+/// the admin address as Host).
+pub async fn admin_post(d: &Drowsy, path: &str) -> (StatusCode, Bytes) {
+    let admin = d.running.admin_addr.expect("admin");
+    let req = Request::post(path)
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let (s, _, b) = send(admin, req).await;
+    (s, b)
+}
+
 pub async fn send(
     addr: SocketAddr,
     mut req: Request<TestBody>,
