@@ -116,6 +116,11 @@ fn lowered(s: &str, upper: bool) -> Cow<'_, str> {
 }
 
 impl Authority<'_> {
+    /// The input was already in normal form.
+    pub fn is_normal(&self) -> bool {
+        self.normal
+    }
+
     /// The normal form as a header value; `raw` is reused when the client
     /// already wrote it that way (the common case, no allocation).
     pub fn header_value(&self, raw: Option<&HeaderValue>) -> HeaderValue {

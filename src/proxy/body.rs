@@ -320,6 +320,15 @@ impl RespBody {
         RespBody::full(Bytes::new())
     }
 
+    /// The whole body of a page drowsy wrote itself; `None` for a
+    /// streamed one.
+    pub fn take_full(&mut self) -> Option<Bytes> {
+        match &mut self.inner {
+            Inner::Full { data } => Some(data.take().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
     pub fn set_log(&mut self, log: Box<AccessLog>) {
         self.log = Some(log);
     }

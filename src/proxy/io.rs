@@ -40,6 +40,8 @@ pub struct ClientIo<IO> {
     prefix: [u8; 24],
     prefix_len: u8,
     prefix_pos: u8,
+    /// Bytes the fast path read and hands to hyper, replayed first.
+    replay: bytes::Bytes,
     send_timeout: Duration,
     /// Armed while a write waits for the client.
     stall: Option<Pin<Box<Sleep>>>,
@@ -53,6 +55,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             prefix: [0; 24],
             prefix_len: 0,
             prefix_pos: 0,
+            replay: bytes::Bytes::new(),
             send_timeout,
             stall: None,
             stalled: false,
@@ -74,6 +77,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo<IO> {
             // n <= 24 - len, so this fits in a u8.
             self.prefix_len += n as u8;
         }
+    }
+
+    /// Bytes to read before anything else (what the fast path read but
+    /// did not serve, when it hands the connection to hyper).
+    pub fn replay(&mut self, bytes: bytes::Bytes) {
+        self.replay = bytes;
     }
 
     /// Called while a write waits: fails once the client has left it
@@ -119,6 +128,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let (pos, len) = (usize::from(self.prefix_pos), usize::from(self.prefix_len));
         if pos < len {
             let n = (len - pos).min(buf.remaining());
@@ -296,6 +310,14 @@ mod tests {
         let mut got = [0u8; 16];
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"PUT / HTTP/1.1\r\n");
+        // Bytes handed over (by the fast path) come before the socket's.
+        io.replay(bytes::Bytes::from_static(b"GET /x HTTP/1.1\r\n"));
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"Host: a\r\n")
+            .await
+            .unwrap();
+        let mut got = [0u8; 26];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /x HTTP/1.1\r\nHost: a\r\n");
     }
 
     #[tokio::test]

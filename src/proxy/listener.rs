@@ -8,6 +8,7 @@
 //! - a client leaving drowsy's writes unread: `send_timeout` (in [`ClientIo`]).
 
 use super::conn::ConnInfo;
+use super::fast;
 use super::io::{ClientIo, Protocol};
 use super::service::{self, Shared};
 use super::woken::Woken;
@@ -21,6 +22,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -281,26 +283,86 @@ where
             return;
         }
     };
-    let shared = ep.shared.clone();
-    let conn_info = info.clone();
-    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
-    let io = TokioIo::new(io);
     match protocol {
         Protocol::Http1 => {
-            let conn = pin!(ep.http1.serve_connection(io, svc).with_upgrades());
-            let head = Some(ep.header_read_timeout);
-            drive(conn, &info, ep, std::future::pending(), head).await
+            let closing = AtomicBool::new(false);
+            let handed = {
+                let fast = fast::serve(&mut io, &info, &ep.shared, &closing);
+                let conn = pin!(Shut {
+                    inner: fast,
+                    closing: &closing
+                });
+                let head = Some(ep.header_read_timeout);
+                drive(conn, &info, ep, std::future::pending(), head).await
+            };
+            if let Some(Some(rest)) = handed {
+                io.replay(rest);
+                // Boxed: hyper's connection is the rare path now, and its
+                // state would otherwise set the size of every task.
+                Box::pin(serve_http1(io, info, ep)).await
+            }
         }
         // Boxed, so that HTTP/2's larger state does not set the size of
         // every connection's task.
-        Protocol::Http2 => {
-            Box::pin(async {
-                let stalled = info.send_stalled(ep.send_timeout);
-                let conn = pin!(ep.http2.serve_connection(io, svc));
-                drive(conn, &info, ep, stalled, None).await
-            })
-            .await
-        }
+        Protocol::Http2 => Box::pin(serve_http2(io, info, ep)).await,
+    }
+}
+
+/// An HTTP/1 connection (or its rest, after the fast path) served by hyper.
+async fn serve_http1<IO>(io: ClientIo<IO>, info: Arc<ConnInfo>, ep: &Entrypoint)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (shared, conn_info) = (ep.shared.clone(), info.clone());
+    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
+    let conn = pin!(ep
+        .http1
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades());
+    let head = Some(ep.header_read_timeout);
+    let ended = drive(conn, &info, ep, std::future::pending(), head).await;
+    log_end(&info, ended);
+}
+
+async fn serve_http2<IO>(io: ClientIo<IO>, info: Arc<ConnInfo>, ep: &Entrypoint)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (shared, conn_info) = (ep.shared.clone(), info.clone());
+    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
+    let stalled = info.send_stalled(ep.send_timeout);
+    let conn = pin!(ep.http2.serve_connection(TokioIo::new(io), svc));
+    let ended = drive(conn, &info, ep, stalled, None).await;
+    log_end(&info, ended);
+}
+
+fn log_end(info: &ConnInfo, ended: Option<Result<(), hyper::Error>>) {
+    if let Some(Err(e)) = ended {
+        tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The fast path's connection, asked to close by a flag it reads
+    /// between requests.
+    struct Shut<'a, F> {
+        #[pin]
+        inner: F,
+        closing: &'a AtomicBool,
+    }
+}
+
+impl<F: Future> Future for Shut<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F: Future> Graceful for Shut<'_, F> {
+    fn shut(self: Pin<&mut Self>) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 }
 
@@ -320,7 +382,8 @@ async fn drive<C>(
     ep: &Entrypoint,
     stalled: impl Future<Output = ()>,
     head: Option<Duration>,
-) where
+) -> Option<C::Output>
+where
     C: Graceful,
 {
     // `conn` is pinned by the caller: taken by value it would be held
@@ -352,27 +415,22 @@ async fn drive<C>(
         });
         let event = tokio::select! {
             biased;
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            r = conn.as_mut() => return Some(r),
             event = watch => event,
         };
         match event {
-            Watch::Kill => return,
+            Watch::Kill => return None,
             Watch::Head => {
                 tracing::debug!(client = %info.peer, "no complete request head within header_read_timeout");
-                return;
+                return None;
             }
             Watch::Stalled => {
                 tracing::debug!(client = %info.peer, "the client stopped reading (send_timeout)");
-                return;
+                return None;
             }
             Watch::Idle if closing => {
                 tracing::debug!(client = %info.peer, "idle connection did not close; dropping it");
-                return;
+                return None;
             }
             Watch::Stop | Watch::Idle => {
                 conn.as_mut().shut();
@@ -400,7 +458,7 @@ enum Watch {
 }
 
 /// A served connection that can be asked to finish gracefully.
-trait Graceful: Future<Output = Result<(), hyper::Error>> {
+trait Graceful: Future {
     fn shut(self: Pin<&mut Self>);
 }
 

@@ -4,6 +4,7 @@ pub mod authority;
 pub mod auto;
 pub mod body;
 pub mod conn;
+pub mod fast;
 pub mod forward;
 pub mod io;
 pub mod limits;

@@ -287,8 +287,13 @@ pub fn set_forwarded(
 /// (nginx's realip, CDN conventions, framework defaults). From a peer that
 /// is not a trusted proxy they are forged by definition.
 pub fn is_spoofable(name: &HeaderName) -> bool {
+    is_spoofable_name(name.as_str())
+}
+
+/// [`is_spoofable`] for a name in lowercase.
+pub fn is_spoofable_name(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "x-real-ip"
             | "true-client-ip"
             | "x-client-ip"

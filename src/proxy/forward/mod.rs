@@ -196,7 +196,7 @@ pub async fn forward(
 /// clock runs while the backend neither takes the next part of the request
 /// body (`progress`; waiting for the client does not count) nor answers
 /// after the last one. A request without a body starts it at once.
-async fn exchange<F, T>(
+pub(crate) async fn exchange<F, T>(
     request: Pin<&mut F>,
     progress: Option<Arc<BodyProgress>>,
     limit: Option<Duration>,
@@ -286,7 +286,11 @@ const CLIENT_CLOSED: u16 = 499;
 /// Maps a client error to the status a user expects: the client's own
 /// body problems (413 over the limit, 408 stalled, 400 malformed, 499
 /// aborted), 504 for a connect timeout, 502 for what the backend did.
-fn backend_error(route: &str, err: &UpstreamError, version: Version) -> Response<RespBody> {
+pub(crate) fn backend_error(
+    route: &str,
+    err: &UpstreamError,
+    version: Version,
+) -> Response<RespBody> {
     if let Some(body) = find_source::<ReqBodyError>(err) {
         tracing::debug!(route, error = %body, "the client's request body did not arrive");
         return match body {
@@ -326,6 +330,13 @@ fn backend_error(route: &str, err: &UpstreamError, version: Version) -> Response
             )
         }
         UpstreamError::Http(e) => {
+            tracing::warn!(route, error = %e, "backend request failed");
+            pages::plain(
+                StatusCode::BAD_GATEWAY,
+                format!("route {route}: the backend failed"),
+            )
+        }
+        UpstreamError::Exchange(e) => {
             tracing::warn!(route, error = %e, "backend request failed");
             pages::plain(
                 StatusCode::BAD_GATEWAY,

@@ -106,6 +106,28 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// Whether a kept connection can carry another request: the backend
+    /// has neither closed it nor sent anything unasked. Costs no system
+    /// call unless the socket was seen readable since its last read.
+    pub fn is_fresh(&self) -> bool {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness may be left over from a read that took everything:
+            // only a read that would block says nothing is there.
+            Poll::Ready(Ok(())) => {
+                matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
 /// Why a backend exchange failed.
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -115,6 +137,9 @@ pub enum UpstreamError {
     Connect(io::Error),
     /// The exchange failed.
     Http(hyper::Error),
+    /// The exchange failed on the fast path (the connection broke, or the
+    /// response was malformed).
+    Exchange(io::Error),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -123,6 +148,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::ConnectTimeout => f.write_str("timed out connecting to the backend"),
             UpstreamError::Connect(e) => write!(f, "could not connect to the backend ({e})"),
             UpstreamError::Http(e) => write!(f, "{e}"),
+            UpstreamError::Exchange(e) => write!(f, "{e}"),
         }
     }
 }
@@ -133,6 +159,7 @@ impl std::error::Error for UpstreamError {
             UpstreamError::ConnectTimeout => None,
             UpstreamError::Connect(e) => Some(e),
             UpstreamError::Http(e) => Some(e),
+            UpstreamError::Exchange(e) => Some(e),
         }
     }
 }
@@ -252,11 +279,21 @@ struct Idle<B: Body> {
     since: Instant,
 }
 
+/// An idle connection of the fast path (see [`crate::proxy::fast`]): a
+/// plain byte stream, no hyper state.
+struct RawIdle {
+    stream: Stream,
+    since: Instant,
+    epoch: u64,
+}
+
 /// Idle connections to one backend address. Held by the route (and the
 /// guest route's current address), so finding it costs nothing.
 pub struct Pool<B: Body> {
     dialer: Dialer,
     idle: Mutex<Vec<Idle<B>>>,
+    /// The fast path's idle connections.
+    raw: Mutex<Vec<RawIdle>>,
     idle_timeout: Duration,
     /// The stop epoch of the connections in `idle`.
     epoch: AtomicU64,
@@ -272,6 +309,7 @@ where
         Arc::new(Pool {
             dialer,
             idle: Mutex::new(Vec::new()),
+            raw: Mutex::new(Vec::new()),
             idle_timeout,
             epoch: AtomicU64::new(0),
             sweeping: std::sync::atomic::AtomicBool::new(false),
@@ -315,19 +353,76 @@ where
         }
     }
 
+    fn lock_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawIdle>> {
+        self.raw.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest fresh idle connection of the fast path, of `epoch`.
+    pub fn checkout_raw(&self, epoch: u64) -> Option<Stream> {
+        let mut raw = self.lock_raw();
+        if self.epoch.load(Ordering::Relaxed) != epoch {
+            raw.clear();
+        }
+        while let Some(i) = raw.pop() {
+            if i.since.elapsed() < self.idle_timeout && i.epoch == epoch && i.stream.is_fresh() {
+                return Some(i.stream);
+            }
+        }
+        None
+    }
+
+    /// Takes a fast-path connection back, after a whole response was read
+    /// from it.
+    pub fn put_raw(self: &Arc<Self>, stream: Stream, epoch: u64) {
+        if epoch != self.epoch.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut raw = self.lock_raw();
+        if raw.len() >= MAX_IDLE {
+            raw.remove(0);
+        }
+        raw.push(RawIdle {
+            stream,
+            since: Instant::now(),
+            epoch,
+        });
+        drop(raw);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// A new connection for the fast path.
+    pub async fn dial_raw(&self) -> Result<Stream, UpstreamError> {
+        self.dialer.dial().await
+    }
+
     async fn open(&self, epoch: u64) -> Result<Conn<B>, UpstreamError> {
-        let io = TokioIo::new(self.dialer.dial().await?);
+        let stream = self.dialer.dial().await?;
+        Conn::over(stream, epoch, None)
+            .await
+            .map_err(UpstreamError::Http)
+    }
+}
+
+impl<B> Conn<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A hyper connection over `stream`; `used`: when it last finished a
+    /// response, if it carried requests before.
+    async fn over(stream: Stream, epoch: u64, used: Option<Instant>) -> hyper::Result<Conn<B>> {
         let (send, driver) = http1::Builder::new()
             .max_buf_size(MAX_BUF)
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Http)?;
+            .handshake(TokioIo::new(stream))
+            .await?;
         Ok(Conn {
             send,
             driver: Some(Box::pin(driver.with_upgrades())),
             epoch,
-            used: false,
-            idle_since: Instant::now(),
+            used: used.is_some(),
+            idle_since: used.unwrap_or_else(Instant::now),
         })
     }
 }
@@ -348,7 +443,9 @@ where
         let Some(p) = pool.upgrade() else { return };
         let mut idle = p.lock();
         idle.retain(|i| i.since.elapsed() < p.idle_timeout);
-        if idle.is_empty() {
+        let mut raw = p.lock_raw();
+        raw.retain(|i| i.since.elapsed() < p.idle_timeout);
+        if idle.is_empty() && raw.is_empty() {
             p.sweeping.store(false, Ordering::Relaxed);
             return;
         }
@@ -399,6 +496,16 @@ where
                 None
             }
             None => None,
+        }
+    }
+
+    /// Takes the backend connection the fast path used last, for this
+    /// client connection's next requests on the hyper path: the backend
+    /// sees the same connection, and the reuse rules apply to it as to any
+    /// kept one (`last_used`: when it finished its last response).
+    pub async fn adopt_raw(&self, pool: &Arc<Pool<B>>, stream: Stream, last_used: Instant) {
+        if let Ok(conn) = Conn::over(stream, 0, Some(last_used)).await {
+            self.keep(pool.clone(), conn);
         }
     }
 
