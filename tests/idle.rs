@@ -345,6 +345,56 @@ async fn no_wake_requests_never_start_the_guest() {
 }
 
 #[tokio::test]
+async fn no_wake_requests_to_a_running_guest_do_not_keep_it_awake() {
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki")]).await;
+    let routes = route("wiki", 105, &env)
+        + "    no_wake:\n      paths: [/favicon.ico]\n      user_agents: [Uptime-Kuma]\n";
+    let d = Drowsy::start(&config(&env, "  idle_timeout: 500ms\n", &routes)).await;
+    let gate = d.gate("wiki");
+    assert_eq!(get(d.http(), "wiki.lan", "/").await.0, StatusCode::OK);
+    // A monitor polling over one kept connection, as Uptime Kuma does,
+    // and a browser's favicon requests: served while the guest runs, but
+    // never counted as use, so the guest still goes to sleep.
+    let stream = TcpStream::connect(d.http()).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut rx = gate.watch();
+    let (mut served, started) = (0, Instant::now());
+    while rx.borrow().state == GuestState::Running {
+        for (path, agent) in [
+            ("/favicon.ico", "Mozilla/5.0"),
+            ("/status", "Uptime-Kuma/1.23.0"),
+        ] {
+            let req = Request::get(path)
+                .header("host", "wiki.lan")
+                .header("user-agent", agent)
+                .body(full(bytes::Bytes::new()))
+                .expect("request");
+            send.ready().await.expect("ready");
+            let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+                .await
+                .expect("deadline")
+                .expect("response");
+            if resp.status() == StatusCode::OK {
+                served += 1;
+            }
+            let _ = resp.into_body().collect().await;
+        }
+        // The next round after a state change or a pause, whichever first.
+        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the guest never went to sleep"
+        );
+    }
+    assert!(served >= 2, "the running guest answered them");
+    wait_state(&gate, GuestState::Stopped).await;
+}
+
+#[tokio::test]
 async fn dependencies_start_first_and_stop_last() {
     let env = SimEnv::start(vec![GuestSpec::lxc(105, "app"), GuestSpec::lxc(120, "db")]).await;
     let routes = route("app", 105, &env)

@@ -53,17 +53,28 @@ fn contains_ignore_case(hay: &str, needle: &str) -> bool {
 /// `no_wake`: an exact path, or a User-Agent containing one of the
 /// configured substrings (stored lowercase).
 pub fn is_no_wake<B>(rules: &NoWake, req: &Request<B>) -> bool {
-    if rules.paths.iter().any(|p| p == req.uri().path()) {
+    let ua = || {
+        req.headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+    };
+    is_no_wake_parts(rules, req.uri().path(), ua)
+}
+
+/// [`is_no_wake`] from a request's path and its User-Agent (as text, when
+/// it is visible ASCII), looked at only when a rule needs it.
+pub fn is_no_wake_parts<'a>(
+    rules: &NoWake,
+    path: &str,
+    user_agent: impl FnOnce() -> Option<&'a str>,
+) -> bool {
+    if rules.paths.iter().any(|p| p == path) {
         return true;
     }
     if rules.user_agents.is_empty() {
         return false;
     }
-    let ua = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ua = user_agent().unwrap_or("");
     rules
         .user_agents
         .iter()

@@ -132,16 +132,6 @@ impl Route {
         self.warned.due()
     }
 
-    /// The backend of a route whose requests the fast path may forward:
-    /// a fixed backend that is no guest, without access policies or header
-    /// rules (see [`super::fast`]).
-    pub fn fast_upstream(&self) -> Option<&Upstream> {
-        match (&self.kind, &self.binding, &self.access) {
-            (RouteKind::Static(up), None, None) => Some(up),
-            _ => None,
-        }
-    }
-
     /// Counts a request of a route without a gate in `drowsy_inflight`
     /// for as long as it (or its stream or upgrade) lasts.
     pub fn enter(&self) -> UseGuard {

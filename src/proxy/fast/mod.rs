@@ -1,15 +1,15 @@
 //! The fast path: plain HTTP/1.1 requests forwarded without hyper.
 //!
 //! Most requests a homelab proxy sees are a `GET` or `HEAD` without a
-//! body, to a fixed backend, from a browser or a script that keeps its
-//! connection. For those, a client connection's task reads the head,
+//! body, to a backend that is up, from a browser or a script that keeps
+//! its connection. For those, a client connection's task reads the head,
 //! writes the backend's head from its parsed parts ([`request`]) on a
 //! backend connection it keeps, and relays the response ([`response`]):
 //! no header map, no dispatch channel, no per-request allocation.
 //!
 //! The first request that is anything else (a body, an upgrade, a guest
-//! route, access policies, a trusted proxy in front, a head hyper should
-//! refuse) hands the connection to hyper with the bytes read so far, and
+//! that is not ready, access policies, a trusted proxy in front, a head
+//! hyper should refuse) hands the connection to hyper with the bytes read so far, and
 //! hyper serves the rest of it as it serves every other connection. The
 //! fast path keeps the hyper path's rules: the same header rules, routing,
 //! limits, timeouts (header read, keep-alive and send through the
@@ -25,13 +25,15 @@ pub mod response;
 use super::body::{AccessLog, ReqBody};
 use super::conn::{ConnInfo, RequestGuard};
 use super::forward::upstream::{Affinity, Pool, Stream, UpstreamError};
+use super::forward::Upstream;
 use super::forward::{backend_error, exchange};
 use super::io::ClientIo;
 use super::listener::MAX_HEAD;
 use super::pages;
-use super::route::Route;
-use super::service::Shared;
-use crate::idle::UseGuard;
+use super::route::{Route, RouteKind};
+use super::service::{guest_ip, Shared};
+use crate::idle::admit::is_no_wake_parts;
+use crate::idle::{Bound, UseGuard};
 use bytes::Bytes;
 use http::{Response, StatusCode, Version};
 use request::{Method, Parsed, Rewrite};
@@ -108,6 +110,10 @@ struct Conn<'a, IO> {
 /// A request the fast path forwards, with what its response needs.
 struct Job {
     route: Arc<Route>,
+    upstream: Upstream,
+    /// The guest's stop epoch (0 without a guest): backend connections of
+    /// an earlier one are not reused.
+    epoch: u64,
     head_request: bool,
     close: bool,
     start: Instant,
@@ -232,10 +238,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let Some(route) = table.hosts.lookup(head.route_host) else {
             return Next::HandOver;
         };
-        let Some(upstream) = route.fast_upstream() else {
+        let Some(slot) = shared.inflight.try_enter() else {
             return Next::HandOver;
         };
-        let Some(slot) = shared.inflight.try_enter() else {
+        let Some((upstream, epoch, hold)) = admit(shared, route, &head) else {
             return Next::HandOver;
         };
         let start = Instant::now();
@@ -248,12 +254,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         let log = access_log(&head, route, &table, info, start);
         let job = Job {
             route: route.clone(),
+            upstream,
+            epoch,
             head_request: head.method == Method::Head,
             close: head.close,
             start,
             log,
             _guard: RequestGuard::new(info.clone(), slot, false),
-            _hold: route.enter(),
+            _hold: hold,
         };
         self.start += head.len;
         Next::Job(job)
@@ -261,17 +269,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
 
     /// Sends the request to the backend and relays the response.
     async fn forward(&mut self, mut job: Job) -> Relayed {
-        let Some(upstream) = job.route.fast_upstream() else {
-            return Relayed::Broken;
-        };
-        let pool = upstream.pool.clone();
+        let pool = job.upstream.pool.clone();
         let closing = job.close || self.closing.load(Ordering::Relaxed);
         let limit = job.route.settings.backend.response_timeout;
         let result = {
-            let sent =
-                pin!(self
-                    .backend
-                    .send(&pool, &self.req, job.head_request, closing, &mut self.out));
+            let sent = pin!(self.backend.send(
+                &pool,
+                job.epoch,
+                &self.req,
+                job.head_request,
+                closing,
+                &mut self.out
+            ));
             exchange(sent, None, limit, &self.info.timers).await
         };
         let head = match result {
@@ -371,6 +380,50 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
     }
 }
 
+/// Where a request of `route` goes on the fast path, when it may go
+/// there now: its backend, the stop epoch of its guest's connections, and
+/// the guard that counts it as use of the route (and of its guest). A
+/// route with access policies or header rules, a guest that is not ready
+/// (to be woken, or waited for) and anything not known yet are for the
+/// hyper path, which answers them as before; the warm path here is
+/// `idle::admit_now`'s and `service::pass`'s.
+fn admit(
+    shared: &Shared,
+    route: &Route,
+    head: &request::Head<'_, '_>,
+) -> Option<(Upstream, u64, UseGuard)> {
+    if route.access.is_some() {
+        return None;
+    }
+    let guest_route = matches!(route.kind, RouteKind::Guest(_) | RouteKind::Dependency);
+    let (ip, epoch, hold) = match route.binding.as_deref().map(|b| b.bound()) {
+        None => (None, 0, route.enter()),
+        Some(bound) => match &**bound {
+            Bound::Guest {
+                gate: Some(gate), ..
+            } => {
+                let rules = &route.settings.no_wake;
+                let quiet = is_no_wake_parts(rules, head.path(), || head.user_agent_text());
+                // The guard comes before the state check (the owner's fence).
+                let guard = gate.enter(!quiet);
+                (gate.ready()?, gate.pool_epoch(), guard)
+            }
+            Bound::Guest { id, gate: None } if guest_route => {
+                (Some(guest_ip(shared, id).ok()?), 0, route.enter())
+            }
+            // A plain backend that is not (or not yet known as) a guest.
+            _ if !guest_route => (None, 0, route.enter()),
+            _ => return None,
+        },
+    };
+    let upstream = match (&route.kind, ip) {
+        (RouteKind::Static(up), _) => up.clone(),
+        (RouteKind::Guest(target), Some(ip)) => target.upstream(ip).ok()?,
+        _ => return None,
+    };
+    Some((upstream, epoch, hold))
+}
+
 /// The access-log line of a request, when the access log is on.
 fn access_log(
     head: &request::Head<'_, '_>,
@@ -444,6 +497,8 @@ struct Backend {
     pool: Option<Arc<Pool<ReqBody>>>,
     /// When the kept connection finished its last response.
     last_used: Option<Instant>,
+    /// The stop epoch the kept connection was opened in.
+    epoch: u64,
     buf: Vec<u8>,
     /// Where the unread part of `buf` starts.
     pos: usize,
@@ -460,7 +515,7 @@ impl Backend {
     /// Gives the kept connection back to its pool.
     fn release(&mut self) {
         if let (Some(stream), Some(pool)) = (self.stream.take(), self.pool.take()) {
-            pool.put_raw(stream, 0);
+            pool.put_raw(stream, self.epoch);
         }
     }
 
@@ -469,7 +524,9 @@ impl Backend {
     async fn hand_over(&mut self, affinity: &Affinity<ReqBody>) {
         if let (Some(stream), Some(pool)) = (self.stream.take(), self.pool.take()) {
             let last_used = self.last_used.unwrap_or_else(Instant::now);
-            affinity.adopt_raw(&pool, stream, last_used).await;
+            affinity
+                .adopt_raw(&pool, stream, self.epoch, last_used)
+                .await;
         }
     }
 
@@ -478,16 +535,18 @@ impl Backend {
     async fn connect(
         &mut self,
         pool: &Arc<Pool<ReqBody>>,
+        epoch: u64,
     ) -> Result<(Stream, bool), UpstreamError> {
         let same = self.pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, pool));
-        if !same {
+        if !same || self.epoch != epoch {
             self.release();
         }
         if let Some(s) = self.stream.take().filter(Stream::is_fresh) {
             return Ok((s, true));
         }
         self.pool = Some(pool.clone());
-        match pool.checkout_raw(0) {
+        self.epoch = epoch;
+        match pool.checkout_raw(epoch) {
             Some(s) => Ok((s, true)),
             // Boxed: a new connection is the rare case here, and its future
             // would set the size of every request's.
@@ -500,12 +559,13 @@ impl Backend {
     async fn send(
         &mut self,
         pool: &Arc<Pool<ReqBody>>,
+        epoch: u64,
         req: &[u8],
         head_request: bool,
         close: bool,
         out: &mut Vec<u8>,
     ) -> Result<response::Head, UpstreamError> {
-        let (mut stream, mut reused) = self.connect(pool).await?;
+        let (mut stream, mut reused) = self.connect(pool, epoch).await?;
         loop {
             match self
                 .round_trip(&mut stream, req, head_request, close, out)

@@ -52,6 +52,8 @@ pub struct Head<'h, 'b> {
     pub route_host: &'b str,
     /// The client asked to close the connection after this response.
     pub close: bool,
+    /// The User-Agent field (for `no_wake`).
+    pub user_agent: Option<&'b [u8]>,
     fields: &'h [Header<'b>],
     /// Bit `i`: field `i` goes on to the backend.
     forward: u128,
@@ -92,10 +94,15 @@ pub fn parse<'h, 'b>(buf: &'b [u8], slots: &'h mut Slots<'b>) -> Parsed<'h, 'b> 
     let fields: &'h [Header<'b>] = headers;
     let mut host = None;
     let mut close = false;
+    let mut user_agent = None;
     let mut forward = 0u128;
     for (i, f) in fields.iter().enumerate() {
         match classify(f.name) {
             Field::Forward => forward |= 1 << i,
+            Field::UserAgent => {
+                forward |= 1 << i;
+                user_agent.get_or_insert(f.value);
+            }
             Field::Drop => {}
             Field::Host if host.is_none() => host = Some(f.value),
             Field::Connection => match connection_close(f.value) {
@@ -116,6 +123,7 @@ pub fn parse<'h, 'b>(buf: &'b [u8], slots: &'h mut Slots<'b>) -> Parsed<'h, 'b> 
         host,
         route_host,
         close,
+        user_agent,
         fields,
         forward,
     })
@@ -169,6 +177,8 @@ fn plain_target(t: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 enum Field {
     Forward,
+    /// Forwarded, and noted for `no_wake`.
+    UserAgent,
     /// Not forwarded: hop-by-hop, or replaced by drowsy's own.
     Drop,
     Host,
@@ -199,6 +209,7 @@ fn classify(name: &str) -> Field {
     };
     match low {
         "host" => Field::Host,
+        "user-agent" => Field::UserAgent,
         "connection" => Field::Connection,
         "content-length" | "transfer-encoding" | "upgrade" | "expect" | "te" => Field::Other,
         "keep-alive"
@@ -236,6 +247,27 @@ pub struct Rewrite<'a> {
     /// The client's address as X-Real-IP and X-Forwarded-For write it.
     pub client: &'a [u8],
     pub proto: &'static str,
+}
+
+impl Head<'_, '_> {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        let end = self
+            .target
+            .iter()
+            .position(|&b| b == b'?')
+            .unwrap_or(self.target.len());
+        // Checked to be ASCII by `plain_target`.
+        std::str::from_utf8(&self.target[..end]).unwrap_or("/")
+    }
+
+    /// User-Agent as text, as `HeaderValue::to_str` gives it: only when it
+    /// is visible ASCII (and tabs).
+    pub fn user_agent_text(&self) -> Option<&str> {
+        let ua = self.user_agent?;
+        let visible = ua.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        visible.then(|| std::str::from_utf8(ua).ok()).flatten()
+    }
 }
 
 /// Writes the backend's request head into `out`: the client's fields that

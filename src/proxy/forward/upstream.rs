@@ -360,7 +360,7 @@ where
     /// The newest fresh idle connection of the fast path, of `epoch`.
     pub fn checkout_raw(&self, epoch: u64) -> Option<Stream> {
         let mut raw = self.lock_raw();
-        if self.epoch.load(Ordering::Relaxed) != epoch {
+        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
             raw.clear();
         }
         while let Some(i) = raw.pop() {
@@ -503,8 +503,14 @@ where
     /// client connection's next requests on the hyper path: the backend
     /// sees the same connection, and the reuse rules apply to it as to any
     /// kept one (`last_used`: when it finished its last response).
-    pub async fn adopt_raw(&self, pool: &Arc<Pool<B>>, stream: Stream, last_used: Instant) {
-        if let Ok(conn) = Conn::over(stream, 0, Some(last_used)).await {
+    pub async fn adopt_raw(
+        &self,
+        pool: &Arc<Pool<B>>,
+        stream: Stream,
+        epoch: u64,
+        last_used: Instant,
+    ) {
+        if let Ok(conn) = Conn::over(stream, epoch, Some(last_used)).await {
             self.keep(pool.clone(), conn);
         }
     }
