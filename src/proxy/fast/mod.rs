@@ -78,6 +78,7 @@ where
         closing,
         input: Vec::with_capacity(HEAD_BUF),
         start: 0,
+        scanned: 0,
         req: Vec::new(),
         out: Vec::new(),
         backend: Backend::default(),
@@ -100,6 +101,9 @@ struct Conn<'a, IO> {
     /// What the client sent; requests start at `start`.
     input: Vec<u8>,
     start: usize,
+    /// How far after `start` no head end has been found: a head trickling
+    /// in byte by byte is parsed once it is whole, not at every byte.
+    scanned: usize,
     /// The backend's request head.
     req: Vec<u8>,
     /// The client's response head (and small bodies with it).
@@ -184,6 +188,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             self.input.drain(..self.start);
         }
         self.start = 0;
+        // `scanned` counts from `start`: it stays as it is.
         if self.input.len() == self.input.capacity() {
             if self.input.capacity() >= MAX_HEAD {
                 return Read::Full;
@@ -212,12 +217,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
 
     /// The next request, when the fast path takes it.
     fn next(&mut self) -> Next {
-        if self.start == self.input.len() {
+        let pending = &self.input[self.start..];
+        if !head_ends(pending, self.scanned) {
+            self.scanned = pending.len();
             return Next::More;
         }
         let mut slots = request::slots();
         let head = match request::parse(&self.input[self.start..], &mut slots) {
-            Parsed::Partial => return Next::More,
+            Parsed::Partial => {
+                // Empty lines before a request line (RFC 9112 §2.2).
+                self.scanned = self.input.len() - self.start;
+                return Next::More;
+            }
             Parsed::Other => return Next::HandOver,
             Parsed::Fast(h) => h,
         };
@@ -264,17 +275,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
             _hold: hold,
         };
         self.start += head.len;
+        self.scanned = 0;
         Next::Job(job)
     }
 
     /// Sends the request to the backend and relays the response.
     async fn forward(&mut self, mut job: Job) -> Relayed {
-        let pool = job.upstream.pool.clone();
         let closing = job.close || self.closing.load(Ordering::Relaxed);
         let limit = job.route.settings.backend.response_timeout;
         let result = {
             let sent = pin!(self.backend.send(
-                &pool,
+                &job.upstream.pool,
                 job.epoch,
                 &self.req,
                 job.head_request,
@@ -422,6 +433,18 @@ fn admit(
         _ => return None,
     };
     Some((upstream, epoch, hold))
+}
+
+/// Whether `buf` holds the end of a head (an empty line: CRLF CRLF, or bare
+/// LFs, which httparse accepts as hyper does), looking only at what came
+/// after the first `scanned` bytes (and the two before them).
+fn head_ends(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    buf.get(from..).is_some_and(|new| {
+        new.windows(2).enumerate().any(|(i, w)| {
+            w == b"\n\n" || (w == b"\r\n" && i + from > 0 && buf[i + from - 1] == b'\n')
+        })
+    })
 }
 
 /// The access-log line of a request, when the access log is on.
@@ -605,8 +628,9 @@ impl Backend {
         if self.buf.capacity() == 0 {
             self.buf.reserve(BODY_BUF);
         }
-        // Bytes of interim responses already skipped.
-        let mut skipped = 0;
+        // Bytes of interim responses already skipped, and how far after
+        // them no head end was found.
+        let (mut skipped, mut scanned) = (0, 0);
         loop {
             if self.buf.len() == self.buf.capacity() {
                 if self.buf.len() - skipped >= MAX_RESPONSE_HEAD {
@@ -633,10 +657,20 @@ impl Backend {
                 });
             }
             loop {
+                if !head_ends(&self.buf[skipped..], scanned) {
+                    scanned = self.buf.len() - skipped;
+                    break;
+                }
                 let date = || httpdate::fmt_http_date(std::time::SystemTime::now());
                 match response::parse(&self.buf[skipped..], head_request, close, date, out) {
-                    response::Parsed::Partial => break,
-                    response::Parsed::Interim(len) => skipped += len,
+                    response::Parsed::Partial => {
+                        scanned = self.buf.len() - skipped;
+                        break;
+                    }
+                    response::Parsed::Interim(len) => {
+                        skipped += len;
+                        scanned = 0;
+                    }
                     response::Parsed::Final(head) => {
                         self.pos = skipped + head.len;
                         return Ok(head);
@@ -739,5 +773,42 @@ async fn relay_until_close<IO: AsyncWrite + Unpin>(
         io.write_all(&b.buf[..n]).await?;
         b.pos = n;
         total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fed one byte at a time, as a slow client sends it: the end is seen
+    /// exactly when the head is whole.
+    fn ends_at(head: &[u8]) -> Option<usize> {
+        let mut scanned = 0;
+        for len in 1..=head.len() {
+            if head_ends(&head[..len], scanned) {
+                return Some(len);
+            }
+            scanned = len;
+        }
+        None
+    }
+
+    #[test]
+    fn a_head_is_seen_whole_once_its_empty_line_arrives() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            assert_eq!(ends_at(head), Some(head.len()), "{head:?}");
+        }
+        assert_eq!(ends_at(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(ends_at(b"GET / HTTP/1.1\r\nHost: a\r\r\n"), None);
+        // All at once, or with the end split across reads.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(head_ends(head, 0));
+        assert!(head_ends(head, head.len() - 1));
+        assert!(head_ends(head, head.len() - 2));
     }
 }
