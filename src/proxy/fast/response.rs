@@ -69,6 +69,10 @@ pub fn parse(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Parsed::Bad("malformed response head");
     };
+    // hyper's client refuses these too (`StatusCode` starts at 100).
+    if status < 100 {
+        return Parsed::Bad("invalid status code");
+    }
     if status == 101 {
         return Parsed::Bad("the backend switched protocols without being asked");
     }
@@ -554,6 +558,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-A: b\r\n folded\r\n\r\n",
             "HTTP/2 200 OK\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/1.1 000 Zero\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
             assert!(
