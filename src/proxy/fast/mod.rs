@@ -626,6 +626,9 @@ impl Backend {
         self.buf.clear();
         self.pos = 0;
         if self.buf.capacity() == 0 {
+            // The buffer is made when the answer begins to arrive: a
+            // request waiting for a slow backend holds no buffer for it.
+            stream.readable().await.map_err(Trip::BeforeResponse)?;
             self.buf.reserve(BODY_BUF);
         }
         // Bytes of interim responses already skipped, and how far after

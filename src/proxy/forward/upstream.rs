@@ -107,6 +107,15 @@ impl AsyncWrite for Stream {
 }
 
 impl Stream {
+    /// Waits until the connection has something to read (TLS: returns at
+    /// once; its records are read into rustls' own buffer).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable().await,
+            Stream::Tls(_) => Ok(()),
+        }
+    }
+
     /// Whether a kept connection can carry another request: the backend
     /// has neither closed it nor sent anything unasked. Costs no system
     /// call unless the socket was seen readable since its last read.
