@@ -704,3 +704,31 @@ async fn both_paths_write_the_same_access_log_lines() {
         assert!(line["duration_ms"].as_f64().is_some(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_head_larger_than_the_first_buffer_arrives_whole() {
+    let b = Scripted::start(|_, head| {
+        let cookie = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Cookie: "))
+            .unwrap_or("")
+            .len();
+        (ok(&cookie.to_string()), Then::Keep)
+    })
+    .await;
+    let d = drowsy_for(b.addr).await;
+    let mut c = Client::open(d.http()).await;
+    let cookie = "a".repeat(6000);
+    // In three writes: the head grows across reads too.
+    let head = format!("GET /x HTTP/1.1\r\nHost: app.lan\r\nCookie: {cookie}\r\n\r\n");
+    let (one, rest) = head.split_at(700);
+    let (two, three) = rest.split_at(3000);
+    for piece in [one, two, three] {
+        c.send(piece).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.read(false).await.expect("response").body, b"6000");
+    // And the connection goes on with small heads.
+    c.send(GET).await;
+    assert_eq!(c.read(false).await.expect("response").body, b"0");
+}

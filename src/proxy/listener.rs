@@ -287,7 +287,10 @@ where
         Protocol::Http1 => {
             let closing = AtomicBool::new(false);
             let handed = {
-                let fast = fast::serve(&mut io, &info, &ep.shared, &closing);
+                // Boxed: the fast path's state would otherwise be room in
+                // every connection's task, also once hyper serves it (a
+                // request held through a wake).
+                let fast = Box::pin(fast::serve(&mut io, &info, &ep.shared, &closing));
                 let conn = pin!(Shut {
                     inner: fast,
                     closing: &closing

@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First size of a connection's read buffer for request heads; it grows
 /// (up to [`MAX_HEAD`]) only for a head that does not fit.
-const HEAD_BUF: usize = 4096;
+const HEAD_BUF: usize = 1024;
 /// The backend read buffer: response heads, and bodies in steps of this.
 const BODY_BUF: usize = 16 * 1024;
 /// The largest response head (as on the hyper path).
