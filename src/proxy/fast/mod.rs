@@ -218,7 +218,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
     /// The next request, when the fast path takes it.
     fn next(&mut self) -> Next {
         let pending = &self.input[self.start..];
-        if !head_ends(pending, self.scanned) {
+        // The first look is a parse (a head nearly always arrives whole);
+        // after a partial one, only an empty line makes another worth it.
+        if self.scanned > 0 && !head_ends(pending, self.scanned) {
             self.scanned = pending.len();
             return Next::More;
         }
@@ -660,7 +662,7 @@ impl Backend {
                 });
             }
             loop {
-                if !head_ends(&self.buf[skipped..], scanned) {
+                if scanned > 0 && !head_ends(&self.buf[skipped..], scanned) {
                     scanned = self.buf.len() - skipped;
                     break;
                 }
