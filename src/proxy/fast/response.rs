@@ -86,7 +86,6 @@ pub fn parse(
     let mut n_named = 0;
     let mut chunked = None;
     let mut length = None;
-    let mut has_date = false;
     for f in fields {
         match Name::of(f.name) {
             Name::Connection => {
@@ -113,8 +112,7 @@ pub fn parse(
                 Some(n) => length = Some(n),
                 None => return Parsed::Bad("invalid Content-Length"),
             },
-            Name::Date => has_date = true,
-            Name::HopByHop | Name::Other => {}
+            Name::Date | Name::HopByHop | Name::Other => {}
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -144,8 +142,11 @@ pub fn parse(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let named = &named[..n_named];
+    // Counted as written: a Date that `Connection` names is dropped.
+    let mut has_date = false;
     for f in fields {
-        let skip = match Name::of(f.name) {
+        let name = Name::of(f.name);
+        let skip = match name {
             Name::Connection | Name::TransferEncoding | Name::HopByHop => true,
             // The length a chunked body did not have.
             Name::ContentLength => chunked.is_some(),
@@ -154,6 +155,7 @@ pub fn parse(
                 .any(|n| n.eq_ignore_ascii_case(f.name.as_bytes())),
         };
         if !skip {
+            has_date |= name == Name::Date;
             out.extend_from_slice(f.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(f.value);
@@ -530,6 +532,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_date_that_connection_names_is_replaced() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: Date\r\nDate: old\r\nContent-Length: 0\r\n\r\n";
+        let (_, out) = head(raw, false, false);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n"
+        );
     }
 
     #[test]
