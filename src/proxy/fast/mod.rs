@@ -9,8 +9,9 @@
 //!
 //! The first request that is anything else (a body, an upgrade, a guest
 //! that is not ready, access policies, a trusted proxy in front, a head
-//! hyper should refuse) hands the connection to hyper with the bytes read so far, and
-//! hyper serves the rest of it as it serves every other connection. The
+//! hyper should refuse) hands the connection to hyper with the bytes read
+//! so far and its backend connection, and hyper serves the rest of it as
+//! it serves every other connection. The
 //! fast path keeps the hyper path's rules: the same header rules, routing,
 //! limits, timeouts (header read, keep-alive and send through the
 //! connection's driver, response timeout here), metrics, access log, error
