@@ -156,7 +156,38 @@ async fn show(
 }
 
 pub async fn status(admin: &Admin<'_>) -> ExitCode {
-    show(admin, "/api/routes", "status", table).await
+    let code = show(admin, "/api/routes", "status", table).await;
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    // Older instances have no `/api/nodes`: the routes alone then.
+    if let Ok((s, body)) = admin.get("/api/nodes").await {
+        if s.is_success() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                print!("{}", nodes_table(&v, now()));
+            }
+        }
+    }
+    code
+}
+
+/// The nodes after the routes, with a blank line, when any poll has shown
+/// one; offline nodes say since when.
+pub fn nodes_table(nodes: &serde_json::Value, now: f64) -> String {
+    let list = nodes.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut rows: Vec<[String; 3]> = vec![["NODE", "CLUSTER", "STATE"].map(String::from)];
+    for n in list {
+        let text = |k: &str| n[k].as_str().unwrap_or("-").to_string();
+        let mut state = text("state");
+        if let Some(since) = n["since"].as_f64().filter(|_| state == "offline") {
+            state = format!("offline for {}", short_duration(now - since));
+        }
+        rows.push([text("node"), text("cluster"), state]);
+    }
+    format!("\n{}", aligned(rows))
 }
 
 pub async fn certs(admin: &Admin<'_>) -> ExitCode {
@@ -284,9 +315,15 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
     let with_cluster = routes
         .as_object()
         .is_some_and(|m| m.values().any(|r| !r["cluster"].is_null()));
+    let with_note = routes
+        .as_object()
+        .is_some_and(|m| m.values().any(|r| note(r).is_some()));
     let mut head: Vec<String> = header.map(String::from).to_vec();
     if with_cluster {
         head.push("IN USE ON".into());
+    }
+    if with_note {
+        head.push("NOTE".into());
     }
     let mut rows: Vec<Vec<String>> = vec![head];
     if let Some(map) = routes.as_object() {
@@ -328,10 +365,36 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             if with_cluster {
                 row.push(in_use_on(&r["cluster"]));
             }
+            if with_note {
+                row.push(note(r).unwrap_or_else(|| "-".into()));
+            }
             rows.push(row);
         }
     }
     aligned(rows)
+}
+
+/// What keeps a route's guest from its usual course: Proxmox holding it
+/// (`cause`), `busy_when` counting it as used, or the addresses drowsy
+/// ignored (`ignored`, each "ADDRESS (why)").
+fn note(r: &serde_json::Value) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(cause) = r["cause"].as_str() {
+        parts.push(cause.to_string());
+    }
+    if let Some(busy) = r["busy"].as_str() {
+        parts.push(format!("busy: {busy}"));
+    }
+    let ignored: Vec<&str> = r["ignored"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    if !ignored.is_empty() {
+        parts.push(format!("ignored {}", ignored.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Which instances use the guest, from a route's `cluster` object:
@@ -416,6 +479,44 @@ mod tests {
         let alone =
             serde_json::json!({"nas": {"hosts": ["nas.lan"], "inflight": 0, "cluster": null}});
         assert!(!table(&alone, 0.0).contains("IN USE ON"));
+    }
+
+    #[test]
+    fn a_note_says_why_a_guest_is_held_busy_or_unreachable() {
+        let v = serde_json::json!({
+            "media": {"hosts": ["media.lan"], "guest": "vmid 120", "state": "running", "inflight": 0,
+                      "busy": "network 3.2 MiB/s"},
+            "nas": {"hosts": ["nas.lan"], "guest": "vmid 130", "state": "running", "inflight": 0,
+                    "ignored": ["127.0.0.1 (loopback)", "fe80::1 (link-local)"]},
+            "wiki": {"hosts": ["wiki.lan"], "guest": "vmid 105", "state": "locked", "inflight": 0,
+                     "cause": "backup in progress"},
+        });
+        let t = table(&v, 0.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("NOTE"), "{t}");
+        assert!(lines[1].ends_with("busy: network 3.2 MiB/s"), "{t}");
+        assert!(
+            lines[2].ends_with("ignored 127.0.0.1 (loopback), fe80::1 (link-local)"),
+            "{t}"
+        );
+        assert!(lines[3].ends_with("backup in progress"), "{t}");
+        let plain = serde_json::json!({"nas": {"hosts": ["nas.lan"], "inflight": 0}});
+        assert!(!table(&plain, 0.0).contains("NOTE"));
+    }
+
+    #[test]
+    fn nodes_follow_the_routes_with_how_long_one_is_offline() {
+        let v = serde_json::json!([
+            {"cluster": "home", "node": "pve1", "state": "online", "since": 10.0},
+            {"cluster": "home", "node": "pve2", "state": "offline", "since": 880.0},
+        ]);
+        let t = nodes_table(&v, 1000.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "", "{t}");
+        assert!(lines[1].starts_with("NODE  CLUSTER  STATE"), "{t}");
+        assert!(lines[2].ends_with("online"), "{t}");
+        assert!(lines[3].ends_with("offline for 2m00s"), "{t}");
+        assert_eq!(nodes_table(&serde_json::json!([]), 0.0), "");
     }
 
     #[test]

@@ -49,6 +49,8 @@ struct Row {
     p95: Option<u64>,
     asleep: Option<f64>,
     error: Option<String>,
+    /// Why Proxmox holds the guest, or why `busy_when` counts it as used.
+    note: Option<String>,
     cpu: Option<(f64, f64)>,
     mem: Option<(u64, u64)>,
 }
@@ -86,6 +88,14 @@ fn row(state: &AdminState, route: &Arc<Route>) -> Row {
     row.guest_sub = format!("{}/{}", id.cluster, id.vmid);
     if let Some(g) = &cached {
         row.state = g.status.as_str().to_string();
+        let online = state
+            .clusters
+            .as_ref()
+            .and_then(|c| c.cache.node_online(&id.cluster, &g.node));
+        let _ = write!(row.guest_sub, " on {}", g.node);
+        if online == Some(false) {
+            row.guest_sub.push_str(" (offline)");
+        }
     }
     if let Some(st) = state.metrics.guest_stats.get(&id.cluster, id.vmid) {
         if st.status == "running" {
@@ -106,6 +116,11 @@ fn row(state: &AdminState, route: &Arc<Route>) -> Row {
         row.p95 = h.wake_p95_ms;
         row.asleep = h.asleep_share;
         row.error = g.last_error.filter(|_| g.state == GuestState::Error);
+        row.note = match (g.cause, g.busy) {
+            (Some(cause), _) => Some(cause),
+            (None, Some(busy)) => Some(format!("busy: {busy}")),
+            (None, None) => None,
+        };
     } else {
         row.inflight = Some(route_inflight(state, route));
     }
@@ -162,6 +177,9 @@ fn rows_html(rows: &[Row], now: f64) -> String {
         );
         if let Some(err) = &r.error {
             let _ = write!(out, "<span class=\"err\">{}</span>", e(err));
+        }
+        if let Some(note) = &r.note {
+            let _ = write!(out, "<span class=\"sub\">{}</span>", e(note));
         }
         out.push_str("</td>");
         let _ = write!(
@@ -246,7 +264,7 @@ fn rows_html(rows: &[Row], now: f64) -> String {
     out
 }
 
-fn summary(rows: &[Row]) -> String {
+fn summary(rows: &[Row], offline: &[String]) -> String {
     let awake = rows
         .iter()
         .filter(|r| r.sleeps && matches!(r.state.as_str(), "running" | "starting" | "stopping"))
@@ -255,11 +273,29 @@ fn summary(rows: &[Row]) -> String {
         .iter()
         .filter(|r| r.sleeps && matches!(r.state.as_str(), "stopped" | "suspended"))
         .count();
-    format!(
+    let mut out = format!(
         "{} route{} · {awake} awake · {asleep} asleep",
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
-    )
+    );
+    if !offline.is_empty() {
+        let _ = write!(out, " · offline: {}", offline.join(", "));
+    }
+    out
+}
+
+/// The nodes the last polls showed offline, as `cluster/node`.
+fn offline_nodes(state: &AdminState) -> Vec<String> {
+    let Some(clusters) = &state.clusters else {
+        return Vec::new();
+    };
+    clusters
+        .cache
+        .nodes()
+        .iter()
+        .filter(|n| !n.online)
+        .map(|n| format!("{}/{}", n.cluster, n.node))
+        .collect()
 }
 
 /// A random value for the page's script nonce.
@@ -303,7 +339,10 @@ pub fn page(state: &AdminState) -> Response<RespBody> {
     let body = PAGE
         .replace("{{NONCE}}", &nonce)
         .replace("{{GENERATED}}", &escape_html(&generated))
-        .replace("{{SUMMARY}}", &escape_html(&summary(&rows)))
+        .replace(
+            "{{SUMMARY}}",
+            &escape_html(&summary(&rows, &offline_nodes(state))),
+        )
         .replace("{{ROWS}}", &rows_html(&rows, now));
     html_response(body, &nonce)
 }
@@ -321,7 +360,7 @@ fn update_event(state: &AdminState) -> String {
     let rows = rows(state);
     let data = serde_json::json!({
         "rows": rows_html(&rows, crate::status::now()),
-        "summary": summary(&rows),
+        "summary": summary(&rows, &offline_nodes(state)),
     });
     format!("event: update\ndata: {data}\n\n")
 }

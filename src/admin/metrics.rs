@@ -103,6 +103,26 @@ pub struct WakeRefusedLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub cluster: Arc<str>,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockLabel {
+    pub cluster: Arc<str>,
+    pub vmid: u32,
+    pub lock: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeferredLabel {
+    pub route: Arc<str>,
+    /// The lock (`backup`, `migrate`, ...) or `paused`.
+    pub reason: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~65 s: covers proxied requests and guest boots alike.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -126,6 +146,9 @@ pub struct Metrics {
     pub cluster_round_trips: Family<ClusterOpLabel, Counter>,
     pub access_denied_total: Family<AccessDeniedLabel, Counter>,
     pub wakes_refused_total: Family<WakeRefusedLabel, Counter>,
+    pub wakes_deferred_total: Family<DeferredLabel, Counter>,
+    pub guest_locked: Family<LockLabel, Gauge>,
+    pub node_up: Family<NodeLabel, Gauge>,
     /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
     pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
 }
@@ -241,6 +264,24 @@ impl Metrics {
             "Requests that found their guest asleep and were not allowed to wake it",
             wakes_refused_total.clone(),
         );
+        let wakes_deferred_total = Family::<DeferredLabel, Counter>::default();
+        registry.register(
+            "wakes_deferred",
+            "Wakes held back until Proxmox released the guest (a lock, a pause), by route and reason",
+            wakes_deferred_total.clone(),
+        );
+        let guest_locked = Family::<LockLabel, Gauge>::default();
+        registry.register(
+            "guest_locked",
+            "1 for each guest Proxmox holds locked (backup, migrate, snapshot, ...)",
+            guest_locked.clone(),
+        );
+        let node_up = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "node_up",
+            "1 while the Proxmox node is online, 0 while it is offline",
+            node_up.clone(),
+        );
         let guest_stats = Arc::new(crate::proxmox::stats::StatsBoard::default());
         registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
             guest_stats.clone(),
@@ -250,6 +291,9 @@ impl Metrics {
             registry,
             access_denied_total,
             wakes_refused_total,
+            wakes_deferred_total,
+            guest_locked,
+            node_up,
             cluster_up,
             cluster_round_trips,
             cert_not_after_seconds,

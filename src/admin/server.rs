@@ -137,6 +137,7 @@ async fn handle(
             resp
         }
         (&Method::GET, "/api/guests") => json(&guests(&state)),
+        (&Method::GET, "/api/nodes") => json(&nodes_json(&state)),
         (&Method::GET, "/api/routes") => {
             let usage = cluster_usage(&state).await;
             json(&routes_json(&state, usage.as_ref()))
@@ -153,7 +154,8 @@ async fn handle(
         }
         (
             _,
-            "/healthz" | "/metrics" | "/api/guests" | "/api/routes" | "/api/certs" | "/api/stats",
+            "/healthz" | "/metrics" | "/api/guests" | "/api/nodes" | "/api/routes" | "/api/certs"
+            | "/api/stats",
         ) => pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
         (&Method::GET, path) if super::logs_api::target(path).is_some() => {
             let name = super::logs_api::target(path)
@@ -330,6 +332,30 @@ fn cluster_json(
     }
 }
 
+/// `GET /api/nodes`: every node the polls have shown, online or not.
+fn nodes_json(state: &AdminState) -> serde_json::Value {
+    let Some(clusters) = &state.clusters else {
+        return serde_json::json!([]);
+    };
+    let nodes = clusters.cache.nodes();
+    nodes
+        .iter()
+        .map(|n| {
+            let since = n
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            serde_json::json!({
+                "cluster": &*n.cluster,
+                "node": n.node,
+                "state": if n.online { "online" } else { "offline" },
+                "since": since,
+            })
+        })
+        .collect()
+}
+
 /// `GET /api/routes`: every route with its guest's state.
 fn routes_json(
     state: &AdminState,
@@ -359,6 +385,8 @@ fn routes_json(
             "wake_p50_ms": serde_json::Value::Null,
             "wake_p95_ms": serde_json::Value::Null,
             "asleep_share_24h": serde_json::Value::Null,
+            "cause": serde_json::Value::Null,
+            "busy": serde_json::Value::Null,
         });
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
@@ -385,6 +413,8 @@ fn routes_json(
             v["last_wake_ms"] = g.last_wake_ms.into();
             v["address"] = g.address.map(|a| a.to_string()).into();
             v["error"] = g.last_error.into();
+            v["cause"] = g.cause.into();
+            v["busy"] = g.busy.into();
             v["cluster"] = cluster_json(usage, &gate.id);
             let h = gate.history_view();
             v["wake_p50_ms"] = h.wake_p50_ms.into();

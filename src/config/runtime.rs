@@ -375,6 +375,18 @@ pub enum StopMethod {
     Shutdown,
     Stop,
     Suspend,
+    /// QEMU only: suspend to disk (`todisk=1`), RAM freed, state kept.
+    Hibernate,
+}
+
+/// Rates above which a guest counts as used without any request through
+/// drowsy (DESIGN.md §14, `busy_when`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BusyWhen {
+    /// Share of the guest's CPUs (0.2 = 20 %).
+    pub cpu: Option<f64>,
+    /// Bytes per second, in and out together.
+    pub network: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,6 +412,8 @@ pub struct SleepSettings {
     /// After a failed wake, requests get the error (with this Retry-After)
     /// until this much time has passed; the next one then tries again.
     pub wake_retry_after: Duration,
+    /// Off (`None`) by default.
+    pub busy_when: Option<BusyWhen>,
 }
 
 #[derive(Clone, Debug, Default)]

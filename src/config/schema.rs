@@ -3,7 +3,7 @@
 //! Every struct denies unknown keys so a typo is an error, not a silent
 //! default.
 
-use super::values::{ByteSize, DurationSetting, EnvString};
+use super::values::{ByteRate, ByteSize, DurationSetting, EnvString, Percent};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -185,6 +185,7 @@ pub enum RawStopMethod {
     Shutdown,
     Stop,
     Suspend,
+    Hibernate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -223,8 +224,18 @@ macro_rules! with_route_options {
             pub wake_rate_limit: Option<EnvString>,
             pub response_headers: Option<HeaderRulesMap>,
             pub request_headers: Option<HeaderRulesMap>,
+            pub busy_when: Option<RawBusyWhen>,
         }
     };
+}
+
+/// `busy_when: {cpu: 20%, network: 1MiB/s}`: either rate above its
+/// threshold counts the guest as used.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusyWhen {
+    pub cpu: Option<Percent>,
+    pub network: Option<ByteRate>,
 }
 
 with_route_options! {

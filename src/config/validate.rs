@@ -1295,6 +1295,7 @@ fn sleep_settings(
         stop_method: match pick(r.stop_method, d.stop_method) {
             Some(RawStopMethod::Stop) => StopMethod::Stop,
             Some(RawStopMethod::Suspend) => StopMethod::Suspend,
+            Some(RawStopMethod::Hibernate) => StopMethod::Hibernate,
             _ => StopMethod::Shutdown,
         },
         stop_timeout,
@@ -1310,6 +1311,10 @@ fn sleep_settings(
             pick(r.wake_retry_after, d.wake_retry_after),
             Duration::from_secs(5),
         ),
+        busy_when: r.busy_when.or(d.busy_when).map(|b| BusyWhen {
+            cpu: b.cpu.map(|c| c.0),
+            network: b.network.map(|n| n.0),
+        }),
     })
 }
 

@@ -105,6 +105,85 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
+/// A share of a guest's CPUs: `20%` (or a bare number of percent),
+/// kept as a ratio (0.2) as Proxmox reports `cpu`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Percent(pub f64);
+
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let n: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid percentage `{s}`; write e.g. 20%"))?;
+    if !(n > 0.0 && n <= 100.0) {
+        return Err(format!(
+            "percentage `{s}` is out of range; write more than 0% and at most 100%"
+        ));
+    }
+    Ok(n / 100.0)
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a percentage such as 20%")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Percent, E> {
+                parse_percent(&n.to_string())
+                    .map(Percent)
+                    .map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Percent, E> {
+                parse_percent(&n.to_string())
+                    .map(Percent)
+                    .map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Percent, E> {
+                parse_percent(s).map(Percent).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Bytes per second: `1MiB/s`, `500KB/s` (a size with `/s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRate(pub u64);
+
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let Some(size) = s.trim().strip_suffix("/s") else {
+        return Err(format!(
+            "invalid rate `{s}`; write a size per second, e.g. 1MiB/s"
+        ));
+    };
+    match parse_size(size)? {
+        0 => Err(format!("rate `{s}` must be more than 0")),
+        n => Ok(n),
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteRate;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate such as 1MiB/s")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteRate, E> {
+                parse_rate(s).map(ByteRate).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -127,6 +206,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // busy_when: `cpu` compares with Proxmox's `cpu` ratio of the guest's
+    // CPUs; `network` is a size per second in the units sizes take.
+    #[test]
+    fn percent_and_rate() {
+        assert_eq!(parse_percent("20%"), Ok(0.2));
+        assert_eq!(parse_percent(" 5 "), Ok(0.05));
+        assert!(parse_percent("0%").is_err() && parse_percent("150%").is_err());
+        assert!(parse_percent("x%").is_err());
+        assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
+        assert_eq!(parse_rate("500KB/s"), Ok(500_000));
+        assert!(parse_rate("1MiB").unwrap_err().contains("per second"));
+        assert!(parse_rate("0/s").is_err());
+    }
 
     #[test]
     fn durations_follow_humantime_and_never() {

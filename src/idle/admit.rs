@@ -206,7 +206,10 @@ pub async fn admit<B>(
         }
         let history = gate.history_view();
         // A public reason only, never the internal one (DESIGN.md §9).
-        let error = gate.backoff_error().map(|_| PUBLIC_WAKE_FAILURE);
+        let cause = gate.public_cause();
+        let error = gate
+            .backoff_error()
+            .map(|_| cause.as_deref().unwrap_or(PUBLIC_WAKE_FAILURE));
         return Admit::Respond(Box::new(loading(&page::Loading {
             route,
             error,
@@ -230,16 +233,28 @@ pub async fn admit<B>(
             pool: gate.pool_epoch(),
         },
         Err(WaitError::Failed(_)) => Admit::Respond(Box::new(pages::unavailable(
-            format!("route {route}: could not wake the guest: {PUBLIC_WAKE_FAILURE}"),
-            gate.retry_after_secs(),
-        ))),
-        Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
             format!(
-                "route {route}: the guest did not wake within {}",
-                humantime::format_duration(policy.wake_timeout)
+                "route {route}: could not wake the guest: {}",
+                gate.public_cause()
+                    .as_deref()
+                    .unwrap_or(PUBLIC_WAKE_FAILURE)
             ),
             gate.retry_after_secs(),
         ))),
+        Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
+            timeout_message(gate, route, policy.wake_timeout),
+            gate.retry_after_secs(),
+        ))),
+    }
+}
+
+/// The 503 text of a request held for `wake_timeout`: with the cause when
+/// Proxmox held the guest ("backup in progress").
+pub fn timeout_message(gate: &Gate, route: &str, limit: std::time::Duration) -> String {
+    let limit = humantime::format_duration(limit);
+    match gate.public_cause() {
+        Some(cause) => format!("route {route}: the guest did not wake within {limit}: {cause}"),
+        None => format!("route {route}: the guest did not wake within {limit}"),
     }
 }
 

@@ -106,6 +106,9 @@ pub(super) struct GateMetrics {
     pub held: Gauge,
     pub inflight: Gauge,
     states: Vec<Gauge>,
+    route: Arc<str>,
+    deferred:
+        prometheus_client::metrics::family::Family<crate::admin::metrics::DeferredLabel, Counter>,
 }
 
 impl GateMetrics {
@@ -136,7 +139,18 @@ impl GateMetrics {
                     })
                 })
                 .collect(),
+            route: route.clone(),
+            deferred: m.wakes_deferred_total.clone(),
         }
+    }
+
+    /// `drowsy_wakes_deferred_total{route,reason}`.
+    pub fn deferred(&self, reason: &str) -> Counter {
+        self.deferred
+            .get_or_create_owned(&crate::admin::metrics::DeferredLabel {
+                route: self.route.clone(),
+                reason: reason.to_string(),
+            })
     }
 
     fn show_state(&self, s: GuestState) {
@@ -174,6 +188,16 @@ pub(super) struct Requests {
     /// for the claim.
     pub claim_wanted: AtomicBool,
     pub sleep: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Why Proxmox does not let the guest be woken (or slept) now, as the
+/// owner last found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// For anyone: no node, vmid or account names (DESIGN.md §9).
+    pub public: Arc<str>,
+    /// For the log, `drowsy status` and the admin API.
+    pub detail: Arc<str>,
 }
 
 /// Settings only a reload changes, swapped in as one.
@@ -214,6 +238,11 @@ pub struct Gate {
     pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
     /// Past wake times and sleep spans (dashboard, loading page).
     history: Mutex<History>,
+    /// What Proxmox is doing to the guest that keeps drowsy from powering
+    /// it (a lock, a template, an offline node); set by the owner.
+    cause: ArcSwapOption<Cause>,
+    /// "busy: network 3.2 MiB/s" while `busy_when` counts the guest used.
+    busy: ArcSwapOption<String>,
 }
 
 impl Gate {
@@ -267,6 +296,8 @@ impl Gate {
             deps: ArcSwap::from_pointee(Vec::new()),
             dependents: ArcSwap::from_pointee(Vec::new()),
             history: Mutex::new(History::default()),
+            cause: ArcSwapOption::empty(),
+            busy: ArcSwapOption::empty(),
         });
         (gate, rx)
     }
@@ -389,6 +420,36 @@ impl Gate {
             });
             sig.phase = Phase::Failed(why.clone());
         });
+    }
+
+    /// Sets (or clears) why Proxmox keeps the guest from drowsy; `true`
+    /// when that changed.
+    pub(super) fn set_cause(&self, cause: Option<Cause>) -> bool {
+        if self.cause.load().as_deref() == cause.as_ref() {
+            return false;
+        }
+        self.cause.store(cause.map(Arc::new));
+        true
+    }
+
+    pub fn cause(&self) -> Option<Arc<Cause>> {
+        self.cause.load_full()
+    }
+
+    /// What a request may be told when the guest cannot be served: the
+    /// public side of the cause, if there is one.
+    pub fn public_cause(&self) -> Option<Arc<str>> {
+        self.cause.load().as_ref().map(|c| c.public.clone())
+    }
+
+    pub(super) fn set_busy(&self, busy: Option<String>) {
+        if self.busy.load().as_deref() != busy.as_ref() {
+            self.busy.store(busy.map(Arc::new));
+        }
+    }
+
+    pub fn busy(&self) -> Option<Arc<String>> {
+        self.busy.load_full()
     }
 
     /// A wake of drowsy's took `ms` (for the percentiles).
@@ -750,6 +811,8 @@ impl Gate {
             },
             address: self.address(),
             last_error: error,
+            cause: self.cause().map(|c| c.detail.to_string()),
+            busy: self.busy().map(|b| b.to_string()),
         }
     }
 }
@@ -765,6 +828,11 @@ pub struct GateSnapshot {
     pub last_wake_ms: Option<u64>,
     pub address: Option<IpAddr>,
     pub last_error: Option<String>,
+    /// Why Proxmox keeps the guest from drowsy now (locked, a template,
+    /// its node offline).
+    pub cause: Option<String>,
+    /// Why `busy_when` counts it as used.
+    pub busy: Option<String>,
 }
 
 /// One held request, counted in `drowsy_held_requests` while it waits.

@@ -13,6 +13,7 @@ pub mod binding;
 pub mod fence;
 pub mod gate;
 pub mod history;
+pub mod hold;
 mod owner;
 pub mod page;
 mod probe;

@@ -4,6 +4,7 @@
 //! cancellation, so shutdown and reloads never wait for a slow guest.
 
 use super::gate::{Gate, GuestId};
+use super::hold::{self, Blocker};
 use super::probe;
 use super::state::{GuestState, Phase};
 use super::sync::Ordering;
@@ -47,6 +48,18 @@ pub struct Owner {
     not_before: Option<Instant>,
     /// The stop counter read when this wake published its use.
     claimed: Option<u64>,
+    /// What holds the wake under way (a lock, a pause), once announced.
+    held: Option<Blocker>,
+    /// An idle stop was skipped because Proxmox held the guest: when that
+    /// ends, the idle time counts again from then.
+    held_idle: bool,
+    /// The last wake was refused for good reason (a template, an offline
+    /// node): once the cache shows that gone, the error is cleared so the
+    /// next request wakes at once.
+    refused: bool,
+    /// The cause last logged, so each is logged once.
+    logged: Option<super::gate::Cause>,
+    hibernate_warned: bool,
 }
 
 /// Runs `step` unless `stop` fires first; `None` when it did.
@@ -68,6 +81,11 @@ impl Owner {
             presence,
             not_before: None,
             claimed: None,
+            held: None,
+            held_idle: false,
+            refused: false,
+            logged: None,
+            hibernate_warned: false,
         }
     }
 
@@ -143,11 +161,20 @@ impl Owner {
             return;
         }
         let Some(guest) = self.guest() else { return };
+        if self.node_online(&guest) == Some(false) || guest.status.as_str() == "unknown" {
+            // No data for a guest of an offline node: adopted once it is back.
+            return;
+        }
+        let ours = self.sleeps_paused();
         let state = if guest.status.is_running() {
             // Found running: counts as used now.
             self.gate.activity.touch();
             GuestState::Running
-        } else if matches!(guest.status.as_str(), "paused" | "suspended") {
+        } else if guest.status.as_str() == "paused" && ours {
+            GuestState::Suspended
+        } else if guest.status.as_str() == "suspended" || guest.lock.as_deref() == Some("suspended")
+        {
+            // Hibernated (`lock: suspended`): woken by resume.
             GuestState::Suspended
         } else {
             GuestState::Stopped
@@ -161,6 +188,100 @@ impl Owner {
         self.clusters.cache.get(&self.id().cluster, self.id().vmid)
     }
 
+    fn node_online(&self, guest: &Guest) -> Option<bool> {
+        self.clusters.cache.node_online(&guest.cluster, &guest.node)
+    }
+
+    /// Whether drowsy itself leaves this guest paused when it sleeps (so a
+    /// paused guest is its own doing, not a backup's).
+    fn sleeps_paused(&self) -> bool {
+        self.gate.gate_settings().sleep.stop_method == StopMethod::Suspend
+    }
+
+    /// What the cache says keeps drowsy's hands off the guest: an offline
+    /// node, a template, a lock, or a pause drowsy did not make.
+    fn cached_blocker(&self, guest: &Guest) -> Option<Blocker> {
+        let found = hold::from_cache(
+            guest.lock.as_deref(),
+            guest.template,
+            &guest.node,
+            self.node_online(guest),
+        );
+        let paused = matches!(guest.status.as_str(), "paused" | "prelaunch")
+            && !(self.sleeps_paused() && self.gate.state() == GuestState::Suspended);
+        found.or_else(|| {
+            paused.then(|| Blocker::Held {
+                reason: "paused".to_string(),
+                public: "paused by Proxmox (a backup or an administrator)".to_string(),
+            })
+        })
+    }
+
+    /// Shows the blocker in the gate (status, admin API, 503 texts) and
+    /// logs each new one once.
+    fn show(&mut self, blocker: Option<&Blocker>) {
+        let cause = blocker.map(|b| b.cause(self.id().vmid));
+        self.gate.set_cause(cause.clone());
+        let Some(cause) = cause else {
+            self.logged = None;
+            return;
+        };
+        if self.logged.as_ref() == Some(&cause) {
+            return;
+        }
+        match blocker {
+            Some(b) if b.ends_by_itself() => {
+                tracing::info!(route = %self.gate.label(), cause = %cause.detail, "Proxmox holds the guest; drowsy waits for it")
+            }
+            _ => {
+                tracing::warn!(route = %self.gate.label(), cause = %cause.detail, "the guest cannot be woken")
+            }
+        }
+        self.logged = Some(cause);
+    }
+
+    /// After each poll: follows what Proxmox does to the guest. A held idle
+    /// stop counts its idle time again once the hold ends; a refused wake
+    /// is forgiven once its cause is gone. Returns the blocker.
+    fn follow_blockers(&mut self, cached: &Guest) -> Option<Blocker> {
+        let blocker = self.cached_blocker(cached);
+        if self.held.is_none() {
+            self.show(blocker.as_ref());
+        }
+        match &blocker {
+            Some(_) if self.gate.state() == GuestState::Running => self.held_idle = true,
+            Some(_) => {}
+            None => {
+                if std::mem::take(&mut self.held_idle) {
+                    self.gate.activity.touch();
+                }
+                if std::mem::take(&mut self.refused) && self.gate.state() == GuestState::Error {
+                    self.gate.set_state(GuestState::Stopped);
+                    self.gate.publish(Phase::Stopped);
+                }
+            }
+        }
+        blocker
+    }
+
+    /// `busy_when`: a guest above either rate (from the poll's counters)
+    /// counts as used, with no request through drowsy.
+    fn follow_busy(&self, cached: &Guest) {
+        let Some(busy) = self.gate.gate_settings().sleep.busy_when else {
+            return;
+        };
+        let stats = match self.gate.state() {
+            GuestState::Running => self.clusters.stats.get(&cached.cluster, cached.vmid),
+            _ => None,
+        };
+        let why =
+            stats.and_then(|s| busy_reason(&busy, s.cpu, s.rates.map(|r| r.netin + r.netout)));
+        if why.is_some() {
+            self.gate.activity.touch();
+        }
+        self.gate.set_busy(why);
+    }
+
     /// After each poll: when the cache disagrees with the gate's state, the
     /// guest may have been started or stopped from outside. The cache lags,
     /// so the live status decides, asked at most every `VERIFY_EVERY`.
@@ -169,6 +290,11 @@ impl Owner {
             self.adopt_from_cache();
         }
         let Some(cached) = self.guest() else { return };
+        self.follow_busy(&cached);
+        if let Some(Blocker::NodeOffline(_)) = self.follow_blockers(&cached) {
+            // Nothing can be asked of an offline node's guests.
+            return;
+        }
         let running = cached.status.is_running();
         if self.gate.state() == GuestState::Running && self.gate.address().is_none() {
             self.gate.set_address(cached.ips.first().copied());
@@ -186,7 +312,7 @@ impl Owner {
     /// not running, has no timeout, or a dependent is awake (a dependent
     /// leaving its awake states asks for a recheck).
     fn next_check(&self) -> Option<Instant> {
-        if self.gate.state() != GuestState::Running {
+        if self.gate.state() != GuestState::Running || self.held_idle {
             return None;
         }
         let idle = self.gate.gate_settings().sleep.idle_timeout?;
@@ -205,6 +331,7 @@ impl Owner {
             return;
         };
         if self.gate.state() != GuestState::Running
+            || self.held_idle
             || self.gate.dependents_awake()
             || self.not_before.is_some_and(|t| Instant::now() < t)
         {
@@ -245,8 +372,14 @@ impl Owner {
         let limit = self.gate.gate_settings().sleep.wake_timeout;
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
             Ok(r) => r,
-            Err(_) => Err(WakeError::Timeout(limit)),
+            Err(_) => Err(match self.held.take() {
+                Some(b) => WakeError::HeldTooLong(limit, b.cause(self.id().vmid).detail),
+                None => WakeError::Timeout(limit),
+            }),
         };
+        if self.held.take().is_some() {
+            self.show(None);
+        }
         let elapsed = started.elapsed();
         let label = self.gate.metrics();
         match result {
@@ -264,13 +397,20 @@ impl Owner {
                 tracing::info!(route = %label.name, ms, "guest is ready");
             }
             Err(e) => {
-                let counter = match e {
-                    WakeError::Timeout(_) => &label.metrics.wakes_timeout,
-                    _ => &label.metrics.wakes_error,
+                let timed_out = matches!(e, WakeError::Timeout(_) | WakeError::HeldTooLong(..));
+                let counter = match timed_out {
+                    true => &label.metrics.wakes_timeout,
+                    false => &label.metrics.wakes_error,
                 };
                 counter.inc();
-                let why: Arc<str> = Arc::from(e.to_string());
-                let timed_out = matches!(e, WakeError::Timeout(_));
+                if let WakeError::Refused(b) = &e {
+                    self.refused = true;
+                    self.show(Some(b));
+                }
+                let why: Arc<str> = match &e {
+                    WakeError::Refused(b) => b.cause(self.id().vmid).detail,
+                    other => Arc::from(other.to_string()),
+                };
                 // A running guest whose dependencies could not be woken
                 // stays running; its requests get the error.
                 let state = match (was, e) {
@@ -288,15 +428,27 @@ impl Owner {
         let limit = self.gate.gate_settings().sleep.wake_timeout;
         self.claimed = steps::pre_claim(&self.gate, &self.presence, limit).await;
         self.wake_dependencies().await?;
-        let guest = self.find_guest().map_err(WakeError::Other)?;
+        let mut guest = self.find_guest().map_err(WakeError::Other)?;
         if was != GuestState::Running {
-            // One start at a time across instances.
-            let turn = steps::before_start(&self.presence, limit).await;
-            let started = self.power_on(&guest, was).await;
-            if let Some(turn) = turn {
-                turn.release().await;
+            loop {
+                let (clear, live) = self.clear_to_start(guest, was).await?;
+                guest = clear;
+                // One start at a time across instances.
+                let turn = steps::before_start(&self.presence, limit).await;
+                let started = self.power_on(&guest, was, &live).await;
+                if let Some(turn) = turn {
+                    turn.release().await;
+                }
+                match started {
+                    Ok(()) => break,
+                    // Locked between the look and the call: wait again.
+                    Err(PowerOnError::Locked) => {
+                        next_poll(&mut self.polls).await;
+                        guest = self.find_guest().map_err(WakeError::Other)?;
+                    }
+                    Err(PowerOnError::Other(e)) => return Err(WakeError::Other(e)),
+                }
             }
-            started.map_err(WakeError::Other)?;
             self.gate.publish(Phase::Started);
         }
         self.wait_for_service(&guest)
@@ -304,23 +456,126 @@ impl Owner {
             .map_err(WakeError::Other)
     }
 
-    async fn power_on(&self, guest: &Guest, was: GuestState) -> Result<(), String> {
-        let client = self.client()?;
+    /// Right before a start: asks Proxmox what the guest is doing now (the
+    /// cache lags). A template or an offline node fails the wake at once;
+    /// a lock or a pause that is not drowsy's holds it, published to the
+    /// loading page, until the cache shows it ended (no call per poll while
+    /// a backup runs for hours). Returns the guest as it is now (its node
+    /// may have changed) and its live state.
+    async fn clear_to_start(
+        &mut self,
+        mut guest: Guest,
+        was: GuestState,
+    ) -> Result<(Guest, power::Live), WakeError> {
+        let client = self.client().map_err(WakeError::Other)?;
+        let mut moved_once = false;
+        loop {
+            if let Some(b) = self.cached_blocker(&guest).filter(|b| !b.ends_by_itself()) {
+                return Err(WakeError::Refused(b));
+            }
+            let live = match power::live(&client, &guest).await {
+                Ok(live) => live,
+                Err(e) if power::is_node_unreachable(&e) => {
+                    return Err(WakeError::Refused(Blocker::NodeOffline(guest.node.clone())))
+                }
+                Err(e) if power::is_moved(&e) && !moved_once => {
+                    // Migrated since the last poll: the next one names the
+                    // new node.
+                    moved_once = true;
+                    next_poll(&mut self.polls).await;
+                    guest = self.find_guest().map_err(WakeError::Other)?;
+                    continue;
+                }
+                Err(e) => return Err(WakeError::Other(e.to_string())),
+            };
+            let ours_paused = was == GuestState::Suspended;
+            let Some(blocker) = hold::from_live(&live, ours_paused) else {
+                return Ok((guest, live));
+            };
+            if !blocker.ends_by_itself() {
+                return Err(WakeError::Refused(blocker));
+            }
+            self.hold(&blocker);
+            guest = self.until_released().await?;
+        }
+    }
+
+    /// Announces a hold once per reason: the loading page, the metric, the
+    /// gate's cause.
+    fn hold(&mut self, blocker: &Blocker) {
+        if self.held.as_ref() == Some(blocker) {
+            return;
+        }
+        if let Blocker::Held { reason, public } = blocker {
+            self.gate.publish(Phase::Held(Arc::from(public.as_str())));
+            self.gate.metrics().metrics.deferred(reason).inc();
+        }
+        self.show(Some(blocker));
+        self.held = Some(blocker.clone());
+    }
+
+    /// Waits for polls until the cache no longer shows the guest held.
+    async fn until_released(&mut self) -> Result<Guest, WakeError> {
+        loop {
+            if self.polls.is_none() {
+                // No poller: nothing will tell; look again in a while.
+                tokio::time::sleep(VERIFY_EVERY).await;
+            } else {
+                next_poll(&mut self.polls).await;
+            }
+            let guest = self.find_guest().map_err(WakeError::Other)?;
+            // Until what held it changes (a backup's lock clears before
+            // pvestatd reports the VM stopped): then the live status decides.
+            match self.cached_blocker(&guest) {
+                Some(b) if Some(&b) == self.held.as_ref() => continue,
+                _ => return Ok(guest),
+            }
+        }
+    }
+
+    async fn power_on(
+        &self,
+        guest: &Guest,
+        was: GuestState,
+        live: &power::Live,
+    ) -> Result<(), PowerOnError> {
+        let client = self.client().map_err(PowerOnError::Other)?;
         let budget = self.gate.gate_settings().sleep.wake_timeout;
-        let first = if was == GuestState::Suspended {
-            PowerAction::Resume
-        } else {
-            PowerAction::Start
+        let hibernated = live.lock.as_deref() == Some("suspended");
+        let first = match live.status {
+            // Started meanwhile by someone else (a stop-mode backup or a
+            // migration that restarts it): nothing to send.
+            LiveStatus::Running => return Ok(()),
+            LiveStatus::Paused => PowerAction::Resume,
+            LiveStatus::Stopped if hibernated || was == GuestState::Suspended => {
+                PowerAction::Resume
+            }
+            LiveStatus::Stopped => PowerAction::Start,
         };
-        match power::run(&client, guest, first, budget).await {
+        let result = self.power_on_as(&client, guest, first, budget).await;
+        match result {
+            Err(e) if e.contains(" is locked (") => Err(PowerOnError::Locked),
+            Err(e) => Err(PowerOnError::Other(e)),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    async fn power_on_as(
+        &self,
+        client: &PveClient,
+        guest: &Guest,
+        first: PowerAction,
+        budget: Duration,
+    ) -> Result<(), String> {
+        match power::run(client, guest, first, budget).await {
             Ok(_) => Ok(()),
             Err(e) if power::is_already_running(&e) => {
                 // Running already (started from outside, or only paused).
                 if matches!(
-                    power::live_status(&client, guest).await,
+                    power::live_status(client, guest).await,
                     Ok(LiveStatus::Paused)
                 ) {
-                    power::run(&client, guest, PowerAction::Resume, budget)
+                    power::run(client, guest, PowerAction::Resume, budget)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -328,7 +583,7 @@ impl Owner {
             }
             Err(e) if first == PowerAction::Resume => {
                 tracing::debug!(route = %self.gate.label(), error = %e, "resume failed, starting instead");
-                power::run(&client, guest, PowerAction::Start, budget)
+                power::run(client, guest, PowerAction::Start, budget)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -427,6 +682,7 @@ impl Owner {
     /// after is held and wakes it again once the stop is done. An idle
     /// sleep also gives way to a dependent that started waking meanwhile.
     async fn sleep(&mut self, reason: &'static str) -> Result<(), String> {
+        self.may_stop().await?;
         let lease_for = self.gate.gate_settings().sleep.stop_timeout + STOP_MARGIN;
         let (lease, stale) = match steps::stop_fence(&self.presence, lease_for).await {
             Ok(Some((lease, stale))) => (Some(lease), stale),
@@ -502,6 +758,37 @@ impl Owner {
         }
     }
 
+    /// Right before a stop: never one Proxmox would refuse. The cache's
+    /// lock is a poll old, so the live status has the last word (one call
+    /// per sleep). A held guest is left alone until the hold ends.
+    async fn may_stop(&mut self) -> Result<(), String> {
+        let guest = self.find_guest()?;
+        let hibernate = self.gate.gate_settings().sleep.stop_method == StopMethod::Hibernate;
+        if hibernate && guest.kind == crate::proxmox::GuestKind::Lxc {
+            self.gate.activity.touch();
+            let why = "stop_method hibernate needs a QEMU VM (a container cannot be suspended to disk): this guest is not put to sleep; use shutdown or suspend for it".to_string();
+            if !std::mem::replace(&mut self.hibernate_warned, true) {
+                tracing::warn!(route = %self.gate.label(), guest = %guest.label(), "{why}");
+            }
+            return Err(why);
+        }
+        let blocker = match self.cached_blocker(&guest) {
+            Some(b) => Some(b),
+            None => {
+                let client = self.client()?;
+                match power::live(&client, &guest).await {
+                    Ok(live) => hold::from_live(&live, false),
+                    // The stop call itself will tell what is wrong.
+                    Err(_) => None,
+                }
+            }
+        };
+        let Some(b) = blocker else { return Ok(()) };
+        self.held_idle = true;
+        self.show(Some(&b));
+        Err(b.cause(self.id().vmid).detail.to_string())
+    }
+
     /// Whether Proxmox says the guest runs right now (when it cannot be
     /// asked: as drowsy believes, running).
     async fn still_running(&self) -> bool {
@@ -519,6 +806,7 @@ impl Owner {
         let client = self.client()?;
         let s = self.gate.gate_settings().sleep.clone();
         let (action, after) = match s.stop_method {
+            StopMethod::Hibernate => (PowerAction::Hibernate, GuestState::Suspended),
             StopMethod::Shutdown => (
                 PowerAction::Shutdown {
                     timeout: s.stop_timeout,
@@ -650,8 +938,29 @@ impl Owner {
 
 enum WakeError {
     Timeout(Duration),
+    /// Proxmox held the guest (a lock, a pause) past `wake_timeout`.
+    HeldTooLong(Duration, Arc<str>),
+    /// Proxmox will not start it (a template, an offline node).
+    Refused(Blocker),
     Dependency(String),
     Other(String),
+}
+
+enum PowerOnError {
+    /// Refused by a lock taken after the live look.
+    Locked,
+    Other(String),
+}
+
+/// "busy: cpu 35%" / "busy: network 3.2 MiB/s" when a rate is above its
+/// `busy_when` threshold.
+fn busy_reason(busy: &crate::config::BusyWhen, cpu: f64, network: Option<f64>) -> Option<String> {
+    if busy.cpu.is_some_and(|limit| cpu >= limit) {
+        return Some(format!("busy: cpu {:.0}%", cpu * 100.0));
+    }
+    let rate = network?;
+    let limit = busy.network?;
+    (rate >= limit as f64).then(|| format!("busy: network {:.1} MiB/s", rate / 1_048_576.0))
 }
 
 impl std::fmt::Display for WakeError {
@@ -662,6 +971,12 @@ impl std::fmt::Display for WakeError {
                 "the guest did not wake within {} (wake_timeout)",
                 humantime::format_duration(*limit)
             ),
+            WakeError::HeldTooLong(limit, why) => write!(
+                f,
+                "{why}, still after {} (wake_timeout)",
+                humantime::format_duration(*limit)
+            ),
+            WakeError::Refused(b) => write!(f, "{b:?}"),
             WakeError::Dependency(why) | WakeError::Other(why) => f.write_str(why),
         }
     }

@@ -107,6 +107,7 @@ pub struct Gates {
 /// settings of its own: woken with them, never put to sleep by a timer.
 fn dependency_settings() -> SleepSettings {
     SleepSettings {
+        busy_when: None,
         idle_timeout: None,
         idle_from_dependents: false,
         wake_timeout: Duration::from_secs(120),

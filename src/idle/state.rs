@@ -75,8 +75,13 @@ pub enum Phase {
     DependencyReady(Arc<str>),
     Started,
     WaitingForService,
-    Ready { ms: u64 },
+    Ready {
+        ms: u64,
+    },
     Failed(Arc<str>),
+    /// Proxmox holds the guest (a backup, a migration, a pause drowsy did
+    /// not make): the start waits for it to end. The text is public.
+    Held(Arc<str>),
     Stopping,
     Stopped,
 }
@@ -92,6 +97,7 @@ impl Phase {
             Phase::WaitingForService => "waiting",
             Phase::Ready { .. } => "ready",
             Phase::Failed(_) => "error",
+            Phase::Held(_) => "locked",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
         }
@@ -107,6 +113,7 @@ impl Phase {
             Phase::WaitingForService => "waiting for the service to answer".into(),
             Phase::Ready { ms } => format!("ready after {ms} ms"),
             Phase::Failed(why) => format!("could not wake: {why}"),
+            Phase::Held(why) => format!("{why}: the guest starts as soon as it ends"),
             Phase::Stopping => "the guest is going to sleep; it will wake right after".into(),
             Phase::Stopped => "asleep".into(),
         }

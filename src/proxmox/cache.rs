@@ -189,8 +189,21 @@ fn unique<'a>(key: &GuestKey, found: Vec<&'a Guest>) -> Result<Option<&'a Guest>
     }
 }
 
+/// A node as the last poll saw it (`type: node` entries of
+/// `/cluster/resources`: `status` is `online`, `offline` or `unknown`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    pub cluster: Arc<str>,
+    pub node: String,
+    pub online: bool,
+    /// When the node was last seen to change (or first seen).
+    pub since: std::time::SystemTime,
+}
+
 pub struct ClusterCache {
     snap: ArcSwap<Snapshot>,
+    /// Every cluster's nodes, sorted by (cluster, node).
+    nodes: ArcSwap<Vec<NodeState>>,
     /// Clusters read at least once: a guest missing from them is missing
     /// indeed, not just not read yet.
     polled: Mutex<Vec<Arc<str>>>,
@@ -222,6 +235,7 @@ impl ClusterCache {
     pub fn new() -> Self {
         ClusterCache {
             snap: ArcSwap::from_pointee(Snapshot::default()),
+            nodes: ArcSwap::from_pointee(Vec::new()),
             polled: Mutex::new(Vec::new()),
             write: Mutex::new(()),
             generation: watch::channel(0).0,
@@ -327,6 +341,60 @@ impl ClusterCache {
         }
     }
 
+    /// Replaces one cluster's node states (`(name, online)` from a poll);
+    /// returns the nodes whose state changed (new ones included).
+    pub fn set_nodes(&self, cluster: &Arc<str>, seen: &[(String, bool)]) -> Vec<NodeState> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.nodes.load_full();
+        let now = std::time::SystemTime::now();
+        let mut changed = Vec::new();
+        let mut all: Vec<NodeState> = old
+            .iter()
+            .filter(|n| n.cluster != *cluster)
+            .cloned()
+            .collect();
+        for (node, online) in seen {
+            let prev = old
+                .iter()
+                .find(|n| n.cluster == *cluster && n.node == *node);
+            let state = match prev {
+                Some(p) if p.online == *online => p.clone(),
+                _ => {
+                    let s = NodeState {
+                        cluster: cluster.clone(),
+                        node: node.clone(),
+                        online: *online,
+                        since: now,
+                    };
+                    changed.push(s.clone());
+                    s
+                }
+            };
+            all.push(state);
+        }
+        all.sort_by(|a, b| (&a.cluster, &a.node).cmp(&(&b.cluster, &b.node)));
+        if *old != all {
+            self.nodes.store(Arc::new(all));
+            self.generation.send_modify(|g| *g += 1);
+        }
+        changed
+    }
+
+    /// Every known node of every cluster.
+    pub fn nodes(&self) -> Arc<Vec<NodeState>> {
+        self.nodes.load_full()
+    }
+
+    /// Whether the node is online; `None` when no poll has shown it (the
+    /// token may lack `Sys.Audit`, which node entries need).
+    pub fn node_online(&self, cluster: &str, node: &str) -> Option<bool> {
+        self.nodes
+            .load()
+            .iter()
+            .find(|n| &*n.cluster == cluster && n.node == node)
+            .map(|n| n.online)
+    }
+
     /// Records a complete read of `cluster`; the first one counts as a
     /// change (watchers learn that what is missing is missing).
     pub fn mark_polled(&self, cluster: &Arc<str>) {
@@ -384,6 +452,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         tags,
         ips,
         template,
+        lock,
         ha,
         usage: _,
     } = a;
@@ -394,6 +463,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         && *name == b.name
         && *status == b.status
         && *tags == b.tags
+        && *lock == b.lock
         && *ips == b.ips
         && *template == b.template
         && *ha == b.ha
@@ -439,6 +509,7 @@ mod tests {
             ips: ip.iter().map(|s| s.parse().unwrap()).collect(),
             template: false,
             ha: false,
+            lock: None,
             usage: Default::default(),
         }
     }

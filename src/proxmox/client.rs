@@ -172,6 +172,10 @@ impl PveClient {
         &self.cluster
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Whether loopback addresses reported by guests may be used
     /// (`insecure_loopback_guests`).
     pub fn loopback_guests(&self) -> bool {

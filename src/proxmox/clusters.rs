@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 pub struct Clusters {
     pub cache: Arc<ClusterCache>,
+    /// Every guest's rates, fed from the cache after each poll.
+    pub stats: Arc<super::stats::StatsBoard>,
     clusters: Vec<Cluster>,
     /// Ends the task that keeps the guest statistics current.
     stop: tokio_util::sync::CancellationToken,
@@ -54,6 +56,7 @@ impl Clusters {
             .min()
             .unwrap_or(std::time::Duration::from_secs(3));
         let me = Clusters {
+            stats: metrics.guest_stats.clone(),
             cache,
             clusters,
             stop,

@@ -1,13 +1,15 @@
 //! Per cluster, a task that refreshes the cache with ONE
-//! `GET /cluster/resources?type=vm` per interval, and looks up IPs only for
-//! the guests routes need, only when their status changed or their IP is
-//! still unknown.
+//! `GET /cluster/resources` per interval (guests and node states in one
+//! answer), and looks up IPs only for the guests routes need, only when
+//! their status changed or their IP is still unknown (backing off while a
+//! running guest offers no usable address).
 
 use super::cache::{match_name, normalize_key, ClusterCache};
 use super::client::PveClient;
 use super::discovery::discover_ips;
 use super::error::PveError;
 use super::types::{Guest, GuestStatus};
+use crate::admin::metrics::{LockLabel, NodeLabel};
 use crate::config::{GuestKey, GuestRef};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -188,6 +190,8 @@ struct LoopState {
     looked_up_at: HashMap<u32, GuestStatus>,
     /// Start of the current outage, if the API is failing.
     outage_since: Option<Instant>,
+    /// Locks shown in `drowsy_guest_locked`.
+    locks: HashMap<u32, String>,
 }
 
 async fn run(shared: Arc<Shared>, options: PollerOptions, cancel: CancellationToken) {
@@ -211,23 +215,21 @@ async fn run(shared: Arc<Shared>, options: PollerOptions, cancel: CancellationTo
 
 async fn poll_once(shared: &Shared, state: &mut LoopState) {
     let client = &shared.client;
-    let data = match client
-        .get("/cluster/resources?type=vm", "/cluster/resources")
-        .await
-    {
+    // Unfiltered: the node entries (online or not) come with the guests,
+    // still one call.
+    let data = match client.get("/cluster/resources", "/cluster/resources").await {
         Ok(data) => data,
         Err(e) => return outage(shared, state, e),
     };
     recovered(shared, state);
     let cluster = client.cluster().clone();
-    let guests: Vec<Guest> = data
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|r| Guest::from_resource(&cluster, r))
-                .collect()
-        })
-        .unwrap_or_default();
+    let list = data.as_array().map(Vec::as_slice).unwrap_or_default();
+    let guests: Vec<Guest> = list
+        .iter()
+        .filter_map(|r| Guest::from_resource(&cluster, r))
+        .collect();
+    observe_nodes(shared, list);
+    observe_locks(shared, state, &guests);
     refresh_nodes_if_new(shared, &guests).await;
     let found = discover(shared, state, &guests).await;
     shared
@@ -255,13 +257,85 @@ async fn discover_only(shared: &Shared, state: &mut LoopState) {
     }
 }
 
+/// Node entries of `/cluster/resources` into the cache; a node going away
+/// or coming back is logged once.
+fn observe_nodes(shared: &Shared, list: &[Value]) {
+    let seen: Vec<(String, bool)> = list
+        .iter()
+        .filter(|r| r.get("type").and_then(Value::as_str) == Some("node"))
+        .filter_map(|r| {
+            let node = r.get("node").and_then(Value::as_str)?;
+            let online = r.get("status").and_then(Value::as_str) == Some("online");
+            Some((node.to_string(), online))
+        })
+        .collect();
+    if seen.is_empty() {
+        return;
+    }
+    let cluster = shared.client.cluster();
+    let metrics = shared.client.metrics();
+    for (node, online) in &seen {
+        metrics
+            .node_up
+            .get_or_create_owned(&NodeLabel {
+                cluster: cluster.clone(),
+                node: node.clone(),
+            })
+            .set(i64::from(*online));
+    }
+    for n in shared.cache.set_nodes(cluster, &seen) {
+        match n.online {
+            true => tracing::info!(cluster = %cluster, node = %n.node, "node is online"),
+            false => {
+                tracing::warn!(cluster = %cluster, node = %n.node, "node is offline: requests for its sleeping guests get 503 until it is back")
+            }
+        }
+    }
+}
+
+/// `drowsy_guest_locked` follows the guests' locks; series of cleared
+/// locks are removed.
+fn observe_locks(shared: &Shared, state: &mut LoopState, guests: &[Guest]) {
+    let cluster = shared.client.cluster();
+    let metrics = shared.client.metrics();
+    let now: HashMap<u32, String> = guests
+        .iter()
+        .filter_map(|g| Some((g.vmid, g.lock.clone()?)))
+        .collect();
+    for (vmid, lock) in &state.locks {
+        if now.get(vmid) != Some(lock) {
+            metrics.guest_locked.remove(&LockLabel {
+                cluster: cluster.clone(),
+                vmid: *vmid,
+                lock: lock.clone(),
+            });
+        }
+    }
+    for (vmid, lock) in &now {
+        metrics
+            .guest_locked
+            .get_or_create_owned(&LockLabel {
+                cluster: cluster.clone(),
+                vmid: *vmid,
+                lock: lock.clone(),
+            })
+            .set(1);
+    }
+    state.locks = now;
+}
+
 /// New resource list + IPs: freshly found ones, else the ones already known
-/// (also those set by an on-demand refresh meanwhile).
+/// (also those set by an on-demand refresh meanwhile). A guest whose node
+/// is offline comes without a name (Proxmox has no fresh data for it): it
+/// keeps the one it had, so routes naming it still find it.
 fn merge(guests: Vec<Guest>, old: &[Guest], found: &HashMap<u32, Vec<IpAddr>>) -> Vec<Guest> {
     let old: HashMap<u32, &Guest> = old.iter().map(|g| (g.vmid, g)).collect();
     guests
         .into_iter()
         .map(|mut g| {
+            if let Some(prev) = old.get(&g.vmid).filter(|_| g.name.is_empty()) {
+                g.name = prev.name.clone();
+            }
             g.ips = match (found.get(&g.vmid), old.get(&g.vmid)) {
                 (Some(ips), _) => ips.clone(),
                 (None, Some(prev)) if prev.kind == g.kind => prev.ips.clone(),

@@ -22,6 +22,9 @@ pub enum PowerAction {
     },
     Stop,
     Suspend,
+    /// QEMU `suspend` with `todisk=1`: RAM saved to a state volume, the VM
+    /// stopped and locked `suspended` until `resume` (or `start`).
+    Hibernate,
     Resume,
 }
 
@@ -32,7 +35,7 @@ impl PowerAction {
             PowerAction::Start => "start",
             PowerAction::Shutdown { .. } => "shutdown",
             PowerAction::Stop => "stop",
-            PowerAction::Suspend => "suspend",
+            PowerAction::Suspend | PowerAction::Hibernate => "suspend",
             PowerAction::Resume => "resume",
         }
     }
@@ -44,12 +47,12 @@ impl PowerAction {
             (Lxc, Start) => "/nodes/{node}/lxc/{vmid}/status/start",
             (Lxc, Shutdown { .. }) => "/nodes/{node}/lxc/{vmid}/status/shutdown",
             (Lxc, Stop) => "/nodes/{node}/lxc/{vmid}/status/stop",
-            (Lxc, Suspend) => "/nodes/{node}/lxc/{vmid}/status/suspend",
+            (Lxc, Suspend | Hibernate) => "/nodes/{node}/lxc/{vmid}/status/suspend",
             (Lxc, Resume) => "/nodes/{node}/lxc/{vmid}/status/resume",
             (Qemu, Start) => "/nodes/{node}/qemu/{vmid}/status/start",
             (Qemu, Shutdown { .. }) => "/nodes/{node}/qemu/{vmid}/status/shutdown",
             (Qemu, Stop) => "/nodes/{node}/qemu/{vmid}/status/stop",
-            (Qemu, Suspend) => "/nodes/{node}/qemu/{vmid}/status/suspend",
+            (Qemu, Suspend | Hibernate) => "/nodes/{node}/qemu/{vmid}/status/suspend",
             (Qemu, Resume) => "/nodes/{node}/qemu/{vmid}/status/resume",
         }
     }
@@ -83,6 +86,7 @@ pub async fn request(
             timeout_secs = timeout.as_secs().to_string();
             vec![("timeout", timeout_secs.as_str()), ("forceStop", "1")]
         }
+        PowerAction::Hibernate => vec![("todisk", "1")],
         _ => Vec::new(),
     };
     let data = client.post(&path, action.endpoint(kind), &form).await?;
@@ -213,6 +217,20 @@ mod tests {
         assert!(!is_success(""));
     }
 
+    // status/current during vzdump of a stopped VM (qemu-server): the
+    // process runs paused before boot, locked for the backup.
+    #[test]
+    fn live_status_sees_prelaunch_and_lock() {
+        let l = parse_live(&json!({"status":"running","qmpstatus":"prelaunch","lock":"backup"}));
+        assert_eq!(l.status, LiveStatus::Paused);
+        assert_eq!(l.lock.as_deref(), Some("backup"));
+        let l = parse_live(&json!({"status":"stopped","template":1}));
+        assert_eq!(
+            (l.status, l.template, l.lock),
+            (LiveStatus::Stopped, true, None)
+        );
+    }
+
     // Task status answers: `{"status":"running",..}` while running, then
     // `{"status":"stopped","exitstatus":"OK",..}`.
     #[test]
@@ -251,7 +269,20 @@ pub enum LiveStatus {
     Stopped,
 }
 
+/// `status/current` in full: the power state, and what may keep Proxmox
+/// from acting on the guest (both kinds report `lock` and `template`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    pub status: LiveStatus,
+    pub lock: Option<String>,
+    pub template: bool,
+}
+
 pub async fn live_status(client: &PveClient, guest: &Guest) -> Result<LiveStatus, PveError> {
+    Ok(live(client, guest).await?.status)
+}
+
+pub async fn live(client: &PveClient, guest: &Guest) -> Result<Live, PveError> {
     let (path, endpoint) = match guest.kind {
         GuestKind::Lxc => (
             format!(
@@ -271,13 +302,56 @@ pub async fn live_status(client: &PveClient, guest: &Guest) -> Result<LiveStatus
         ),
     };
     let data = client.get(&path, endpoint).await?;
+    Ok(parse_live(&data))
+}
+
+/// `{"status":"running","qmpstatus":"prelaunch","lock":"backup",..}`:
+/// vzdump's paused VM counts as paused, not running (qemu-server).
+fn parse_live(data: &Value) -> Live {
     let status = data.get("status").and_then(Value::as_str).unwrap_or("");
     let qmp = data.get("qmpstatus").and_then(Value::as_str).unwrap_or("");
-    Ok(match (status, qmp) {
+    let status = match (status, qmp) {
         ("running", "paused" | "suspended" | "prelaunch") => LiveStatus::Paused,
         ("running", _) => LiveStatus::Running,
         _ => LiveStatus::Stopped,
-    })
+    };
+    let template = match data.get("template") {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0) != 0,
+        Some(Value::String(s)) => s == "1",
+        Some(Value::Bool(b)) => *b,
+        _ => false,
+    };
+    Live {
+        status,
+        lock: data
+            .get("lock")
+            .and_then(Value::as_str)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string),
+        template,
+    }
+}
+
+/// A power call refused because the guest is locked: pve-guest-common's
+/// `check_lock` dies with `CT is locked (backup)` / `VM is locked (backup)`
+/// (some releases name the vmid: `CT 105 is locked (backup)`).
+pub fn is_locked(err: &PveError) -> bool {
+    matches!(err, PveError::TaskFailed { .. } | PveError::Api { .. })
+        && err.to_string().contains(" is locked (")
+}
+
+/// pveproxy could not forward the call to the guest's node: 595 (connect
+/// failed, e.g. "No route to host") or 596/597 (the connection broke).
+pub fn is_node_unreachable(err: &PveError) -> bool {
+    matches!(err.status(), Some(595..=597))
+}
+
+/// The guest's config is not on the node asked: it has just migrated and
+/// the cache still names the old node.
+pub fn is_moved(err: &PveError) -> bool {
+    matches!(err, PveError::Api { .. })
+        && err.to_string().contains("Configuration file")
+        && err.to_string().contains("does not exist")
 }
 
 /// A start that failed only because the guest already runs (pve's

@@ -327,6 +327,7 @@ mod tests {
             ips: vec![],
             template: false,
             ha: false,
+            lock: None,
             usage,
         }
     }

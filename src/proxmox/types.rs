@@ -92,6 +92,9 @@ pub struct Guest {
     /// Known IPs, best first (see [`super::net`]); empty when unknown.
     pub ips: Vec<IpAddr>,
     pub template: bool,
+    /// The config's `lock` while an operation holds the guest (`backup`,
+    /// `migrate`, `snapshot`, ...): Proxmox refuses power actions then.
+    pub lock: Option<String>,
     /// Managed by the HA stack: power actions go through HA requests.
     pub ha: bool,
     /// CPU, memory and I/O as the same `/cluster/resources` entry reports
@@ -170,6 +173,11 @@ impl Guest {
             tags: parse_tags(r.get("tags").and_then(Value::as_str).unwrap_or("")),
             ips: Vec::new(),
             template: r.get("template").map(truthy).unwrap_or(false),
+            lock: r
+                .get("lock")
+                .and_then(Value::as_str)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
             ha: has_ha_state(r),
             usage: Usage::from_resource(r),
         })
@@ -294,5 +302,19 @@ mod tests {
         assert_eq!(g.status, GuestStatus::Unknown("prelaunch".into()));
         assert!(g.template && !g.ha);
         assert_eq!(g.name, "");
+        assert_eq!(g.lock, None);
+    }
+
+    // pve-guest-common: a guest under an operation carries `lock` in its
+    // config, and `/cluster/resources` copies it into the guest's entry.
+    #[test]
+    fn parses_lock() {
+        let c: Arc<str> = Arc::from("home");
+        let g = Guest::from_resource(
+            &c,
+            &json!({"type":"lxc","vmid":105,"node":"pve1","status":"running","lock":"backup"}),
+        )
+        .unwrap();
+        assert_eq!(g.lock.as_deref(), Some("backup"));
     }
 }

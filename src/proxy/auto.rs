@@ -221,6 +221,7 @@ mod tests {
             ips: vec![],
             template: false,
             ha: false,
+            lock: None,
             usage: Default::default(),
         }
     }

@@ -146,6 +146,8 @@ struct Target {
     node: String,
     power: Power,
     ha: bool,
+    lock: Option<String>,
+    template: bool,
 }
 
 pub(crate) fn run(
@@ -162,6 +164,8 @@ pub(crate) fn run(
             node: g.spec.node.clone(),
             power: g.power,
             ha: g.spec.ha,
+            lock: g.lock.clone(),
+            template: g.spec.template,
         })
         .ok_or_else(|| ApiError::Server(format!("VM {vmid} does not exist")))?;
     let t = Tasks {
@@ -169,14 +173,55 @@ pub(crate) fn run(
         who,
         target: &target,
     };
+    if let Some(why) = refusal(&target, action).filter(|_| !target.ha) {
+        lock(&shared.refused).push(format!("{} {vmid}: {why}", action.as_str()));
+        return Ok(json!(t.ending(t.typed(action), why)));
+    }
     let upid = match action {
         Action::Start => t.start(),
         Action::Shutdown => t.shutdown(shutdown_request(params)),
         Action::Stop => t.stop(),
+        Action::Suspend if flag(params, "todisk") => t.hibernate(),
         Action::Suspend => t.suspend(),
         Action::Resume => t.resume(),
     }?;
     Ok(json!(upid))
+}
+
+fn flag(params: &Params, name: &str) -> bool {
+    params
+        .get(name)
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false)
+}
+
+/// Why the worker task of `action` dies before doing anything, as
+/// pve-container and qemu-server check it inside the task: templates never
+/// start, and a lock refuses every power action but the few its owner
+/// allows (`check_lock` in pve-guest-common; drowsy never sends
+/// `skiplock`).
+fn refusal(t: &Target, action: Action) -> Option<String> {
+    if t.template && action == Action::Start {
+        return Some(match t.kind {
+            GuestKind::Lxc => "you can't start a CT if it's a template".to_string(),
+            GuestKind::Qemu => "you can't start a vm if it's a template".to_string(),
+        });
+    }
+    let lock = t.lock.as_deref()?;
+    let allowed = match (t.kind, action, lock) {
+        // A mounted CT may be started or stopped (pct mount/unmount).
+        (GuestKind::Lxc, Action::Start | Action::Stop, "mounted") => true,
+        // A hibernated VM resumes from its saved state.
+        (GuestKind::Qemu, Action::Start | Action::Resume, "suspended") => true,
+        // vzdump's paused VM: a start resumes the existing instance.
+        (GuestKind::Qemu, Action::Start, "backup") => t.power == Power::Prelaunch,
+        _ => false,
+    };
+    let guest_type = match t.kind {
+        GuestKind::Lxc => "CT",
+        GuestKind::Qemu => "VM",
+    };
+    (!allowed).then(|| format!("{guest_type} is locked ({lock})"))
 }
 
 fn shutdown_request(params: &Params) -> ShutdownRequest {
@@ -255,10 +300,17 @@ impl Tasks<'_> {
             return Ok(upid);
         }
         let upid = self.typed(Action::Start);
-        if self.target.power != Power::Stopped {
-            return Ok(self.ending(upid, format!("{} already running", self.label())));
+        match self.target.power {
+            Power::Stopped => {
+                self.clear_hibernation();
+                power::boot(self.shared, vmid, Some(upid.clone()));
+            }
+            // The paused instance begins to run: the guest OS boots.
+            Power::Prelaunch => power::boot(self.shared, vmid, Some(upid.clone())),
+            Power::Running | Power::Suspended => {
+                return Ok(self.ending(upid, format!("{} already running", self.label())))
+            }
         }
-        power::boot(self.shared, vmid, Some(upid.clone()));
         Ok(upid)
     }
 
@@ -307,6 +359,40 @@ impl Tasks<'_> {
         Ok(upid)
     }
 
+    /// A hibernated VM's `lock: suspended` goes once it runs again.
+    fn clear_hibernation(&self) {
+        self.shared.with_guest(self.target.vmid, |g| {
+            if g.lock.as_deref() == Some("suspended") {
+                g.lock = None;
+            }
+        });
+    }
+
+    /// `suspend todisk=1` (qemu-server): the RAM is saved to a state volume
+    /// and the VM stops, locked `suspended` until it is resumed. HA cannot
+    /// follow that, so it is refused for HA-managed VMs.
+    fn hibernate(&self) -> Result<String, ApiError> {
+        if self.target.kind == GuestKind::Lxc {
+            return Err(ApiError::param(
+                "todisk",
+                "property is not defined in schema and the schema does not allow additional properties",
+            ));
+        }
+        if self.target.ha {
+            return Err(ApiError::Server(
+                "Cannot suspend HA managed VM to disk".to_string(),
+            ));
+        }
+        let upid = self.typed(Action::Suspend);
+        if self.target.power != Power::Running {
+            return Ok(self.ending(upid, format!("{} not running", self.label())));
+        }
+        self.shared
+            .with_guest(self.target.vmid, |g| g.lock = Some("suspended".to_string()));
+        power::hard_stop(self.shared, self.target.vmid, Some(upid.clone()));
+        Ok(upid)
+    }
+
     fn suspend(&self) -> Result<String, ApiError> {
         match (self.target.power, self.target.kind) {
             (Power::Stopped, GuestKind::Lxc) => Err(self.not_running()),
@@ -315,7 +401,7 @@ impl Tasks<'_> {
                 Ok(self.ending(self.typed(Action::Suspend), msg))
             }
             (Power::Suspended, _) => Ok(self.ending(self.typed(Action::Suspend), "OK".to_string())),
-            (Power::Running, _) => {
+            (Power::Running | Power::Prelaunch, _) => {
                 let upid = self.typed(Action::Suspend);
                 power::suspend(self.shared, self.target.vmid, Some(upid.clone()));
                 Ok(upid)
@@ -325,7 +411,18 @@ impl Tasks<'_> {
 
     fn resume(&self) -> Result<String, ApiError> {
         match self.target.power {
+            Power::Stopped if self.target.lock.as_deref() == Some("suspended") => {
+                let upid = self.typed(Action::Resume);
+                self.clear_hibernation();
+                power::boot(self.shared, self.target.vmid, Some(upid.clone()));
+                Ok(upid)
+            }
             Power::Stopped => Err(self.not_running()),
+            Power::Prelaunch => {
+                let upid = self.typed(Action::Resume);
+                power::boot(self.shared, self.target.vmid, Some(upid.clone()));
+                Ok(upid)
+            }
             Power::Running => Ok(self.ending(self.typed(Action::Resume), "OK".to_string())),
             Power::Suspended => {
                 let upid = self.typed(Action::Resume);

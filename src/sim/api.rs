@@ -43,6 +43,10 @@ pub(crate) enum ApiError {
     NotImplemented(String),
     /// 413 for oversized bodies.
     TooLarge,
+    /// 595 from pveproxy when the node a call must be forwarded to does not
+    /// answer (AnyEvent::HTTP's connect error): no body, the reason in the
+    /// status line.
+    NodeUnreachable(String),
 }
 
 impl ApiError {
@@ -73,6 +77,10 @@ impl ApiError {
             ApiError::NotImplemented(msg) => {
                 error_response(StatusCode::NOT_IMPLEMENTED, &msg, None)
             }
+            ApiError::NodeUnreachable(reason) => match StatusCode::from_u16(595) {
+                Ok(code) => error_response(code, &reason, None),
+                Err(_) => error_response(StatusCode::BAD_GATEWAY, &reason, None),
+            },
             ApiError::TooLarge => error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request Entity Too Large",

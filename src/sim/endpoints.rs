@@ -167,6 +167,7 @@ pub(crate) fn locate(
     if found {
         return Ok(());
     }
+    lock(&shared.misdirected).push(format!("{node} {vmid}"));
     Err(ApiError::Server(format!(
         "Configuration file 'nodes/{node}/{}/{vmid}.conf' does not exist",
         kind.as_str()
@@ -176,6 +177,9 @@ pub(crate) fn locate(
 /// A node outside the cluster is a host name pveproxy cannot resolve.
 fn known_node(shared: &Shared, node: &str) -> Result<(), ApiError> {
     if shared.node_index(node).is_some() {
+        if !shared.node_online(node) {
+            return Err(ApiError::NodeUnreachable("No route to host".to_string()));
+        }
         return Ok(());
     }
     Err(ApiError::Server(format!(
@@ -215,15 +219,17 @@ pub(crate) fn login(shared: &Shared, params: &Params) -> Result<Value, ApiError>
 fn cluster_status(shared: &Shared, who: &Principal) -> Result<Value, ApiError> {
     require(shared, who, "/", &["Sys.Audit"])?;
     let nodes = shared.node_names();
+    let online = nodes.iter().filter(|n| shared.node_online(n)).count();
     let mut out = vec![json!({
         "type": "cluster", "id": "cluster", "name": "sim",
-        "nodes": nodes.len(), "quorate": 1, "version": nodes.len() + 2,
+        "nodes": nodes.len(), "quorate": u8::from(online * 2 > nodes.len()),
+        "version": nodes.len() + 2,
     })];
     for (i, node) in nodes.iter().enumerate() {
         out.push(json!({
             "type": "node", "id": format!("node/{node}"), "name": node,
-            "online": 1, "local": u8::from(i == 0), "nodeid": i + 1,
-            "ip": "127.0.0.1", "level": "",
+            "online": u8::from(shared.node_online(node)), "local": u8::from(i == 0),
+            "nodeid": i + 1, "ip": "127.0.0.1", "level": "",
         }));
     }
     Ok(Value::Array(out))
@@ -241,7 +247,12 @@ fn cluster_resources(shared: &Shared, who: &Principal, params: &Params) -> Resul
     }
     let mut out = Vec::new();
     if matches!(filter, None | Some("node")) && require(shared, who, "/", &["Sys.Audit"]).is_ok() {
-        out.extend(shared.node_names().iter().map(|n| node_resource(n)));
+        out.extend(
+            shared
+                .node_names()
+                .iter()
+                .map(|n| node_resource(n, shared.node_online(n))),
+        );
     }
     // Without VM.Audit guests are silently left out, as in PVE.
     if matches!(filter, None | Some("vm")) && require(shared, who, "/vms", &["VM.Audit"]).is_ok() {
@@ -250,7 +261,14 @@ fn cluster_resources(shared: &Shared, who: &Principal, params: &Params) -> Resul
     Ok(Value::Array(out))
 }
 
-fn node_resource(node: &str) -> Value {
+/// An offline node keeps only its identity: pvestatd has no data for it.
+fn node_resource(node: &str, online: bool) -> Value {
+    if !online {
+        return json!({
+            "id": format!("node/{node}"), "type": "node", "node": node, "status": "offline",
+            "level": "",
+        });
+    }
     json!({
         "id": format!("node/{node}"), "type": "node", "node": node, "status": "online",
         "cpu": 0.03, "maxcpu": 8, "mem": 6_442_450_944u64, "maxmem": 34_359_738_368u64,
@@ -263,18 +281,59 @@ fn node_resource(node: &str) -> Value {
 fn resource_snapshot(shared: &Shared) -> Vec<Value> {
     let refresh = shared.knobs().resources_refresh;
     let mut snap = lock(&shared.snapshot);
-    if let Some(s) = snap
+    let vms = match snap
         .as_ref()
         .filter(|s| !refresh.is_zero() && s.taken.elapsed() < refresh)
     {
-        return s.vms.clone();
-    }
-    let vms = take_snapshot(shared);
-    *snap = Some(Snapshot {
-        taken: Instant::now(),
-        vms: vms.clone(),
+        Some(s) => s.vms.clone(),
+        None => {
+            let vms = take_snapshot(shared);
+            *snap = Some(Snapshot {
+                taken: Instant::now(),
+                vms: vms.clone(),
+            });
+            vms
+        }
+    };
+    drop(snap);
+    vms.into_iter()
+        .map(|v| with_live_config(shared, v))
+        .collect()
+}
+
+/// PVE fills `lock`, `tags` and the node from the guest configs and the
+/// cluster's VM list on every call; only status and usage come from
+/// pvestatd's lagging samples. A guest on an offline node has no samples:
+/// `status: unknown`, and no name or template flag.
+fn with_live_config(shared: &Shared, mut v: Value) -> Value {
+    let Some(vmid) = v.get("vmid").and_then(Value::as_u64) else {
+        return v;
+    };
+    let live = shared.with_guest(vmid as u32, |g| {
+        (
+            g.spec.node.clone(),
+            g.lock.clone(),
+            g.spec.kind,
+            g.spec.template,
+        )
     });
-    vms
+    let Some((node, lock, kind, template)) = live else {
+        return v;
+    };
+    if let Value::Object(o) = &mut v {
+        o.remove("lock");
+        if let Some(lock) = lock {
+            o.insert("lock".into(), json!(lock));
+        }
+        o.insert("id".into(), json!(format!("{}/{vmid}", kind.as_str())));
+        o.insert("template".into(), json!(u8::from(template)));
+        if !shared.node_online(&node) {
+            o.retain(|k, _| ["id", "type", "vmid", "node", "lock", "tags"].contains(&k.as_str()));
+            o.insert("status".into(), json!("unknown"));
+        }
+        o.insert("node".into(), json!(node));
+    }
+    v
 }
 
 pub(crate) fn take_snapshot(shared: &Shared) -> Vec<Value> {
@@ -285,6 +344,7 @@ pub(crate) fn take_snapshot(shared: &Shared) -> Vec<Value> {
 fn broadcast_status(g: &Guest) -> &'static str {
     match (g.power, g.spec.kind) {
         (Power::Suspended, GuestKind::Qemu) => "paused",
+        (Power::Prelaunch, _) => "prelaunch",
         (Power::Stopped, _) => "stopped",
         _ => "running",
     }
@@ -296,7 +356,7 @@ fn vm_resource(g: &Guest) -> Value {
     let mut v = json!({
         "id": format!("{}/{}", s.kind.as_str(), s.vmid),
         "type": s.kind.as_str(), "vmid": s.vmid, "name": s.name, "node": s.node,
-        "status": broadcast_status(g), "template": 0,
+        "status": broadcast_status(g), "template": u8::from(s.template),
         "maxdisk": 8_589_934_592u64, "disk": if up { 1_073_741_824u64 } else { 0 },
     });
     merge(&mut v, usage::fields(g));
@@ -305,6 +365,9 @@ fn vm_resource(g: &Guest) -> Value {
     }
     if s.ha {
         v["hastate"] = json!(if up { "started" } else { "stopped" });
+    }
+    if let Some(lock) = &g.lock {
+        v["lock"] = json!(lock);
     }
     v
 }
@@ -335,6 +398,12 @@ fn status_current(g: &Guest) -> Value {
     if up {
         v["pid"] = json!(10_000 + s.vmid);
     }
+    if let Some(lock) = &g.lock {
+        v["lock"] = json!(lock);
+    }
+    if s.template {
+        v["template"] = json!(1);
+    }
     if !s.tags.is_empty() {
         v["tags"] = json!(s.tags.join(";"));
     }
@@ -342,6 +411,7 @@ fn status_current(g: &Guest) -> Value {
         v["qmpstatus"] = json!(match g.power {
             Power::Running => "running",
             Power::Suspended => "paused",
+            Power::Prelaunch => "prelaunch",
             Power::Stopped => "stopped",
         });
         if s.agent {
@@ -356,10 +426,17 @@ fn status_current(g: &Guest) -> Value {
 }
 
 fn config(g: &Guest) -> Value {
-    match g.spec.kind {
+    let mut v = match g.spec.kind {
         GuestKind::Lxc => lxc_config(g),
         GuestKind::Qemu => qemu_config(g),
+    };
+    if let Some(lock) = &g.lock {
+        v["lock"] = json!(lock);
     }
+    if g.spec.template {
+        v["template"] = json!(1);
+    }
+    v
 }
 
 fn ip_setting(g: &Guest) -> String {

@@ -27,6 +27,7 @@ mod cli;
 mod endpoints;
 mod guest_http;
 mod journal;
+mod operations;
 mod power;
 mod spec;
 mod state;
@@ -46,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::DEFAULT_PRIVILEGES;
 pub use cli::{run_cli, GuestsFile};
+pub use operations::BackupMode;
+pub(crate) use operations::Operation;
 pub use spec::{default_guest_ip, GuestKind, GuestSpec, DEFAULT_GUEST_PORT};
 
 use state::{lock, Guest, Knobs, Power, Shared};
@@ -175,6 +178,9 @@ impl Sim {
         auth.set_privileges(ROOT_USER, &ROOT_PRIVILEGES);
         let shared = Arc::new(Shared {
             nodes: Mutex::new(opts.nodes.clone()),
+            offline: Mutex::new(Default::default()),
+            refused: Mutex::new(Vec::new()),
+            misdirected: Mutex::new(Vec::new()),
             knobs: Mutex::new(Knobs {
                 api_latency: opts.api_latency,
                 resources_refresh: opts.resources_refresh,
@@ -279,6 +285,71 @@ impl Sim {
     pub fn set_name(&self, vmid: u32, name: &str) {
         self.shared
             .with_guest(vmid, |g| g.spec.name = name.to_string());
+    }
+
+    /// Begins a vzdump backup of the guest (see `operations.rs` for what
+    /// each mode does); false when the guest is locked already.
+    pub fn begin_backup(&self, vmid: u32, mode: BackupMode) -> bool {
+        operations::begin_backup(&self.shared, vmid, mode)
+    }
+
+    /// Ends the backup begun with [`Sim::begin_backup`].
+    pub fn end_backup(&self, vmid: u32) {
+        operations::end_backup(&self.shared, vmid)
+    }
+
+    /// Begins moving the guest to `target`: `online` keeps a running QEMU
+    /// VM serving; otherwise a running guest stops for the move.
+    pub fn begin_migration(&self, vmid: u32, target: &str, online: bool) -> bool {
+        operations::begin_migration(&self.shared, vmid, target, online)
+    }
+
+    /// The move is done: the guest lives on the target node.
+    pub fn end_migration(&self, vmid: u32) {
+        operations::end_migration(&self.shared, vmid)
+    }
+
+    /// Sets or clears any config lock (`snapshot`, `clone`, ...).
+    pub fn set_lock(&self, vmid: u32, lock: Option<&str>) {
+        self.shared
+            .with_guest(vmid, |g| g.lock = lock.map(str::to_string));
+    }
+
+    pub fn guest_lock(&self, vmid: u32) -> Option<String> {
+        self.shared.with_guest(vmid, |g| g.lock.clone()).flatten()
+    }
+
+    /// The node the guest lives on now.
+    pub fn guest_node(&self, vmid: u32) -> Option<String> {
+        self.shared.with_guest(vmid, |g| g.spec.node.clone())
+    }
+
+    /// Turns the guest into a template (or back).
+    pub fn set_template(&self, vmid: u32, template: bool) {
+        self.shared.with_guest(vmid, |g| g.spec.template = template);
+    }
+
+    /// Takes a node down (its guests stop at once; calls forwarded to it
+    /// fail as pveproxy's do, with status 595) or brings it back.
+    pub fn set_node_online(&self, node: &str, online: bool) {
+        operations::set_node_online(&self.shared, node, online)
+    }
+
+    /// Forces the guest's CPU use (`cpu` ratio; `None`: its own again).
+    pub fn set_cpu_load(&self, vmid: u32, load: Option<f64>) {
+        self.shared.with_guest(vmid, |g| g.load = load);
+    }
+
+    /// Calls that named a node the guest does not live on (the config
+    /// file is not there), as `"{node} {vmid}"`.
+    pub fn misdirected_calls(&self) -> Vec<String> {
+        lock(&self.shared.misdirected).clone()
+    }
+
+    /// Power calls refused because of a lock or a template, as
+    /// `"{action} {vmid}: {why}"`.
+    pub fn refused_power_calls(&self) -> Vec<String> {
+        lock(&self.shared.refused).clone()
     }
 
     /// Hard-stops a guest from outside drowsy.

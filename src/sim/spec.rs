@@ -74,6 +74,8 @@ pub struct GuestSpec {
     /// Every start task of this guest fails with this exitstatus.
     pub fail_start: Option<String>,
     pub tags: Vec<String>,
+    /// A template (`template: 1`): Proxmox never starts it.
+    pub template: bool,
 }
 
 impl GuestSpec {
@@ -94,6 +96,7 @@ impl GuestSpec {
             ha: false,
             fail_start: None,
             tags: Vec::new(),
+            template: false,
         }
     }
 
@@ -152,6 +155,11 @@ impl GuestSpec {
 
     pub fn fail_start(mut self, msg: &str) -> Self {
         self.fail_start = Some(msg.to_string());
+        self
+    }
+
+    pub fn template(mut self) -> Self {
+        self.template = true;
         self
     }
 

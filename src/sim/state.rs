@@ -32,6 +32,10 @@ pub(crate) enum Power {
     Running,
     /// Frozen (LXC) or paused (QEMU): no listener.
     Suspended,
+    /// QEMU started paused before its first instruction (`qmpstatus:
+    /// prelaunch`), as vzdump runs a stopped VM for its backup: a process,
+    /// but no guest OS, agent or service.
+    Prelaunch,
 }
 
 impl Power {
@@ -40,6 +44,7 @@ impl Power {
             Power::Stopped => "stopped",
             Power::Running => "running",
             Power::Suspended => "suspended",
+            Power::Prelaunch => "prelaunch",
         }
     }
 }
@@ -62,6 +67,15 @@ pub(crate) struct Guest {
     /// The service's traffic totals when the guest last booted: the usage
     /// counters start from zero with each boot, as in Proxmox.
     pub boot_traffic: (u64, u64, u64),
+    /// The config's `lock` (`backup`, `migrate`, `suspended`, ...): power
+    /// calls are refused while it is set (see `actions.rs`).
+    pub lock: Option<String>,
+    /// CPU use forced by a test (work inside the guest that no request
+    /// through drowsy causes), as Proxmox's `cpu` ratio.
+    pub load: Option<f64>,
+    /// What an operation in progress (a backup, a migration) must undo at
+    /// its end.
+    pub operation: Option<super::Operation>,
 }
 
 impl Guest {
@@ -80,6 +94,9 @@ impl Guest {
             listening: watch::Sender::new(false),
             identity,
             boot_traffic: (0, 0, 0),
+            lock: None,
+            load: None,
+            operation: None,
         }
     }
 
@@ -141,12 +158,20 @@ pub(crate) struct Snapshot {
 
 pub(crate) struct Shared {
     pub nodes: Mutex<Vec<String>>,
+    /// Nodes that are down or unreachable: `/cluster/status` shows them
+    /// `online: 0` and pveproxy cannot forward calls to them.
+    pub offline: Mutex<std::collections::BTreeSet<String>>,
     pub knobs: Mutex<Knobs>,
     pub guests: Mutex<BTreeMap<u32, Guest>>,
     pub auth: Mutex<AuthState>,
     pub tasks: Mutex<Tasks>,
     pub counters: Mutex<BTreeMap<String, u64>>,
     pub faults: Mutex<Vec<ActiveFault>>,
+    /// Power calls whose task died on a lock or a template, for tests
+    /// that assert none was sent.
+    pub refused: Mutex<Vec<String>>,
+    /// Calls that named a node the guest does not live on.
+    pub misdirected: Mutex<Vec<String>>,
     pub snapshot: Mutex<Option<Snapshot>>,
     /// Terminals handed out by `termproxy`, waiting for their WebSocket.
     pub consoles: Mutex<super::termproxy::Consoles>,
@@ -164,6 +189,10 @@ impl Shared {
 
     pub fn node_index(&self, node: &str) -> Option<usize> {
         lock(&self.nodes).iter().position(|n| n == node)
+    }
+
+    pub fn node_online(&self, node: &str) -> bool {
+        !lock(&self.offline).contains(node)
     }
 
     pub fn node_names(&self) -> Vec<String> {

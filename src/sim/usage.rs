@@ -71,6 +71,8 @@ pub(crate) fn fields(g: &Guest) -> Value {
     let served = requests.saturating_sub(req0) as f64;
     let cpu = if g.power == Power::Suspended {
         0.0
+    } else if let Some(load) = g.load {
+        load
     } else {
         let boot = 0.55 * (-t / 3.0).exp();
         let idle = 0.012 + 0.01 * (1.0 + (t / 5.0 + phase).sin());
