@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[path = "completions.rs"]
+pub mod completions;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "drowsy",
@@ -57,6 +60,10 @@ pub enum Command {
     Stats(StatsArgs),
     /// The journal of a route's guest (LXC through the node's terminal, QEMU through its guest agent).
     Logs(LogsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), or write every page into a directory.
+    Manpage(completions::ManpageArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -151,6 +158,8 @@ pub fn main() -> ExitCode {
             | Command::Sleep(_)
             | Command::Stats(_)
             | Command::Logs(_)
+            | Command::Completions(_)
+            | Command::Manpage(_)
     ) {
         if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
             eprintln!("drowsy: {e}");
@@ -178,6 +187,8 @@ pub fn main() -> ExitCode {
             args.route.as_deref(),
             !args.no_stream,
         )),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Manpage(args) => completions::manpage(&args),
         Command::Run(arg) => run(&arg.config),
     }
 }
