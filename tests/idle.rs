@@ -15,20 +15,6 @@ use tokio::net::TcpStream;
 const LXC_START: &str = "POST /nodes/{node}/lxc/{vmid}/status/start";
 const QEMU_START: &str = "POST /nodes/{node}/qemu/{vmid}/status/start";
 
-fn config(env: &SimEnv, defaults: &str, routes: &str) -> String {
-    format!(
-        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{}defaults:\n{defaults}routes:\n{routes}",
-        env.proxmox_yaml()
-    )
-}
-
-fn route(name: &str, vmid: u32, env: &SimEnv) -> String {
-    format!(
-        "  {name}:\n    host: {name}.lan\n    guest: {vmid}\n    port: {}\n",
-        env.port(vmid)
-    )
-}
-
 #[tokio::test]
 async fn requests_wake_sleeping_lxc_and_qemu_guests() {
     let env = SimEnv::start(vec![

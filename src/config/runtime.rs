@@ -380,7 +380,7 @@ pub enum StopMethod {
 }
 
 /// Rates above which a guest counts as used without any request through
-/// drowsy (DESIGN.md §14, `busy_when`).
+/// drowsy (docs/ARCHITECTURE.md, "Backups, migrations and maintenance").
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BusyWhen {
     /// Share of the guest's CPUs (0.2 = 20 %).

@@ -194,7 +194,7 @@ pub(super) struct Requests {
 /// owner last found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cause {
-    /// For anyone: no node, vmid or account names (DESIGN.md §9).
+    /// For anyone: no node, vmid or account names (the public 503 page).
     pub public: Arc<str>,
     /// For the log, `drowsy status` and the admin API.
     pub detail: Arc<str>,

@@ -403,9 +403,15 @@ impl Owner {
                     false => &label.metrics.wakes_error,
                 };
                 counter.inc();
-                if let WakeError::Refused(b) = &e {
-                    self.refused = true;
-                    self.show(Some(b));
+                match &e {
+                    WakeError::Refused(b) => {
+                        self.refused = true;
+                        self.show(Some(b));
+                    }
+                    // Once Proxmox lets go, the next request wakes at once,
+                    // with no back-off for a failure that was not one.
+                    WakeError::HeldTooLong(..) => self.refused = true,
+                    _ => {}
                 }
                 let why: Arc<str> = match &e {
                     WakeError::Refused(b) => b.cause(self.id().vmid).detail,
@@ -956,11 +962,11 @@ enum PowerOnError {
 /// `busy_when` threshold.
 fn busy_reason(busy: &crate::config::BusyWhen, cpu: f64, network: Option<f64>) -> Option<String> {
     if busy.cpu.is_some_and(|limit| cpu >= limit) {
-        return Some(format!("busy: cpu {:.0}%", cpu * 100.0));
+        return Some(format!("cpu {:.0}%", cpu * 100.0));
     }
     let rate = network?;
     let limit = busy.network?;
-    (rate >= limit as f64).then(|| format!("busy: network {:.1} MiB/s", rate / 1_048_576.0))
+    (rate >= limit as f64).then(|| format!("network {}/s", crate::stats::bytes(rate)))
 }
 
 impl std::fmt::Display for WakeError {
@@ -976,7 +982,7 @@ impl std::fmt::Display for WakeError {
                 "{why}, still after {} (wake_timeout)",
                 humantime::format_duration(*limit)
             ),
-            WakeError::Refused(b) => write!(f, "{b:?}"),
+            WakeError::Refused(b) => f.write_str(&b.cause(0).public),
             WakeError::Dependency(why) | WakeError::Other(why) => f.write_str(why),
         }
     }
@@ -1007,5 +1013,34 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BusyWhen;
+
+    // Proxmox's `cpu` is a share of the guest's CPUs (1.0 = all of them);
+    // the network rate is bytes per second in and out together.
+    #[test]
+    fn busy_reason_names_the_rate_above_its_limit() {
+        let both = BusyWhen {
+            cpu: Some(0.2),
+            network: Some(1_048_576),
+        };
+        assert_eq!(busy_reason(&both, 0.35, None).as_deref(), Some("cpu 35%"));
+        assert_eq!(
+            busy_reason(&both, 0.01, Some(3.2 * 1_048_576.0)).as_deref(),
+            Some("network 3.2MiB/s")
+        );
+        assert_eq!(busy_reason(&both, 0.19, Some(1000.0)), None);
+        // No rate yet (one sample only): not busy by network.
+        assert_eq!(busy_reason(&both, 0.0, None), None);
+        let cpu_only = BusyWhen {
+            cpu: Some(0.5),
+            network: None,
+        };
+        assert_eq!(busy_reason(&cpu_only, 0.1, Some(1e12)), None);
     }
 }

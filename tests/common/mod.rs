@@ -455,6 +455,23 @@ impl SimEnv {
     }
 }
 
+/// A config with HTTP and admin on loopback, this simulator, `defaults`
+/// and `routes` (YAML already indented).
+pub fn config(env: &SimEnv, defaults: &str, routes: &str) -> String {
+    format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{}defaults:\n{defaults}routes:\n{routes}",
+        env.proxmox_yaml()
+    )
+}
+
+/// A route `{name}.lan` to the simulated guest `vmid`.
+pub fn route(name: &str, vmid: u32, env: &SimEnv) -> String {
+    format!(
+        "  {name}:\n    host: {name}.lan\n    guest: {vmid}\n    port: {}\n",
+        env.port(vmid)
+    )
+}
+
 /// Waits (on the cache's change notifications) until `pred` holds.
 pub async fn wait_cache(
     running: &Running,
