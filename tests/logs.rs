@@ -269,6 +269,32 @@ async fn a_guest_asleep_has_no_journal_to_read() {
     assert_eq!(env.sim.guest_status(106), Some("stopped"));
 }
 
+// pvestatd refreshes `/cluster/resources` every ~10 s: right after a start
+// (drowsy's wake, or anyone's) the cache still says "stopped".
+#[tokio::test]
+async fn a_guest_just_started_has_its_journal_read_though_the_cache_lags() {
+    let (env, d) = start(|env| ticket_yaml(env, ROOT_USER, ROOT_PASSWORD)).await;
+    env.sim
+        .set_resources_refresh(std::time::Duration::from_secs(3600));
+    env.sim.start_guest_outside(106);
+    assert!(env.sim.wait_guest_listening(106, DEADLINE).await);
+    let cached = d
+        .running
+        .clusters
+        .as_ref()
+        .expect("clusters")
+        .cache
+        .get("home", 106);
+    assert_eq!(
+        cached.map(|g| g.status.as_str().to_string()).as_deref(),
+        Some("stopped"),
+        "the cache is meant to lag here"
+    );
+    let (ok, out, err) = logs(&d, &["asleep", "-n", "1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
 #[tokio::test]
 async fn a_vm_journal_through_the_guest_agent() {
     let (env, d) = start(|env| env.proxmox_yaml()).await;

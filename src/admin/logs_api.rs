@@ -4,6 +4,8 @@
 
 use super::server::{find_route, AdminState};
 use crate::proxmox::logs::{self, LogsRequest};
+use crate::proxmox::power::{self, LiveStatus};
+use crate::proxmox::{Guest, GuestStatus, PveClient};
 use crate::proxy::body::RespBody;
 use crate::proxy::pages;
 use bytes::Bytes;
@@ -75,6 +77,18 @@ fn event(name: &str, data: &serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
+/// The cache's status lags the real one by up to ~10 s (pvestatd): a guest
+/// it shows not running is asked once more, live, so one drowsy woke a
+/// moment ago has its journal read.
+async fn with_live_status(mut guest: Guest, client: &PveClient) -> Guest {
+    if !guest.status.is_running()
+        && power::live_status(client, &guest).await.ok() == Some(LiveStatus::Running)
+    {
+        guest.status = GuestStatus::Running;
+    }
+    guest
+}
+
 pub async fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<RespBody> {
     let req = match request(query) {
         Ok(r) => r,
@@ -101,6 +115,7 @@ pub async fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Respon
             format!("guest {id} of route {name} is not in the cluster now"),
         );
     };
+    let guest = with_live_status(guest, &client).await;
     tracing::info!(route = name, guest = %id, follow = req.follow, "reading the guest's journal");
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
