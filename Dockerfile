@@ -10,8 +10,14 @@
 # (`listen.http: 0.0.0.0:80`, `listen.admin: 0.0.0.0:9090`, ...), not on
 # 127.0.0.1, or the published ports reach nothing. See packaging/README.md.
 
+# The base images are build arguments, for registries that are mirrored or
+# unreachable (scripts/image-check.sh builds with local ones):
+#   docker build --build-arg BUILD_IMAGE=... --build-arg RUN_IMAGE=... .
+ARG BUILD_IMAGE=rust:1-bookworm
+ARG RUN_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
 # ---- build ----------------------------------------------------------------
-FROM rust:1-bookworm AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # The cache mounts keep the registry and the target directory between builds;
@@ -25,7 +31,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- run ------------------------------------------------------------------
 # glibc + libgcc, no shell, no package manager; runs as uid/gid 65532.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUN_IMAGE}
 COPY --from=build /out/drowsy /usr/local/bin/drowsy
 # ACME account and certificates (acme.storage defaults to /var/lib/drowsy/acme).
 # Keep it on a volume: certificates must survive a new container, or each

@@ -201,6 +201,16 @@ fn dockerfile_matches_the_unit() {
     };
     let froms = all("FROM");
     assert!(froms.len() >= 2, "multi-stage build: {froms:?}");
+    // The base images are build arguments (scripts/image-check.sh builds
+    // with local ones), with the published images as defaults.
+    assert_eq!(froms, ["${BUILD_IMAGE} AS build", "${RUN_IMAGE}"]);
+    let args = all("ARG");
+    for want in [
+        "BUILD_IMAGE=rust:1-bookworm",
+        "RUN_IMAGE=gcr.io/distroless/cc-debian12:nonroot",
+    ] {
+        assert!(args.iter().any(|a| a == want), "ARG {want}: {args:?}");
+    }
     assert!(
         all("RUN")
             .iter()
