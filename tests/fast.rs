@@ -640,15 +640,7 @@ async fn both_paths_write_the_same_access_log_lines() {
         ),
     )
     .expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drowsy"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .args(["--log-format", "json", "--log-level", "info"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run drowsy");
-    let stderr = child.stderr.take().expect("stderr");
+    let (mut child, stderr) = run_with_json_logs(&path);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)

@@ -356,6 +356,23 @@ fn nodes_json(state: &AdminState) -> serde_json::Value {
         .collect()
 }
 
+/// The addresses a guest without a usable one offers in vain, each
+/// "ADDRESS (why)"; empty while it has one.
+fn ignored_json(state: &AdminState, id: &GuestId) -> serde_json::Value {
+    let guest = state
+        .clusters
+        .as_ref()
+        .and_then(|c| c.cache.get(&id.cluster, id.vmid));
+    match guest {
+        Some(g) if g.ips.is_empty() => g
+            .ignored_ips
+            .iter()
+            .map(|i| serde_json::Value::from(i.to_string()))
+            .collect(),
+        _ => serde_json::json!([]),
+    }
+}
+
 /// `GET /api/routes`: every route with its guest's state.
 fn routes_json(
     state: &AdminState,
@@ -387,11 +404,15 @@ fn routes_json(
             "asleep_share_24h": serde_json::Value::Null,
             "cause": serde_json::Value::Null,
             "busy": serde_json::Value::Null,
+            "ignored": [],
         });
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
         if let RouteKind::Guest(_) = &route.kind {
             let bound = route.binding.as_ref().map(|b| b.bound_full());
+            if let Some(Bound::Guest { id, .. }) = bound.as_deref() {
+                v["ignored"] = ignored_json(state, id);
+            }
             v["error"] = match bound.as_deref() {
                 Some(Bound::Guest { id, gate: None }) => service::guest_ip(&state.proxy, id)
                     .err()

@@ -1,6 +1,7 @@
 //! Every guest of every cluster, swapped in atomically so readers never
 //! wait, with reverse lookup by vmid, name and IP.
 
+use super::net::Addresses;
 use super::types::{Guest, GuestStatus};
 use crate::config::{GuestKey, GuestRef};
 use arc_swap::ArcSwap;
@@ -414,8 +415,9 @@ impl ClusterCache {
             .any(|c| &**c == cluster)
     }
 
-    /// Sets one guest's IPs (on-demand refresh); returns the updated guest.
-    pub fn set_ips(&self, cluster: &Arc<str>, vmid: u32, ips: Vec<IpAddr>) -> Option<Guest> {
+    /// Sets one guest's addresses (on-demand refresh); returns the updated
+    /// guest.
+    pub fn set_ips(&self, cluster: &Arc<str>, vmid: u32, found: Addresses) -> Option<Guest> {
         let mut updated = None;
         self.update_cluster(cluster, |guests| {
             guests
@@ -423,7 +425,8 @@ impl ClusterCache {
                 .map(|g| {
                     let mut g = g.clone();
                     if g.vmid == vmid {
-                        g.ips = ips.clone();
+                        g.ips = found.usable.clone();
+                        g.ignored_ips = found.ignored.clone();
                         updated = Some(g.clone());
                     }
                     g
@@ -451,6 +454,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         status,
         tags,
         ips,
+        ignored_ips,
         template,
         lock,
         ha,
@@ -465,6 +469,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         && *tags == b.tags
         && *lock == b.lock
         && *ips == b.ips
+        && *ignored_ips == b.ignored_ips
         && *template == b.template
         && *ha == b.ha
 }
@@ -507,6 +512,7 @@ mod tests {
             status: GuestStatus::Running,
             tags: vec![],
             ips: ip.iter().map(|s| s.parse().unwrap()).collect(),
+            ignored_ips: vec![],
             template: false,
             ha: false,
             lock: None,
@@ -658,7 +664,7 @@ mod tests {
         assert_eq!(*c.samples().borrow(), samples + 1);
         assert_eq!(c.get("home", 105).unwrap().usage.netin, 4096);
         let g = c
-            .set_ips(&home, 105, vec!["10.0.0.9".parse().unwrap()])
+            .set_ips(&home, 105, Addresses::pinned("10.0.0.9".parse().unwrap()))
             .unwrap();
         assert_eq!(c.guest_for_host("10.0.0.9", None).unwrap(), Some(g));
     }

@@ -3,11 +3,12 @@
 use super::auth::percent_encode;
 use super::client::PveClient;
 use super::error::PveError;
-use super::net;
+use super::net::{self, Addresses};
 use super::types::GuestKind;
 use std::net::IpAddr;
 
-/// The guest's IPs, best first; empty when not (yet) known.
+/// The guest's addresses: the usable ones best first (empty when not yet
+/// known), and those it reported that drowsy does not use, with the reason.
 ///
 /// A running guest is asked live first: LXC `/interfaces`, or the QEMU guest
 /// agent, which fails for a few seconds after boot until the agent is up;
@@ -15,7 +16,7 @@ use std::net::IpAddr;
 /// is the fallback and the only source for a stopped guest. The error is
 /// returned only when the config cannot be read either.
 ///
-/// Loopback addresses are dropped unless the cluster allows them
+/// Loopback addresses are refused unless the cluster allows them
 /// (`insecure_loopback_guests`, for the simulated cluster): root in a guest
 /// can report 127.0.0.1 and would have drowsy send that route's traffic,
 /// cookies and all, to drowsy's own host.
@@ -25,27 +26,30 @@ pub async fn discover_ips(
     kind: GuestKind,
     vmid: u32,
     running: bool,
-) -> Result<Vec<IpAddr>, PveError> {
-    let allowed = |mut ips: Vec<IpAddr>| {
-        if !client.loopback_guests() {
-            let before = ips.len();
-            ips.retain(|ip| !net::is_loopback(ip));
-            if ips.len() != before {
-                tracing::debug!(cluster = %client.cluster(), vmid, "ignoring loopback addresses the guest reports");
-            }
-        }
-        ips
-    };
+) -> Result<Addresses, PveError> {
+    let allow_loopback = client.loopback_guests();
+    let mut ignored = Vec::new();
     if running {
-        match live_ips(client, node, kind, vmid).await.map(allowed) {
-            Ok(ips) if !ips.is_empty() => return Ok(ips),
-            Ok(_) => {}
+        match live_ips(client, node, kind, vmid).await {
+            Ok(ips) => {
+                let live = net::sort_out(ips, allow_loopback);
+                if !live.usable.is_empty() {
+                    return Ok(live);
+                }
+                ignored = live.ignored;
+            }
             Err(e) => {
                 tracing::debug!(cluster = %client.cluster(), vmid, error = %e, "live IP lookup failed; using the config")
             }
         }
     }
-    config_ips(client, node, kind, vmid).await.map(allowed)
+    let config = net::sort_out(config_ips(client, node, kind, vmid).await?, allow_loopback);
+    let mut found = Addresses {
+        usable: config.usable,
+        ignored,
+    };
+    found.also_ignored(&config.ignored);
+    Ok(found)
 }
 
 async fn live_ips(

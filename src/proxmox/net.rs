@@ -2,13 +2,14 @@
 //! and QEMU `ipconfigN` config entries, the LXC `/interfaces` call and the
 //! QEMU guest agent's `network-get-interfaces`.
 //!
-//! Every function returns usable addresses only (no `lo` interface, no
-//! link-local, unspecified, broadcast or multicast address), IPv4 before
-//! IPv6, otherwise in the order Proxmox lists them. Loopback addresses on
-//! other interfaces are kept here and dropped by discovery (see
-//! [`is_loopback`]): the simulated cluster gives each guest its own
-//! 127.0.x.y, while on a real cluster a guest reporting one would point
-//! drowsy at its own host.
+//! Every function returns the addresses of the guest's interfaces other
+//! than `lo`, IPv4 before IPv6, otherwise in the order Proxmox lists them.
+//! [`sort_out`] then parts those drowsy can send traffic to from those it
+//! must not (link-local, unspecified, broadcast, multicast, and loopback
+//! unless the cluster allows it), keeping the latter with the reason, so an
+//! operator sees why a running guest has no address: the simulated cluster
+//! gives each guest its own 127.0.x.y, while on a real cluster a guest
+//! reporting one would point drowsy at its own host.
 
 use serde_json::Value;
 use std::net::IpAddr;
@@ -30,20 +31,110 @@ const VIRTUAL_PREFIXES: &[&str] = &[
     "wg",
 ];
 
-/// Whether an address can reach one guest from the proxy: link-local
-/// addresses need an interface scope the proxy does not have; unspecified,
-/// "this network" (0.0.0.0/8, which Linux connects to as the local host),
-/// broadcast and multicast addresses name no single guest.
-pub fn usable(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_link_local() || v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast())
-        }
-        IpAddr::V6(v6) => {
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            !(v6.is_unspecified() || link_local || v6.is_multicast())
+/// Why drowsy sends no traffic to an address a guest reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Would point drowsy at its own host.
+    Loopback,
+    /// Needs an interface scope the proxy does not have.
+    LinkLocal,
+    /// `0.0.0.0/8` ("this network", which Linux connects to as the local
+    /// host) and `::`.
+    Unspecified,
+    Broadcast,
+    Multicast,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Loopback => "loopback",
+            Refusal::LinkLocal => "link-local",
+            Refusal::Unspecified => "unspecified",
+            Refusal::Broadcast => "broadcast",
+            Refusal::Multicast => "multicast",
         }
     }
+}
+
+/// Why `ip` cannot reach one guest from the proxy, `None` when it can.
+pub fn refusal(ip: &IpAddr, allow_loopback: bool) -> Option<Refusal> {
+    if is_loopback(ip) {
+        return (!allow_loopback).then_some(Refusal::Loopback);
+    }
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_link_local() => Some(Refusal::LinkLocal),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some(Refusal::Unspecified),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(Refusal::Broadcast),
+        IpAddr::V4(v4) if v4.is_multicast() => Some(Refusal::Multicast),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some(Refusal::LinkLocal),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(Refusal::Unspecified),
+        IpAddr::V6(v6) if v6.is_multicast() => Some(Refusal::Multicast),
+        _ => None,
+    }
+}
+
+/// An address a guest reported and drowsy does not use, with the reason;
+/// shown as `127.0.0.1 (loopback)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ignored {
+    pub ip: IpAddr,
+    pub why: Refusal,
+}
+
+impl std::fmt::Display for Ignored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.ip, self.why.as_str())
+    }
+}
+
+/// `127.0.0.1 (loopback), fe80::1 (link-local)`.
+pub fn ignored_list(ignored: &[Ignored]) -> String {
+    ignored
+        .iter()
+        .map(Ignored::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A guest's addresses, parted by [`sort_out`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Best first.
+    pub usable: Vec<IpAddr>,
+    pub ignored: Vec<Ignored>,
+}
+
+impl Addresses {
+    /// The one address the config fixes (route `address:`).
+    pub fn pinned(ip: IpAddr) -> Self {
+        Addresses {
+            usable: vec![ip],
+            ignored: Vec::new(),
+        }
+    }
+
+    /// Adds what `other` ignored that is not listed yet (the live answer
+    /// and the config can both name an address).
+    pub fn also_ignored(&mut self, other: &[Ignored]) {
+        for i in other {
+            if !self.ignored.contains(i) {
+                self.ignored.push(*i);
+            }
+        }
+    }
+}
+
+/// Parts `ips` (ranked) into the usable ones and the ignored ones.
+pub fn sort_out(ips: Vec<IpAddr>, allow_loopback: bool) -> Addresses {
+    let mut out = Addresses::default();
+    for ip in ips {
+        match refusal(&ip, allow_loopback) {
+            None => out.usable.push(ip),
+            Some(why) => out.ignored.push(Ignored { ip, why }),
+        }
+    }
+    out
 }
 
 /// A loopback address, IPv4-mapped ones included (`::ffff:127.0.0.1`).
@@ -51,15 +142,13 @@ pub fn is_loopback(ip: &IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
-/// `10.0.0.5/24` or `10.0.0.5` → the address (IPv4-mapped IPv6 as IPv4).
+/// `10.0.0.5/24` or `10.0.0.5` → the address (IPv4-mapped IPv6 as IPv4;
+/// usable or not, see [`refusal`]).
 /// `dhcp`, `manual`, `auto` and anything unparsable → `None` (the address
 /// is not known from config).
 pub fn parse_cidr_addr(value: &str) -> Option<IpAddr> {
     let addr = value.split('/').next().unwrap_or(value).trim();
-    addr.parse::<IpAddr>()
-        .ok()
-        .map(|ip| ip.to_canonical())
-        .filter(usable)
+    addr.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// The `key=value` pairs of a Proxmox property string such as
@@ -217,6 +306,10 @@ mod tests {
         v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    fn usable(found: Vec<IpAddr>) -> Vec<IpAddr> {
+        sort_out(found, false).usable
+    }
+
     // pct.conf / `GET /nodes/{node}/lxc/{vmid}/config`: netN is a property
     // string; `ip` is CIDR, `dhcp` or `manual`, `ip6` also allows `auto`.
     #[test]
@@ -264,7 +357,18 @@ mod tests {
             {"name": "eth0", "inet6": "fe80::be24:11ff:fe2e:319a/64", "hwaddr": "bc:24:11:2e:31:9a"},
             {"name": "eth1", "inet6": "fd00::6/64", "inet": "10.0.0.6/24", "hwaddr": "bc:24:11:2e:31:9b"},
         ]);
-        assert_eq!(lxc_interface_ips(&data), ips(&["10.0.0.6", "fd00::6"]));
+        assert_eq!(
+            usable(lxc_interface_ips(&data)),
+            ips(&["10.0.0.6", "fd00::6"])
+        );
+        let eth0 = lxc_interface_ips(&json!([data[1]]));
+        assert_eq!(
+            sort_out(eth0, false).ignored,
+            [Ignored {
+                ip: "fe80::be24:11ff:fe2e:319a".parse().unwrap(),
+                why: Refusal::LinkLocal
+            }]
+        );
     }
 
     #[test]
@@ -291,7 +395,7 @@ mod tests {
                 {"ip-address": "10.0.0.7", "ip-address-type": "ipv4", "prefix": 24}]},
         ]});
         assert_eq!(
-            agent_interface_ips(&data),
+            usable(agent_interface_ips(&data)),
             ips(&["10.0.0.7", "172.17.0.1", "fd00::7"])
         );
     }
@@ -302,23 +406,32 @@ mod tests {
         assert!(lxc_interface_ips(&json!(null)).is_empty());
         assert!(lxc_config_ips(&json!([1, 2])).is_empty());
         assert!(lxc_net_ips("ip=300.1.1.1/24").is_empty());
-        assert!(lxc_net_ips("ip=169.254.1.1/16").is_empty());
+        assert!(usable(lxc_net_ips("ip=169.254.1.1/16")).is_empty());
     }
 
     // What a guest could report to aim drowsy at something that is not it.
     #[test]
-    fn addresses_naming_no_single_guest_are_dropped() {
-        for bad in [
-            "0.0.0.0",
-            "0.1.2.3",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::",
-            "ff02::1",
-            "fe80::1",
+    fn addresses_naming_no_single_guest_are_refused_with_the_reason() {
+        for (bad, why) in [
+            ("0.0.0.0", Refusal::Unspecified),
+            ("0.1.2.3", Refusal::Unspecified),
+            ("255.255.255.255", Refusal::Broadcast),
+            ("224.0.0.1", Refusal::Multicast),
+            ("::", Refusal::Unspecified),
+            ("ff02::1", Refusal::Multicast),
+            ("fe80::1", Refusal::LinkLocal),
+            ("169.254.3.4", Refusal::LinkLocal),
+            ("127.0.1.5", Refusal::Loopback),
+            ("::ffff:127.0.0.1", Refusal::Loopback),
         ] {
-            assert!(parse_cidr_addr(bad).is_none(), "{bad}");
+            let ip = parse_cidr_addr(bad).expect(bad);
+            assert_eq!(refusal(&ip, false), Some(why), "{bad}");
         }
+        let lo: IpAddr = "127.0.1.5".parse().unwrap();
+        assert_eq!(refusal(&lo, true), None);
+        let found = sort_out(ips(&["10.0.0.3", "127.0.1.5"]), false);
+        assert_eq!(found.usable, ips(&["10.0.0.3"]));
+        assert_eq!(found.ignored[0].to_string(), "127.0.1.5 (loopback)");
         assert_eq!(
             parse_cidr_addr("::ffff:10.0.0.3"),
             Some("10.0.0.3".parse().unwrap())

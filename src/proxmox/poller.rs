@@ -2,19 +2,20 @@
 //! `GET /cluster/resources` per interval (guests and node states in one
 //! answer), and looks up IPs only for the guests routes need, only when
 //! their status changed or their IP is still unknown (backing off while a
-//! running guest offers no usable address).
+//! running guest offers no usable address: see docs/ARCHITECTURE.md).
 
 use super::cache::{match_name, normalize_key, ClusterCache};
 use super::client::PveClient;
 use super::discovery::discover_ips;
 use super::error::PveError;
+use super::net::{self, Addresses, Ignored};
 use super::types::{Guest, GuestStatus};
 use crate::admin::metrics::{LockLabel, NodeLabel};
 use crate::config::{GuestKey, GuestRef};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -27,6 +28,9 @@ const DISCOVERY_PARALLELISM: usize = 4;
 /// Guests scanned per cycle while a route names a guest by an IP nobody has
 /// yet: finding it needs each guest's config once.
 const IP_SCAN_PER_CYCLE: usize = 8;
+/// The longest wait between two lookups of a running guest that offers no
+/// usable address.
+const MAX_LOOKUP_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct PollerOptions {
@@ -52,6 +56,7 @@ impl Poller {
             nodes: RwLock::new(Vec::new()),
             polls: watch::channel(0).0,
             last_error: watch::channel(None).0,
+            reported: Mutex::new(HashMap::new()),
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(shared.clone(), options, cancel.clone()));
@@ -75,6 +80,9 @@ struct Shared {
     /// Count of successful polls.
     polls: watch::Sender<u64>,
     last_error: watch::Sender<Option<String>>,
+    /// What was last logged as ignored, per guest: logged again only when
+    /// it changes.
+    reported: Mutex<HashMap<u32, Vec<Ignored>>>,
 }
 
 /// Controls one cluster's poller; dropping it stops the task.
@@ -130,15 +138,20 @@ impl PollerHandle {
                 cluster: cluster.clone(),
                 vmid,
             })?;
-        let ips = match pin_of(&self.shared, &guest) {
-            Some(ip) => vec![ip],
+        let found = match pin_of(&self.shared, &guest) {
+            Some(ip) => Addresses::pinned(ip),
             None => discover_ips(&self.shared.client, &guest.node, guest.kind, vmid, true).await?,
         };
+        report_ignored(&self.shared, &guest, &found);
         Ok(self
             .shared
             .cache
-            .set_ips(&cluster, vmid, ips.clone())
-            .unwrap_or(Guest { ips, ..guest }))
+            .set_ips(&cluster, vmid, found.clone())
+            .unwrap_or(Guest {
+                ips: found.usable,
+                ignored_ips: found.ignored,
+                ..guest
+            }))
     }
 
     /// Node names from `/cluster/status`.
@@ -186,16 +199,30 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// What the loop remembers between cycles.
 #[derive(Default)]
 struct LoopState {
+    interval: Duration,
     /// Status each guest had when its IPs were last looked up.
     looked_up_at: HashMap<u32, GuestStatus>,
+    /// Running guests whose last lookup found no usable address: when to
+    /// ask again.
+    retry: HashMap<u32, Retry>,
     /// Start of the current outage, if the API is failing.
     outage_since: Option<Instant>,
     /// Locks shown in `drowsy_guest_locked`.
     locks: HashMap<u32, String>,
 }
 
+/// The back-off of one guest's lookups.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    at: Instant,
+    wait: Duration,
+}
+
 async fn run(shared: Arc<Shared>, options: PollerOptions, cancel: CancellationToken) {
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        interval: options.interval,
+        ..LoopState::default()
+    };
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -239,9 +266,11 @@ async fn poll_once(shared: &Shared, state: &mut LoopState) {
     shared.polls.send_modify(|n| *n += 1);
 }
 
-/// A needed-set change between polls: look up what is new, from the guests
-/// already in the cache.
+/// A needed-set change between polls (a reload, pins, tag routes): look up
+/// what is new, from the guests already in the cache. A changed config may
+/// fix what kept a guest without an address, so back-offs start over.
 async fn discover_only(shared: &Shared, state: &mut LoopState) {
+    state.retry.clear();
     let cluster = shared.client.cluster().clone();
     let guests: Vec<Guest> = shared
         .cache
@@ -328,7 +357,7 @@ fn observe_locks(shared: &Shared, state: &mut LoopState, guests: &[Guest]) {
 /// (also those set by an on-demand refresh meanwhile). A guest whose node
 /// is offline comes without a name (Proxmox has no fresh data for it): it
 /// keeps the one it had, so routes naming it still find it.
-fn merge(guests: Vec<Guest>, old: &[Guest], found: &HashMap<u32, Vec<IpAddr>>) -> Vec<Guest> {
+fn merge(guests: Vec<Guest>, old: &[Guest], found: &HashMap<u32, Addresses>) -> Vec<Guest> {
     let old: HashMap<u32, &Guest> = old.iter().map(|g| (g.vmid, g)).collect();
     guests
         .into_iter()
@@ -336,10 +365,12 @@ fn merge(guests: Vec<Guest>, old: &[Guest], found: &HashMap<u32, Vec<IpAddr>>) -
             if let Some(prev) = old.get(&g.vmid).filter(|_| g.name.is_empty()) {
                 g.name = prev.name.clone();
             }
-            g.ips = match (found.get(&g.vmid), old.get(&g.vmid)) {
-                (Some(ips), _) => ips.clone(),
-                (None, Some(prev)) if prev.kind == g.kind => prev.ips.clone(),
-                _ => Vec::new(),
+            (g.ips, g.ignored_ips) = match (found.get(&g.vmid), old.get(&g.vmid)) {
+                (Some(f), _) => (f.usable.clone(), f.ignored.clone()),
+                (None, Some(prev)) if prev.kind == g.kind => {
+                    (prev.ips.clone(), prev.ignored_ips.clone())
+                }
+                _ => (Vec::new(), Vec::new()),
             };
             g
         })
@@ -406,17 +437,23 @@ async fn discover(
     shared: &Shared,
     state: &mut LoopState,
     guests: &[Guest],
-) -> HashMap<u32, Vec<IpAddr>> {
+) -> HashMap<u32, Addresses> {
     let mut todo = due_for_lookup(shared, state, guests);
     let mut found = HashMap::new();
     todo.retain(|g| match pin_of(shared, g) {
         Some(ip) => {
             state.looked_up_at.insert(g.vmid, g.status.clone());
-            found.insert(g.vmid, vec![ip]);
+            state.retry.remove(&g.vmid);
+            found.insert(g.vmid, Addresses::pinned(ip));
             false
         }
         None => true,
     });
+    for g in &todo {
+        if state.looked_up_at.get(&g.vmid) != Some(&g.status) {
+            state.retry.remove(&g.vmid);
+        }
+    }
     for chunk in todo.chunks(DISCOVERY_PARALLELISM) {
         let lookups = chunk.iter().map(|g| async move {
             let r = discover_ips(
@@ -431,9 +468,11 @@ async fn discover(
         });
         for (g, result) in futures_util::future::join_all(lookups).await {
             match result {
-                Ok(ips) => {
+                Ok(addresses) => {
                     state.looked_up_at.insert(g.vmid, g.status.clone());
-                    found.insert(g.vmid, ips);
+                    report_ignored(shared, g, &addresses);
+                    back_off(state, g, &addresses);
+                    found.insert(g.vmid, addresses);
                 }
                 Err(e) => {
                     tracing::debug!(cluster = %g.cluster, vmid = g.vmid, error = %e, "IP lookup failed; retrying next cycle")
@@ -444,9 +483,60 @@ async fn discover(
     found
 }
 
+/// A running guest that offered no usable address is asked again after
+/// twice the last wait (from two poll intervals up to a minute), not on
+/// every cycle: with several such guests the lookups would outnumber the
+/// one poll per cycle many times over.
+fn back_off(state: &mut LoopState, g: &Guest, found: &Addresses) {
+    if !g.status.is_running() || !found.usable.is_empty() {
+        state.retry.remove(&g.vmid);
+        return;
+    }
+    let wait = state
+        .retry
+        .get(&g.vmid)
+        .map_or(state.interval * 2, |r| r.wait * 2)
+        .min(MAX_LOOKUP_BACKOFF);
+    state.retry.insert(
+        g.vmid,
+        Retry {
+            at: Instant::now() + wait,
+            wait,
+        },
+    );
+}
+
+/// Logs at warn, once until it changes, that a running guest offers only
+/// addresses drowsy does not use, and which; a guest that gets a usable
+/// one is forgotten.
+fn report_ignored(shared: &Shared, g: &Guest, found: &Addresses) {
+    let mut reported = shared.reported.lock().unwrap_or_else(|p| p.into_inner());
+    if !found.usable.is_empty() {
+        reported.remove(&g.vmid);
+        return;
+    }
+    if !g.status.is_running()
+        || found.ignored.is_empty()
+        || reported.get(&g.vmid) == Some(&found.ignored)
+    {
+        return;
+    }
+    reported.insert(g.vmid, found.ignored.clone());
+    let ignored = net::ignored_list(&found.ignored);
+    tracing::warn!(
+        cluster = %g.cluster,
+        vmid = g.vmid,
+        guest = %g.name,
+        ignored = %ignored,
+        "the guest runs but offers no address drowsy may use; give it a LAN address or set the route's address:"
+    );
+}
+
 /// The needed guests whose status changed since their last lookup, or that
-/// run without a known IP (DHCP lease or guest agent not there yet).
+/// run without a known IP (DHCP lease or guest agent not there yet) and are
+/// not backing off.
 fn due_for_lookup<'a>(shared: &Shared, state: &LoopState, guests: &'a [Guest]) -> Vec<&'a Guest> {
+    let now = Instant::now();
     let needed = read(&shared.needed).clone();
     let cluster = shared.client.cluster();
     let known = shared.cache.snapshot();
@@ -466,7 +556,9 @@ fn due_for_lookup<'a>(shared: &Shared, state: &LoopState, guests: &'a [Guest]) -
         unresolved_ip |= matches.is_empty() && matches!(normalize_key(&r.key), GuestKey::Ip(_));
         for g in matches {
             let stale = state.looked_up_at.get(&g.vmid) != Some(&g.status);
-            let unknown = g.status.is_running() && ips_of(g).is_empty();
+            let unknown = g.status.is_running()
+                && ips_of(g).is_empty()
+                && state.retry.get(&g.vmid).is_none_or(|r| now >= r.at);
             let repinned = pin_of(shared, g).is_some_and(|ip| ips_of(g) != [ip]);
             if (stale || unknown || repinned) && !due.iter().any(|d| d.vmid == g.vmid) {
                 due.push(g);

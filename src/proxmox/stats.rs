@@ -325,6 +325,7 @@ mod tests {
             status,
             tags: vec![],
             ips: vec![],
+            ignored_ips: vec![],
             template: false,
             ha: false,
             lock: None,

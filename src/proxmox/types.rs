@@ -91,6 +91,9 @@ pub struct Guest {
     pub tags: Vec<String>,
     /// Known IPs, best first (see [`super::net`]); empty when unknown.
     pub ips: Vec<IpAddr>,
+    /// Addresses the guest reported that drowsy does not use, with the
+    /// reason (shown while it has no usable one).
+    pub ignored_ips: Vec<super::net::Ignored>,
     pub template: bool,
     /// The config's `lock` while an operation holds the guest (`backup`,
     /// `migrate`, `snapshot`, ...): Proxmox refuses power actions then.
@@ -172,6 +175,7 @@ impl Guest {
             status: GuestStatus::from_api(status),
             tags: parse_tags(r.get("tags").and_then(Value::as_str).unwrap_or("")),
             ips: Vec::new(),
+            ignored_ips: Vec::new(),
             template: r.get("template").map(truthy).unwrap_or(false),
             lock: r
                 .get("lock")

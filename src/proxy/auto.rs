@@ -219,6 +219,7 @@ mod tests {
             status: GuestStatus::Stopped,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             ips: vec![],
+            ignored_ips: vec![],
             template: false,
             ha: false,
             lock: None,

@@ -486,13 +486,17 @@ pub fn guest_ip(shared: &Shared, id: &GuestId) -> Result<IpAddr, Unavailable> {
         ));
     }
     guest.ips.first().copied().ok_or_else(|| {
-        Unavailable::new(
-            "the guest's address is not known yet",
-            format!(
-                "guest {} ({}) is running but its IP address is not known yet",
-                guest.name,
-                guest.label()
-            ),
-        )
+        let mut detail = format!(
+            "guest {} ({}) is running but its IP address is not known yet",
+            guest.name,
+            guest.label()
+        );
+        if !guest.ignored_ips.is_empty() {
+            detail.push_str(&format!(
+                ": it offers only {}, which drowsy does not use",
+                crate::proxmox::net::ignored_list(&guest.ignored_ips)
+            ));
+        }
+        Unavailable::new("the guest's address is not known yet", detail)
     })
 }

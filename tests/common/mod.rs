@@ -455,6 +455,23 @@ impl SimEnv {
     }
 }
 
+/// `drowsy run --config PATH` as a child process logging JSON lines at
+/// info to the returned pipe.
+pub fn run_with_json_logs(
+    path: &std::path::Path,
+) -> (std::process::Child, std::process::ChildStderr) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drowsy"))
+        .args(["run", "--config"])
+        .arg(path)
+        .args(["--log-format", "json", "--log-level", "info"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run drowsy");
+    let stderr = child.stderr.take().expect("stderr");
+    (child, stderr)
+}
+
 /// A config with HTTP and admin on loopback, this simulator, `defaults`
 /// and `routes` (YAML already indented).
 pub fn config(env: &SimEnv, defaults: &str, routes: &str) -> String {
