@@ -15,25 +15,24 @@
 //! by vmid without sleep settings), a TCP route, and shutdowns that take
 //! hundreds of milliseconds, with every stop method.
 
+mod support;
+
 use bytes::Bytes;
-use drowsy::sim::{GuestSpec, Sim, SimOptions, TOKEN_ID, TOKEN_SECRET};
+use drowsy::sim::{GuestSpec, TOKEN_ID, TOKEN_SECRET};
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Args {
     seconds: u64,
@@ -49,9 +48,7 @@ fn args() -> Result<Args, Error> {
         reload_every: Duration::from_millis(3000),
         drowsy: PathBuf::from("target/release/drowsy"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let v = it.next().ok_or(format!("{k} needs a value"))?;
+    for (k, v) in option_pairs()? {
         match k.as_str() {
             "--seconds" => a.seconds = v.parse()?,
             "--clients" => a.clients = v.parse()?,
@@ -61,12 +58,6 @@ fn args() -> Result<Args, Error> {
         }
     }
     Ok(a)
-}
-
-fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The soak's guests: (spec, route name, stop method).
@@ -135,16 +126,6 @@ fn guests() -> Vec<(GuestSpec, &'static str, &'static str)> {
     ]
 }
 
-struct Env {
-    sim: Sim,
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    ports: BTreeMap<u32, u16>,
-    http: u16,
-    admin: u16,
-    tcp: u16,
-}
-
 fn config(env: &Env, idle_ms: u64, round: u64) -> String {
     let mut y = format!(
         "listen:\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:{}\n  shutdown_timeout: 2s\nproxmox:\n  - name: home\n    url: {}\n    token_id: {TOKEN_ID}\n    token_secret: {TOKEN_SECRET}\n    ca_file: {}\n    insecure_loopback_guests: true\n    poll_interval: 200ms\n    request_timeout: 2s\ndefaults:\n  idle_timeout: {idle_ms}ms\n  wake_timeout: 30s\n  wake_retry_after: 1s\n  loading_page: never\nroutes:\n",
@@ -202,49 +183,6 @@ const HOSTS: [&str; 7] = [
     "api-id.soak",
 ];
 
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    lost: AtomicU64,
-    websockets: AtomicU64,
-    tcp: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    fn lose(&self, what: String) {
-        self.lost.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut f) = self.failures.lock() {
-            if f.len() < 20 {
-                f.push(what);
-            }
-        }
-    }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-async fn http_once(
-    client: &HttpClient,
-    addr: SocketAddr,
-    host: &str,
-    method: &str,
-    path: &str,
-    body: Bytes,
-) -> Result<(StatusCode, Bytes), Error> {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", host)
-        .body(Full::new(body))?;
-    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req)).await??;
-    let status = resp.status();
-    let body = tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect())
-        .await??
-        .to_bytes();
-    Ok((status, body))
-}
-
 async fn websocket(addr: SocketAddr, host: &str, hold: Duration) -> Result<(), Error> {
     let stream = TcpStream::connect(addr).await?;
     let (mut ws, _) = tokio::time::timeout(
@@ -292,13 +230,7 @@ async fn client_loop(
 ) {
     let (http, tcp) = *env;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (id as u64 + 1);
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rand = rand_for(0x9e37_79b9_7f4a_7c15, id);
     while Instant::now() < until {
         let host = HOSTS[rand(HOSTS.len() as u64) as usize];
         let pick = rand(100);
@@ -382,60 +314,6 @@ async fn cpu_share(pid: u32, window: Duration) -> Result<f64, Error> {
     Ok((cpu_of(pid)? - c0).as_secs_f64() / t0.elapsed().as_secs_f64())
 }
 
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn metrics(admin: SocketAddr) -> Result<String, Error> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let (_, body) = http_once(
-        &client,
-        admin,
-        &admin.to_string(),
-        "GET",
-        "/metrics",
-        Bytes::new(),
-    )
-    .await?;
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_drowsy(bin: &Path, config: &Path) -> Result<Proc, Error> {
-    let child = Command::new(bin)
-        .arg("--log-level")
-        .arg("warn")
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    Ok(Proc(child))
-}
-
-async fn wait_listening(addr: SocketAddr) -> Result<(), Error> {
-    let until = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > until {
-            return Err(format!("drowsy never listened on {addr}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 fn sighup(pid: u32) -> Result<(), Error> {
     let status = Command::new("kill")
         .arg("-HUP")
@@ -445,35 +323,6 @@ fn sighup(pid: u32) -> Result<(), Error> {
         return Err("kill -HUP failed".into());
     }
     Ok(())
-}
-
-async fn start_env(guests: Vec<GuestSpec>) -> Result<Env, Error> {
-    let mut ports = BTreeMap::new();
-    let mut specs = Vec::new();
-    for mut g in guests {
-        g.port = free_port()?;
-        ports.insert(g.vmid, g.port);
-        specs.push(g);
-    }
-    let sim = Sim::start(SimOptions {
-        guests: specs,
-        resources_refresh: Duration::from_millis(500),
-        task_delay: Duration::from_millis(30),
-        ..Default::default()
-    })
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("ca.pem");
-    sim.write_ca(&ca)?;
-    Ok(Env {
-        sim,
-        dir,
-        ca,
-        ports,
-        http: free_port()?,
-        admin: free_port()?,
-        tcp: free_port()?,
-    })
 }
 
 async fn soak(a: &Args) -> Result<(), Error> {

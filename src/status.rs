@@ -382,6 +382,9 @@ fn note(r: &serde_json::Value) -> Option<String> {
     if let Some(cause) = r["cause"].as_str() {
         parts.push(cause.to_string());
     }
+    if let Some(warning) = r["warning"].as_str() {
+        parts.push(warning.to_string());
+    }
     if let Some(busy) = r["busy"].as_str() {
         parts.push(format!("busy: {busy}"));
     }

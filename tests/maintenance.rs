@@ -367,6 +367,17 @@ async fn hibernate_suspends_a_vm_to_disk_and_resumes_it() {
     assert_eq!(d.gate("wiki").state(), GuestState::Running);
     assert_eq!(env.sim.calls(LXC_SHUTDOWN), 0);
     assert!(env.sim.refused_power_calls().is_empty());
+    // The admin API (and so `drowsy status`) says why.
+    let admin = d.running.admin_addr.expect("admin");
+    let (_, _, body) = get(admin, "localhost", "/api/routes").await;
+    let v = json_of(&body);
+    assert!(
+        v["wiki"]["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("hibernate needs a QEMU VM")),
+        "{v}"
+    );
+    assert!(v["media"]["warning"].is_null(), "{v}");
 }
 
 // vzdump in stop mode shuts the guest down and starts it again: drowsy

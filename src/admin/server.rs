@@ -373,6 +373,17 @@ fn ignored_json(state: &AdminState, id: &GuestId) -> serde_json::Value {
     }
 }
 
+/// A sleep setting that cannot work for the guest it names (shown in
+/// `drowsy status`).
+fn settings_warning(
+    state: &AdminState,
+    id: &GuestId,
+    method: crate::config::StopMethod,
+) -> Option<&'static str> {
+    let guest = state.clusters.as_ref()?.cache.get(&id.cluster, id.vmid)?;
+    method.unfit_for(guest.kind)
+}
+
 /// `GET /api/routes`: every route with its guest's state.
 fn routes_json(
     state: &AdminState,
@@ -405,6 +416,7 @@ fn routes_json(
             "cause": serde_json::Value::Null,
             "busy": serde_json::Value::Null,
             "ignored": [],
+            "warning": serde_json::Value::Null,
         });
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
@@ -437,6 +449,7 @@ fn routes_json(
             v["cause"] = g.cause.into();
             v["busy"] = g.busy.into();
             v["cluster"] = cluster_json(usage, &gate.id);
+            v["warning"] = settings_warning(state, &gate.id, gate.settings().stop_method).into();
             let h = gate.history_view();
             v["wake_p50_ms"] = h.wake_p50_ms.into();
             v["wake_p95_ms"] = h.wake_p95_ms.into();

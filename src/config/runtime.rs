@@ -379,6 +379,17 @@ pub enum StopMethod {
     Hibernate,
 }
 
+impl StopMethod {
+    /// Why this method cannot put a guest of this kind to sleep: Proxmox
+    /// suspends only QEMU VMs to disk. The config names a guest without its
+    /// kind, so this is known only once the cluster has been read.
+    pub fn unfit_for(self, kind: crate::proxmox::GuestKind) -> Option<&'static str> {
+        (self == StopMethod::Hibernate && kind == crate::proxmox::GuestKind::Lxc).then_some(
+            "stop_method hibernate needs a QEMU VM (a container cannot be suspended to disk): this guest is not put to sleep; use shutdown or suspend for it",
+        )
+    }
+}
+
 /// Rates above which a guest counts as used without any request through
 /// drowsy (docs/ARCHITECTURE.md, "Backups, migrations and maintenance").
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -769,14 +769,13 @@ impl Owner {
     /// per sleep). A held guest is left alone until the hold ends.
     async fn may_stop(&mut self) -> Result<(), String> {
         let guest = self.find_guest()?;
-        let hibernate = self.gate.gate_settings().sleep.stop_method == StopMethod::Hibernate;
-        if hibernate && guest.kind == crate::proxmox::GuestKind::Lxc {
+        let method = self.gate.gate_settings().sleep.stop_method;
+        if let Some(why) = method.unfit_for(guest.kind) {
             self.gate.activity.touch();
-            let why = "stop_method hibernate needs a QEMU VM (a container cannot be suspended to disk): this guest is not put to sleep; use shutdown or suspend for it".to_string();
             if !std::mem::replace(&mut self.hibernate_warned, true) {
                 tracing::warn!(route = %self.gate.label(), guest = %guest.label(), "{why}");
             }
-            return Err(why);
+            return Err(why.to_string());
         }
         let blocker = match self.cached_blocker(&guest) {
             Some(b) => Some(b),
