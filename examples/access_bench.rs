@@ -1,4 +1,4 @@
-//! What access control costs on the warm path (DESIGN.md §11): requests
+//! What access control costs on the warm path (README.md, "Who can reach and wake a guest"): requests
 //! through drowsy to one loopback backend, by routes that differ only in
 //! their `access` list, measured side by side in one run and shown as a
 //! ratio to the route without policies.

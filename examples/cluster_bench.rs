@@ -1,4 +1,4 @@
-//! What sharing guests through Redis costs (DESIGN.md §13): Redis round
+//! What sharing guests through Redis costs (README.md, "Running two instances"): Redis round
 //! trips on the warm path (requests while this instance's claim is held)
 //! and per idle→busy edge, and the latency an edge adds. One drowsy in
 //! this process with `cluster:`, a real redis-server child, the simulated

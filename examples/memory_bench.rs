@@ -1,5 +1,5 @@
 //! How much memory a few hostile HTTP/2 clients can make a drowsy binary
-//! hold (DESIGN.md §9; bench/README.md, "Front door: memory").
+//! hold (bench/README.md, "Front door: memory").
 //!
 //! `memory_bench DROWSY [CONNS] [STREAMS] [-- EXTRA_LISTEN_YAML]`
 //!

@@ -1,4 +1,4 @@
-//! Proxmox poll cost against cluster size (DESIGN.md §6 and §8).
+//! Proxmox poll cost against cluster size (bench/README.md).
 //!
 //! ```text
 //! cargo run --release --example poll_cost -- [--sizes 10,100,1000,5000]

@@ -1,4 +1,4 @@
-//! Benchmarks of the idle gate (DESIGN.md §5, §8), against the simulated
+//! Benchmarks of the idle gate (README.md, "Sleeping and waking"; bench/README.md), against the simulated
 //! cluster, loopback only:
 //!
 //! - `overhead [N] [BOOT_MS]`: time to first byte of a request to a sleeping

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §2).
+//! The command line (README.md, "Commands").
 
 use crate::app::Running;
 use crate::config::{self, Config, PveAuth, Target};
@@ -286,7 +286,7 @@ pub fn summary(cfg: &Config) -> String {
     out
 }
 
-/// Settings that work but weaken the front door (DESIGN.md §4, §9).
+/// Settings that work but weaken the front door (README.md, "Exposing drowsy to the internet").
 fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(admin) = cfg.listen.admin {
@@ -405,7 +405,7 @@ async fn serve(cfg: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP reloads the config file (DESIGN.md §2).
+/// SIGHUP reloads the config file (README.md, "Commands").
 fn reload_on_sighup(running: std::sync::Arc<Running>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {

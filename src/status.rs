@@ -1,5 +1,5 @@
 //! `drowsy status`, `certs`, `health`, `wake` and `sleep`: small clients of the
-//! admin API. They call it the way DESIGN.md §4 asks: state changes as
+//! admin API. They call it the way README.md, "Admin API and metrics", asks: state changes as
 //! `POST` with a JSON body, and the bearer token from `DROWSY_ADMIN_TOKEN`
 //! when one is set.
 

@@ -1,4 +1,4 @@
-//! Access before wake (DESIGN.md §11) end to end: real clients bound to
+//! Access before wake (README.md, "Who can reach and wake a guest") end to end: real clients bound to
 //! distinct loopback addresses (127.0.0.2, 127.0.0.3, ...), a real auth
 //! server that follows Authelia's forward-auth contract, the simulated
 //! cluster counting start calls, and the guest echoing what reached it.

@@ -15,7 +15,7 @@ fn config(env: &SimEnv, routes: &str) -> String {
     )
 }
 
-/// A state-changing call the way DESIGN.md §4 asks for one.
+/// A state-changing call the way README.md, "Admin API and metrics", asks for one.
 async fn post(addr: std::net::SocketAddr, path: &str) -> (StatusCode, bytes::Bytes) {
     let req = Request::post(path)
         .header("host", "localhost")

@@ -396,7 +396,7 @@ fn a_valid_cluster_is_summarized_without_its_password() {
     assert!(!out.contains("hunter2"), "{out}");
 }
 
-// --- access (DESIGN.md §11) ---
+// --- access (README.md, "Who can reach and wake a guest") ---
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))

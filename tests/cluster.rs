@@ -1,4 +1,4 @@
-//! Several drowsy instances in front of the same guests (DESIGN.md §13):
+//! Several drowsy instances in front of the same guests (README.md, "Running two instances"):
 //! two or three instances against one simulated cluster and a real
 //! redis-server started by the test.
 

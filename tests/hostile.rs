@@ -1,4 +1,4 @@
-//! The front door (DESIGN.md §9): what a hostile client can send or
+//! The front door (README.md, "Exposing drowsy to the internet"): what a hostile client can send or
 //! withhold must neither take drowsy down nor reach a backend it should
 //! not. Every test uses real sockets against a running drowsy.
 

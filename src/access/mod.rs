@@ -1,4 +1,4 @@
-//! Access before wake (DESIGN.md §11): who may reach a route, and who may
+//! Access before wake (README.md, "Who can reach and wake a guest"): who may reach a route, and who may
 //! start its sleeping guest. Runs between the router and the idle gate, so
 //! a refused request never reaches the gate, never counts as use and never
 //! calls the Proxmox API.

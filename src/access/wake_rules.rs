@@ -1,4 +1,4 @@
-//! Wake rules (DESIGN.md §11): who may *start* a sleeping guest. A request
+//! Wake rules (README.md, "Who can reach and wake a guest"): who may *start* a sleeping guest. A request
 //! that passed the access policies may always be forwarded to a guest that
 //! runs, and may join a wake already under way; only starting one is
 //! restricted. The gate asks [`WakeCheck::may_start`] at the moment it

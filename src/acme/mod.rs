@@ -1,4 +1,4 @@
-//! Automatic HTTPS (DESIGN.md §10): certificates from any ACME CA.
+//! Automatic HTTPS (README.md, "Automatic HTTPS"): certificates from any ACME CA.
 //!
 //! Beside the data path like the Proxmox client: the proxy only reads
 //! [`Hooks`] (certificates by name for the SNI resolver, pending HTTP-01

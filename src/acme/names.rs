@@ -1,4 +1,4 @@
-//! Which names get certificates (DESIGN.md §10): the explicit
+//! Which names get certificates (README.md, "Automatic HTTPS"): the explicit
 //! `acme.certificates` groups, else every exact route host that no
 //! `tls.certificates` entry covers. Names a CA cannot issue for are skipped.
 

@@ -1,4 +1,4 @@
-//! The dashboard (admin `GET /`, DESIGN.md §12): one self-contained page
+//! The dashboard (admin `GET /`, README.md, "Seeing your guests: dashboard, stats, logs"): one self-contained page
 //! with every route: its guest's state, use, wake times, share of the last
 //! day asleep, CPU and memory, wake/sleep buttons and a link to the
 //! guest's journal. Rendered on the server (so it works without

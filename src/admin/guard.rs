@@ -1,4 +1,4 @@
-//! Who may call the admin API (DESIGN.md §4). The API can stop guests, so
+//! Who may call the admin API (README.md, "Admin API and metrics"). The API can stop guests, so
 //! it must never be reachable from a web page by accident:
 //!
 //! - A `Host` that is not a loopback name or the address the connection

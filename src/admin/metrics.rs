@@ -1,4 +1,4 @@
-//! The Prometheus metrics of DESIGN.md §4, created once and shared (Arc) by
+//! The Prometheus metrics of README.md, "Admin API and metrics", created once and shared (Arc) by
 //! every part that records something. Families are keyed by small label
 //! structs so the text output keeps the documented label names.
 

@@ -1,4 +1,4 @@
-//! The stop fence across instances (DESIGN.md §13). It is the pattern of
+//! The stop fence across instances (README.md, "Running two instances"). It is the pattern of
 //! the local fence (`idle/fence.rs`) with Redis in place of memory, each
 //! command a linearizable step:
 //!

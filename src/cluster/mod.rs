@@ -1,4 +1,4 @@
-//! Several drowsy instances in front of the same guests (DESIGN.md §13).
+//! Several drowsy instances in front of the same guests (README.md, "Running two instances").
 //!
 //! Instances share small, expiring facts through Redis or Valkey: each
 //! one's use of each guest, a stop marker with a lease, and a stop counter

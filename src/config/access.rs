@@ -1,4 +1,4 @@
-//! Typed settings of access control (DESIGN.md §11): the named policies,
+//! Typed settings of access control (README.md, "Who can reach and wake a guest"): the named policies,
 //! and what each route asks of them. Built by validation; the access
 //! engine (`crate::access`) turns them into live checks.
 

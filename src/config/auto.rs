@@ -1,4 +1,4 @@
-//! `auto_routes:` as written (DESIGN.md §12): the opt-in tag and domain,
+//! `auto_routes:` as written (README.md, "Routes from Proxmox tags"): the opt-in tag and domain,
 //! and any per-route key as the defaults of the routes it makes. The
 //! per-route keys are read by the very schema of a route, so every key a
 //! route accepts is accepted here too, and a typo is an error the same way.

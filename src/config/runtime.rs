@@ -60,7 +60,7 @@ pub struct Config {
     pub auto_routes: Option<AutoRoutes>,
 }
 
-/// `cluster:` (DESIGN.md §13), validated.
+/// `cluster:` (README.md, "Running two instances"), validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterSettings {
     /// `rediss://` (TLS) rather than `redis://`.
@@ -96,7 +96,7 @@ impl ClusterSettings {
     }
 }
 
-/// `auto_routes:` (DESIGN.md §12), validated: which guests get a route,
+/// `auto_routes:` (README.md, "Routes from Proxmox tags"), validated: which guests get a route,
 /// and what every such route starts from.
 #[derive(Clone, Debug)]
 pub struct AutoRoutes {
@@ -238,7 +238,7 @@ impl Scheme {
     }
 }
 
-/// How a route names its guest (DESIGN.md §3, §6 reverse lookup).
+/// How a route names its guest (README.md, "`routes`"; found by IP through the cluster cache).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum GuestKey {
     Vmid(u32),
@@ -325,7 +325,7 @@ pub struct RouteSettings {
     pub sleep: Option<SleepSettings>,
     pub depends_on: Vec<Arc<str>>,
     pub no_wake: NoWake,
-    /// Access policies, wake rules and header rules (DESIGN.md §11).
+    /// Access policies, wake rules and header rules (README.md, "Who can reach and wake a guest").
     pub access: super::RouteAccess,
     /// Made from a Proxmox tag (`auto_routes`) rather than written in the
     /// file.
@@ -445,7 +445,7 @@ impl Target {
     }
 }
 
-/// `acme:` (DESIGN.md §10), validated.
+/// `acme:` (README.md, "Automatic HTTPS"), validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AcmeSettings {
     /// Contact address given to the CA (without `mailto:`).

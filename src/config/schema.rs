@@ -1,4 +1,4 @@
-//! The YAML schema as written by users (DESIGN.md §3). These structs only
+//! The YAML schema as written by users (README.md, "Configuration"). These structs only
 //! mirror the file; `validate` turns them into the typed runtime settings.
 //! Every struct denies unknown keys so a typo is an error, not a silent
 //! default.
@@ -25,13 +25,13 @@ pub struct RawConfig {
     pub watch: bool,
     pub acme: Option<RawAcme>,
     pub cluster: Option<RawCluster>,
-    /// Named access policies (DESIGN.md §11), in file order.
+    /// Named access policies (README.md, "Who can reach and wake a guest"), in file order.
     #[serde(default)]
     pub access: Policies,
     pub auto_routes: Option<super::auto::RawAutoRoutes>,
 }
 
-/// `cluster:` (DESIGN.md §13): several drowsy instances sharing use and
+/// `cluster:` (README.md, "Running two instances"): several drowsy instances sharing use and
 /// stop decisions through Redis or Valkey.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +106,7 @@ pub struct RawProxmox {
     pub request_timeout: Option<DurationSetting>,
 }
 
-/// `acme:` (DESIGN.md §10): automatic certificates from an ACME CA.
+/// `acme:` (README.md, "Automatic HTTPS"): automatic certificates from an ACME CA.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAcme {

@@ -809,7 +809,7 @@ fn guest_level(s: &SleepSettings) -> impl PartialEq + std::fmt::Debug {
     )
 }
 
-/// Routes that name one guest share its gate (DESIGN.md §5): their
+/// Routes that name one guest share its gate (README.md, "Sleeping and waking"): their
 /// guest-level sleep settings must agree. Names that only Proxmox can tell
 /// apart (a name and a vmid of the same guest) are checked at run time.
 fn check_shared_guests(ctx: &mut Ctx, routes: &[RouteSettings], clusters: &[ProxmoxSettings]) {

@@ -1,4 +1,4 @@
-//! Use accounting (DESIGN.md §5: use is counted by connection). Every
+//! Use accounting (README.md, "Sleeping and waking": use is counted by connection). Every
 //! proxied request, upgraded connection and TCP stream holds a guard; the
 //! guest is idle when no guard is held and the last one was dropped
 //! `idle_timeout` ago. Only atomics on this path.

@@ -38,7 +38,7 @@ pub const EVENTS_PATH: &str = "/.drowsy/events";
 
 /// What anonymous visitors learn about a failed wake. The reason itself
 /// (Proxmox errors naming URLs, tokens, ACL paths, nodes and vmids) goes to
-/// the log and the admin API only (DESIGN.md §9).
+/// the log and the admin API only (README.md, "Exposing drowsy to the internet").
 pub const PUBLIC_WAKE_FAILURE: &str = "the service did not come up";
 /// How long a request of a running guest waits for this instance's claim
 /// before it is treated like one that waits for a wake.
@@ -180,7 +180,7 @@ pub async fn admit<B>(
             &guest_policy
         }
     };
-    // Wake rules (DESIGN.md §11) decide only whether this request may
+    // Wake rules (README.md, "Who can reach and wake a guest") decide only whether this request may
     // start the guest: joining a wake under way, or learning that the last
     // one failed, starts nothing.
     let start = match starts(gate, wake) {
@@ -205,7 +205,7 @@ pub async fn admit<B>(
             gate.request_wake();
         }
         let history = gate.history_view();
-        // A public reason only, never the internal one (DESIGN.md §9).
+        // A public reason only, never the internal one (README.md, "Exposing drowsy to the internet").
         let cause = gate.public_cause();
         let error = gate
             .backoff_error()

@@ -1,5 +1,5 @@
 //! The answer for a request that finds its guest asleep and may not wake
-//! it (DESIGN.md §11, wake rules): 503 with `Retry-After`; browsers get a
+//! it (README.md, "Who can reach and wake a guest", wake rules): 503 with `Retry-After`; browsers get a
 //! small page that says the service is asleep (not "waking", since this
 //! visit starts nothing) and looks again later.
 

@@ -14,7 +14,7 @@
 //! - Dependent vs dependency: a dependent moves to `starting`, then reads
 //!   its dependency's state; the dependency moves to `stopping`, then reads
 //!   its dependents' states.
-//! - Request vs claim release (several instances, DESIGN.md §13): a request
+//! - Request vs claim release (several instances, README.md, "Running two instances"): a request
 //!   counts itself, then reads whether this instance's use is claimed in
 //!   the shared store; the publisher takes the claim back, then reads the
 //!   count (and whether a dependent is awake) before it tells the other

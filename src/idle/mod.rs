@@ -1,4 +1,4 @@
-//! The idle gate (DESIGN.md §5), between the router and the forwarder: per
+//! The idle gate (README.md, "Sleeping and waking"), between the router and the forwarder: per
 //! guest, use accounting, single-flight wake, readiness probing, holding
 //! requests, the loading page, and putting idle guests to sleep.
 //!

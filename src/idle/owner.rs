@@ -155,7 +155,7 @@ impl Owner {
 
     /// At startup (and while the cache has not shown the guest): take the
     /// guest's state from the cache, starting or stopping nothing
-    /// (DESIGN.md §5).
+    /// (README.md, "Sleeping and waking").
     fn adopt_from_cache(&mut self) {
         if self.gate.state() != GuestState::Unknown {
             return;

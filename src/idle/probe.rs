@@ -1,4 +1,4 @@
-//! Readiness is the backend answering (DESIGN.md §5): after the start task,
+//! Readiness is the backend answering (README.md, "Sleeping and waking"): after the start task,
 //! connect to the backend address until it accepts. When the probes come
 //! follows the guest's own history: sparse early in the boot, dense (every
 //! few milliseconds) around the times it came up before, and backing off

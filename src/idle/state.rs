@@ -1,4 +1,4 @@
-//! Guest states (DESIGN.md §5) and the progress events a wake publishes.
+//! Guest states (README.md, "Sleeping and waking") and the progress events a wake publishes.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! A guest's journal (DESIGN.md §12). LXC: through the node's terminal
+//! A guest's journal (README.md, "Seeing your guests: dashboard, stats, logs"). LXC: through the node's terminal
 //! (see `termproxy`), typing `pct exec VMID -- journalctl ...` into a root
 //! shell and cutting the journal out of what the shell prints (its banner,
 //! prompt and the echo of the command around it) between two markers.

@@ -1,6 +1,6 @@
 //! Proxmox VE: API client (auth, TLS, envelope and errors), guest types,
 //! the poller that keeps the cluster cache current, reverse lookup, IP
-//! discovery and guest power actions with task waiting (DESIGN.md §6).
+//! discovery and guest power actions with task waiting (README.md, "`proxmox`").
 //!
 //! Privileges the token or user needs (on `/`, or on `/vms/{vmid}` per
 //! guest): `VM.Audit` (resources, config, interfaces), `VM.PowerMgmt`

@@ -1,4 +1,4 @@
-//! Routes from Proxmox tags (`auto_routes`, DESIGN.md §12): every guest
+//! Routes from Proxmox tags (`auto_routes`, README.md, "Routes from Proxmox tags"): every guest
 //! carrying the opt-in tag gets a route `<guest name>.<domain>` to its port.
 //! Computed from the cluster cache alone (tags come with the poller's one
 //! `/cluster/resources` call), then applied through the same

@@ -1,6 +1,6 @@
 //! Entrypoints: accept TCP connections within the connection limits, do
 //! the TLS handshake, tell HTTP/1 from HTTP/2 by the first bytes, and serve
-//! the connection with a deadline at every stage (DESIGN.md §9):
+//! the connection with a deadline at every stage (README.md, "Exposing drowsy to the internet"):
 //!
 //! - first bytes and each HTTP/1 request head: `header_read_timeout`;
 //! - TLS handshake: `tls_handshake_timeout`;

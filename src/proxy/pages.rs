@@ -1,5 +1,5 @@
 //! Short plain-text responses drowsy writes itself (errors, not-found).
-//! They name the route at most, never internals (DESIGN.md §9): the
+//! They name the route at most, never internals (README.md, "Exposing drowsy to the internet"): the
 //! details go to the log and the admin API.
 
 use super::body::RespBody;

@@ -65,7 +65,7 @@ pub async fn handle(
         )
     });
     let table = shared.table.load();
-    // Who the client is, once (DESIGN.md §11): every check, the access log
+    // Who the client is, once (README.md, "Who can reach and wake a guest"): every check, the access log
     // and the backend's X-Real-IP use this one address.
     let trusted = table.is_trusted(conn.peer.ip());
     let client = match trusted {
@@ -312,7 +312,7 @@ struct Origin<'a> {
     conn: &'a Arc<ConnInfo>,
 }
 
-/// Access policies first (DESIGN.md §11): a refused request never reaches
+/// Access policies first (README.md, "Who can reach and wake a guest"): a refused request never reaches
 /// the gate. The route's response headers go on every answer.
 async fn dispatch(
     shared: &Shared,

@@ -77,7 +77,7 @@ async fn connection(
     let Some(binding) = &route.binding else {
         return Err("not a guest route".into());
     };
-    // Access before wake, as for HTTP routes (DESIGN.md §11).
+    // Access before wake, as for HTTP routes (README.md, "Who can reach and wake a guest").
     let client_ip = client.peer_addr().map(|a| a.ip().to_canonical()).ok();
     let rules = route.access.as_deref();
     if let (Some(rules), Some(ip)) = (rules, client_ip) {

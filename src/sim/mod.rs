@@ -1,7 +1,7 @@
 //! A simulated Proxmox VE cluster: an API look-alike over HTTPS plus guests
 //! that are real servers on loopback addresses.
 //!
-//! It behaves like PVE where drowsy depends on it (see DESIGN.md §7) and is
+//! It behaves like PVE where drowsy depends on it (see docs/ARCHITECTURE.md) and is
 //! written without any of drowsy's own Proxmox client code, so a misreading
 //! of the API shows up as a failing test instead of being mirrored.
 //!

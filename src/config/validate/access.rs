@@ -1,5 +1,5 @@
 //! Validation of `access:` policies and of what routes ask of them
-//! (DESIGN.md §11): policy names, CIDRs, htpasswd files line by line,
+//! (README.md, "Who can reach and wake a guest"): policy names, CIDRs, htpasswd files line by line,
 //! forward_auth URLs, rates and header rules. A child of `validate` so it
 //! shares its helpers.
 

@@ -1,4 +1,4 @@
-//! Validation of `acme:` (DESIGN.md §10) and its conversion into
+//! Validation of `acme:` (README.md, "Automatic HTTPS") and its conversion into
 //! [`AcmeSettings`]. A child of `validate` so it shares its helpers.
 
 use super::super::values::EnvString;

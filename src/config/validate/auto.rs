@@ -1,4 +1,4 @@
-//! `auto_routes:` (DESIGN.md §12): checked once, turned into the template
+//! `auto_routes:` (README.md, "Routes from Proxmox tags"): checked once, turned into the template
 //! every route made from a Proxmox tag starts from.
 
 use super::super::auto::RawAutoRoutes;

@@ -1,4 +1,4 @@
-//! Validation of `cluster:` (DESIGN.md §13) and its conversion into
+//! Validation of `cluster:` (README.md, "Running two instances") and its conversion into
 //! [`ClusterSettings`]. A child of `validate` so it shares its helpers.
 
 use super::*;
