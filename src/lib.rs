@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod idle;
 pub mod logging;
 pub mod logs;

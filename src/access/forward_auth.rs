@@ -10,8 +10,12 @@
 
 use super::Who;
 use crate::config::ForwardAuthSettings;
+use crate::http::fields::{
+    rule_of, Rule, PROXY_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    X_REAL_IP,
+};
 use crate::proxy::body::RespBody;
-use crate::proxy::forward::headers::{connection_named, is_hop_by_hop, is_spoofable};
+use crate::proxy::forward::headers::connection_named;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -37,11 +41,7 @@ pub enum Verdict {
 }
 
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 impl ForwardAuth {
     pub fn new(settings: Arc<ForwardAuthSettings>) -> Result<Self, String> {
@@ -192,16 +192,14 @@ impl ForwardAuth {
 /// judge another URL than the one requested). Names with `_` are dropped
 /// as on the way to backends.
 fn forged_or_framing(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    // `Proxy-Authorization` is hop-by-hop, but its hop ends here: it is
-    // meant for the proxy, which asks the auth server (Authelia, for one,
-    // reads basic credentials from it).
-    (is_hop_by_hop(name) && name != header::PROXY_AUTHORIZATION)
-        || is_spoofable(name)
-        || matches!(n, "trailer" | "content-length" | "host" | "forwarded")
-        || n.starts_with("x-forwarded")
-        || n.starts_with("x-original-")
-        || n.contains('_')
+    match rule_of(name) {
+        // `Proxy-Authorization` is hop-by-hop, but its hop ends here: it
+        // is meant for the proxy, which asks the auth server (Authelia,
+        // for one, reads basic credentials from it).
+        PROXY_AUTHORIZATION => false,
+        Rule::ContentLength | Rule::Trailer | Rule::Host => true,
+        r => r.is_hop_by_hop() || r.is_forged_when_untrusted(),
+    }
 }
 
 /// The auth server's refusal as the client gets it: status, headers
@@ -213,7 +211,10 @@ fn passed_on(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Response<R
     let named = connection_named(headers);
     let out = resp.headers_mut();
     for (name, value) in headers {
-        let hop = is_hop_by_hop(name) || matches!(name.as_str(), "trailer" | "content-length");
+        let hop = match rule_of(name) {
+            Rule::ContentLength | Rule::Trailer => true,
+            r => r.is_hop_by_hop(),
+        };
         if !hop && !named.contains(name) {
             out.append(name.clone(), value.clone());
         }

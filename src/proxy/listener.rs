@@ -70,8 +70,11 @@ impl Entrypoint {
         // No hyper header timer: it would arm and cancel a timer for every
         // request; `drive` enforces header_read_timeout with the
         // connection's one idle deadline instead.
+        // A client may end its side once its request is sent (`nc`,
+        // scripts, HTTP/1.0 habits): it still gets the answer, as on the
+        // fast path (RFC 9112 §9.6 lets only the server's close end it).
         let mut h1 = http1::Builder::new();
-        h1.keep_alive(true).max_buf_size(MAX_HEAD);
+        h1.keep_alive(true).half_close(true).max_buf_size(MAX_HEAD);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(l.http2_max_concurrent_streams)

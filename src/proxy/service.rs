@@ -346,8 +346,6 @@ async fn dispatch(
     resp
 }
 
-static X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
-
 /// A trusted proxy in front says the client came over HTTPS.
 fn forwarded_https(h: &http::HeaderMap) -> bool {
     h.get("x-forwarded-proto")
@@ -362,13 +360,16 @@ async fn forward_to(
     host: &HeaderValue,
 ) -> Response<RespBody> {
     let (conn, trusted) = (from.conn, from.trusted);
-    let mut req = req;
-    if trusted {
-        // The backend's X-Real-IP is the client found from the trusted
-        // proxies' X-Forwarded-For, not whatever the proxy in front wrote.
-        req.headers_mut()
-            .insert(&X_REAL_IP, client_ip_value(from.client));
-    }
+    // The backend's X-Real-IP behind trusted proxies is the client found
+    // from their X-Forwarded-For, not whatever the proxy in front wrote.
+    let found;
+    let client = match trusted {
+        true => {
+            found = client_ip_value(from.client);
+            &found
+        }
+        false => &conn.client,
+    };
     let backend = &route.settings.backend;
     // Before the gate: a body that is too large must not wake anything.
     if let Some(limit) = backend.max_request_body {
@@ -417,6 +418,7 @@ async fn forward_to(
         epoch: pool,
         host,
         trusted,
+        client,
         max_request_body: backend.max_request_body,
         response_timeout: backend.response_timeout,
         body_read_timeout: shared.body_read_timeout,

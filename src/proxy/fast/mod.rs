@@ -761,25 +761,47 @@ async fn relay_chunked<IO: AsyncWrite + Unpin>(
     }
 }
 
-/// A body that ends when the backend closes.
+/// A body that ends when the backend closes, sent on in chunks (one per
+/// read) and the last chunk when it closes.
 async fn relay_until_close<IO: AsyncWrite + Unpin>(
     b: &mut Backend,
     io: &mut IO,
     out: &mut Vec<u8>,
 ) -> io::Result<u64> {
-    let mut total = (b.buf.len() - b.pos) as u64;
-    out.extend_from_slice(&b.buf[b.pos..]);
-    b.pos = b.buf.len();
-    io.write_all(out).await?;
+    let mut total = 0u64;
     loop {
-        let n = b.read().await?;
-        if n == 0 {
+        let piece = &b.buf[b.pos..];
+        if !piece.is_empty() {
+            write_chunk(out, piece);
+            total += piece.len() as u64;
+        }
+        b.pos = b.buf.len();
+        io.write_all(out).await?;
+        out.clear();
+        if b.read().await? == 0 {
+            io.write_all(b"0\r\n\r\n").await?;
             return Ok(total);
         }
-        io.write_all(&b.buf[..n]).await?;
-        b.pos = n;
-        total += n as u64;
     }
+}
+
+/// One chunk of a chunked body (RFC 9112 §7.1): size in hex, data, CRLF.
+fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let mut at = size.len();
+    let mut n = data.len();
+    loop {
+        at -= 1;
+        size[at] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&size[at..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

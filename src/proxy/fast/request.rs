@@ -7,8 +7,8 @@
 //! Everything else, malformed heads included, goes to hyper, which
 //! answers it as before: the fast path never decides an error.
 
+use crate::http::fields::{forwarded_fields, rule, Rule};
 use crate::proxy::authority::parse_authority;
-use crate::proxy::forward::headers::is_spoofable_name;
 use httparse::{Header, Status, EMPTY_HEADER};
 use std::borrow::Cow;
 
@@ -192,34 +192,17 @@ enum Field {
 /// `set_forwarded` for a peer that is not a trusted proxy; the fast path
 /// serves no other).
 fn classify(name: &str) -> Field {
-    // CGI turns `X_Forwarded_For` into the same variable as
-    // `X-Forwarded-For`: such names never go on.
-    if name.contains('_') {
-        return Field::Drop;
-    }
-    // The longest name below has 24 characters.
-    let mut low = [0u8; 24];
-    let Some(low) = low.get_mut(..name.len()) else {
-        return Field::Forward;
-    };
-    low.copy_from_slice(name.as_bytes());
-    low.make_ascii_lowercase();
-    let Ok(low) = std::str::from_utf8(low) else {
-        return Field::Other;
-    };
-    match low {
-        "host" => Field::Host,
-        "user-agent" => Field::UserAgent,
-        "connection" => Field::Connection,
-        "content-length" | "transfer-encoding" | "upgrade" | "expect" | "te" => Field::Other,
-        "keep-alive"
-        | "proxy-connection"
-        | "proxy-authorization"
-        | "proxy-authenticate"
-        | "http2-settings" => Field::Drop,
-        "forwarded" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => Field::Drop,
-        n if is_spoofable_name(n) => Field::Drop,
-        _ => Field::Forward,
+    match rule(name.as_bytes()) {
+        Rule::Host => Field::Host,
+        Rule::UserAgent => Field::UserAgent,
+        Rule::Connection => Field::Connection,
+        // Framing, upgrades and `Expect` are hyper's to act on; `TE` keeps
+        // `trailers` there.
+        Rule::ContentLength | Rule::TransferEncoding | Rule::Upgrade | Rule::Expect | Rule::Te => {
+            Field::Other
+        }
+        Rule::Hop(_) | Rule::Forwarded | Rule::Spoofable | Rule::Underscore => Field::Drop,
+        Rule::Trailer | Rule::Date | Rule::Other => Field::Forward,
     }
 }
 
@@ -289,13 +272,9 @@ pub fn write_backend_head(head: &Head<'_, '_>, how: &Rewrite<'_>, out: &mut Vec<
             out.extend_from_slice(b"\r\n");
         }
     }
-    for (name, value) in [
-        (&b"x-real-ip: "[..], how.client),
-        (b"x-forwarded-for: ", how.client),
-        (b"x-forwarded-proto: ", how.proto.as_bytes()),
-        (b"x-forwarded-host: ", head.host),
-    ] {
-        out.extend_from_slice(name);
+    for (name, value) in forwarded_fields(how.client, how.proto.as_bytes(), head.host) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }

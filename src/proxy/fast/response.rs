@@ -6,6 +6,7 @@
 //! never guessed at.
 
 use super::request::MAX_HEADERS;
+use crate::http::fields::{rule, Rule};
 use httparse::{Status, EMPTY_HEADER};
 
 /// How the body after the head ends.
@@ -15,8 +16,9 @@ pub enum Framing {
     Empty,
     Length(u64),
     Chunked,
-    /// Read until the backend closes (RFC 9112 §6.3 ¶8): the client's
-    /// connection closes after it too.
+    /// Read until the backend closes (RFC 9112 §6.3 ¶8), and sent to the
+    /// client chunked, so its connection stays open (as hyper's server
+    /// does: the fast path's client is HTTP/1.1).
     UntilClose,
 }
 
@@ -129,7 +131,7 @@ pub fn parse(
     // read as chunked (RFC 9112 §6.3 ¶3) and the connection not reused.
     let both = chunked.is_some() && length.is_some();
     let reusable = !backend_close && !both && framing != Framing::UntilClose;
-    let close_client = close || framing == Framing::UntilClose;
+    let close_client = close;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse read exactly three digits.
@@ -162,7 +164,7 @@ pub fn parse(
             out.extend_from_slice(b"\r\n");
         }
     }
-    if framing == Framing::Chunked {
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !has_date {
@@ -226,24 +228,12 @@ enum Name {
 
 impl Name {
     fn of(name: &str) -> Name {
-        let mut low = [0u8; 19];
-        let Some(low) = low.get_mut(..name.len()) else {
-            return Name::Other;
-        };
-        low.copy_from_slice(name.as_bytes());
-        low.make_ascii_lowercase();
-        match &*low {
-            b"connection" => Name::Connection,
-            b"transfer-encoding" => Name::TransferEncoding,
-            b"content-length" => Name::ContentLength,
-            b"date" => Name::Date,
-            b"keep-alive"
-            | b"proxy-connection"
-            | b"proxy-authenticate"
-            | b"proxy-authorization"
-            | b"http2-settings"
-            | b"upgrade"
-            | b"te" => Name::HopByHop,
+        match rule(name.as_bytes()) {
+            Rule::Connection => Name::Connection,
+            Rule::TransferEncoding => Name::TransferEncoding,
+            Rule::ContentLength => Name::ContentLength,
+            Rule::Date => Name::Date,
+            Rule::Hop(_) | Rule::Upgrade | Rule::Te => Name::HopByHop,
             _ => Name::Other,
         }
     }

@@ -4,20 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-/// Hop-by-hop fields that are never forwarded (RFC 9110 §7.6.1), plus the
-/// non-standard `Keep-Alive` and `Proxy-Connection` that clients still send,
-/// and `HTTP2-Settings`, which belongs to an h2c upgrade (RFC 7540 §3.2.1)
-/// and is never forwarded even when `Connection` does not name it.
-const HOP_COUNT: usize = 7;
-static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("http2-settings"),
-];
+use crate::http::fields::{self, rule_of, Rule, ALWAYS_HOP};
 
 /// Does a `Connection` header list `token`? (RFC 9110 §7.6.1: a
 /// comma-separated list of case-insensitive tokens, possibly over several lines.)
@@ -60,29 +47,35 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// trailers` is kept: it says the client accepts trailers, which only the
 /// origin can act on.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names finds which of these are there (the first
-    // is `Connection`); a match on the name's text is a length switch and
-    // one compare, far less than a hashed lookup (or a list scan) per
-    // name. Most requests carry none, a response usually one
-    // (`Connection: keep-alive`).
-    let mut found = [false; HOP_COUNT];
-    let (mut any, mut has_upgrade, mut has_te) = (false, false, false);
+    // One pass over the names finds which of these are there; the rule
+    // of a name is a length switch and one compare, far less than a
+    // hashed lookup (or a list scan) per name. Most requests carry none,
+    // a response usually one (`Connection: keep-alive`).
+    let mut always = [false; ALWAYS_HOP.len()];
+    let (mut any, mut connection, mut te_coding) = (false, false, false);
+    let (mut has_upgrade, mut has_te) = (false, false);
     for name in headers.keys() {
-        match hop_index(name.as_str()) {
-            Some(Hop::Fixed(i)) => found[i] = true,
-            Some(Hop::Upgrade) => has_upgrade = true,
-            Some(Hop::Te) => has_te = true,
-            None => continue,
+        match rule_of(name) {
+            Rule::Hop(i) => always[i] = true,
+            Rule::Connection => connection = true,
+            Rule::TransferEncoding => te_coding = true,
+            Rule::Upgrade => has_upgrade = true,
+            Rule::Te => has_te = true,
+            _ => continue,
         }
         any = true;
     }
     if !upgrade && !any {
         return;
     }
-    if found[0] {
+    if connection {
         remove_named_by_connection(headers, upgrade);
+        headers.remove(header::CONNECTION);
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+    if te_coding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    for (name, _) in ALWAYS_HOP.iter().zip(always).filter(|(_, f)| *f) {
         headers.remove(name);
     }
     if !upgrade && has_upgrade {
@@ -100,7 +93,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `Upgrade` and `TE` (also for other clients of these rules, such as the
 /// forward-auth request).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_index(name.as_str()).is_some()
+    rule_of(name).is_hop_by_hop()
 }
 
 /// The fields a `Connection` header names (RFC 9110 §7.6.1), besides the
@@ -113,29 +106,6 @@ pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect()
-}
-
-enum Hop {
-    /// An index into [`HOP_BY_HOP`].
-    Fixed(usize),
-    Upgrade,
-    Te,
-}
-
-/// Which hop-by-hop field `name` (lowercase, as `HeaderName` keeps it) is.
-fn hop_index(name: &str) -> Option<Hop> {
-    Some(match name {
-        "connection" => Hop::Fixed(0),
-        "transfer-encoding" => Hop::Fixed(1),
-        "proxy-authenticate" => Hop::Fixed(2),
-        "proxy-authorization" => Hop::Fixed(3),
-        "keep-alive" => Hop::Fixed(4),
-        "proxy-connection" => Hop::Fixed(5),
-        "http2-settings" => Hop::Fixed(6),
-        "upgrade" => Hop::Upgrade,
-        "te" => Hop::Te,
-        _ => return None,
-    })
 }
 
 /// Removes the fields `Connection` names. `keep-alive` and `close`, which
@@ -185,9 +155,7 @@ fn strip_te(headers: &mut HeaderMap) {
     }
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+use fields::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The client address as X-Forwarded-For writes it: IPv4-mapped IPv6
 /// addresses (from a dual-stack listener) are shown as plain IPv4.
@@ -234,100 +202,104 @@ fn dotted_quad(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> usize {
     len
 }
 
-/// Sets the X-Forwarded-* family (the de-facto form of RFC 7239's
-/// `Forwarded`). A trusted peer is another proxy: its X-Forwarded-For is
-/// extended and its -Proto/-Host kept, since it saw the original request.
-/// An untrusted peer's values are replaced, so a client cannot forge
-/// its address or scheme (a client-sent `Forwarded` goes with
-/// [`scrub_client_headers`]).
+/// Writes drowsy's fields for the backend: X-Real-IP (the client) and the
+/// X-Forwarded-* family (the de-facto form of RFC 7239's `Forwarded`). A
+/// trusted peer is another proxy: its X-Forwarded-For is extended with
+/// its own address (`peer`) and its -Proto/-Host kept, since it saw the
+/// original request; `client` is then the address found behind it. An
+/// untrusted peer is the client, and its values are replaced, so a client
+/// cannot forge its address or scheme (what else it sent of the kind
+/// goes with [`scrub_client_headers`]).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
+    peer: &HeaderValue,
     client: &HeaderValue,
     trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    // Room for the three fields at once: a map sized by the parser for the
+    // Room for the fields at once: a map sized by the parser for the
     // client's own few fields would otherwise grow (and rehash) twice.
-    headers.reserve(3);
-    let prior: Vec<&str> = match trusted {
-        true => headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect(),
-        false => Vec::new(),
-    };
+    headers.reserve(4);
+    if !trusted {
+        let proto = HeaderValue::from_static(proto);
+        let empty = HeaderValue::from_static("");
+        for (name, value) in fields::forwarded_fields(client, &proto, host.unwrap_or(&empty)) {
+            headers.insert(name, value.clone());
+        }
+        if host.is_none() {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        return;
+    }
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let xff = match prior.is_empty() {
-        true => Some(client.clone()),
+        true => Some(peer.clone()),
         false => {
-            let ip = client.to_str().unwrap_or_default();
+            let ip = peer.to_str().unwrap_or_default();
             HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
         }
     };
     if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+    headers.insert(&fields::X_REAL_IP, client.clone());
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match host {
-            Some(h) => {
-                headers.insert(&X_FORWARDED_HOST, h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(h) = host {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
         }
     }
 }
 
-/// Client-address and front-end headers that some backends believe
-/// (nginx's realip, CDN conventions, framework defaults). From a peer that
-/// is not a trusted proxy they are forged by definition.
-pub fn is_spoofable(name: &HeaderName) -> bool {
-    is_spoofable_name(name.as_str())
+/// Who a request came from and how, as the backend's fields tell it.
+pub struct Forwarding<'a> {
+    /// The peer is one of `trusted_proxies`.
+    pub trusted: bool,
+    /// The peer's address as a header value.
+    pub peer: &'a HeaderValue,
+    /// The client's (behind trusted proxies, the one they name).
+    pub client: &'a HeaderValue,
+    pub proto: &'static str,
+    /// The route's host, which the backend gets as Host.
+    pub host: &'a HeaderValue,
 }
 
-/// [`is_spoofable`] for a name in lowercase.
-pub fn is_spoofable_name(name: &str) -> bool {
-    matches!(
-        name,
-        "x-real-ip"
-            | "true-client-ip"
-            | "x-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-cluster-client-ip"
-            | "x-original-forwarded-for"
-            | "x-forwarded"
-            | "forwarded-for"
-            | "x-forwarded-port"
-            | "x-forwarded-prefix"
-            | "x-forwarded-server"
-            | "x-forwarded-ssl"
-            | "x-forwarded-scheme"
-            | "x-forwarded-protocol"
-            | "x-url-scheme"
-            | "front-end-https"
-    )
+/// Everything hyper's path does to a client's fields for the backend:
+/// hop-by-hop fields out, forged ones out, drowsy's own in, Host set. The
+/// fast path writes the same from [`crate::http::fields`]; the
+/// differential test and fuzz target hold the two to it.
+pub fn for_backend(headers: &mut HeaderMap, upgrade: bool, http2: bool, from: &Forwarding<'_>) {
+    strip_hop_by_hop(headers, upgrade);
+    scrub_client_headers(headers, from.trusted);
+    if http2 {
+        join_cookie_crumbs(headers);
+    }
+    set_forwarded(
+        headers,
+        from.peer,
+        from.client,
+        from.trusted,
+        from.proto,
+        Some(from.host),
+    );
+    headers.insert(header::HOST, from.host.clone());
 }
 
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// Drops what a client could use to pose as someone else: header names
-/// with `_` from everyone (CGI and WSGI turn `X_Forwarded_For` and
-/// `X-Forwarded-For` into the same variable; nginx drops them too), and
-/// from untrusted peers the client-address headers above, replacing
-/// `X-Real-IP` with the real one. `client` is the peer's address as a
-/// header value.
-pub fn scrub_client_headers(headers: &mut HeaderMap, trusted: bool, client: &HeaderValue) {
-    // A client-sent `Forwarded` is dropped too: drowsy writes the
-    // X-Forwarded-* family in its place.
-    let doomed = |name: &HeaderName| {
-        name.as_str().contains('_')
-            || (!trusted && (*name == header::FORWARDED || is_spoofable(name)))
+/// Drops what a client could use to pose as someone else: names with `_`
+/// from everyone, and from a peer that is not a trusted proxy every
+/// client-address, front-end and forwarded field ([`Rule`]), which
+/// [`set_forwarded`] writes anew.
+pub fn scrub_client_headers(headers: &mut HeaderMap, trusted: bool) {
+    let doomed = |name: &HeaderName| match rule_of(name) {
+        Rule::Underscore => true,
+        r => !trusted && r.is_forged_when_untrusted(),
     };
     // The common request carries none: one pass over the names, no allocation.
     if headers.keys().any(doomed) {
@@ -335,9 +307,6 @@ pub fn scrub_client_headers(headers: &mut HeaderMap, trusted: bool, client: &Hea
         for name in names {
             headers.remove(name);
         }
-    }
-    if !trusted {
-        headers.insert(&X_REAL_IP, client.clone());
     }
 }
 
@@ -391,19 +360,6 @@ mod tests {
             client_ip_value("2001:db8::1".parse().unwrap()),
             "2001:db8::1"
         );
-    }
-
-    #[test]
-    fn hop_index_names_every_fixed_hop_by_hop_field() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert!(
-                matches!(hop_index(name.as_str()), Some(Hop::Fixed(j)) if j == i),
-                "{name}"
-            );
-        }
-        assert!(matches!(hop_index("upgrade"), Some(Hop::Upgrade)));
-        assert!(matches!(hop_index("te"), Some(Hop::Te)));
-        assert!(hop_index("content-length").is_none());
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -515,9 +471,10 @@ mod tests {
         ]);
         let host = HeaderValue::from_static("wiki.home.arpa");
         let client = client_ip_value("192.168.1.9".parse().unwrap());
-        scrub_client_headers(&mut h, false, &client);
-        set_forwarded(&mut h, &client, false, "http", Some(&host));
+        scrub_client_headers(&mut h, false);
+        set_forwarded(&mut h, &client, &client, false, "http", Some(&host));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "192.168.1.9");
+        assert_eq!(h.get("x-real-ip").unwrap(), "192.168.1.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "wiki.home.arpa");
         assert!(!h.contains_key("forwarded"));
@@ -534,6 +491,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &client_ip_value("10.0.0.1".parse().unwrap()),
+            &client_ip_value("203.0.113.7".parse().unwrap()),
             true,
             "http",
             Some(&host),
@@ -542,6 +500,8 @@ mod tests {
             h.get("x-forwarded-for").unwrap(),
             "203.0.113.7, 10.0.0.2, 10.0.0.1"
         );
+        // The client found behind the trusted proxies.
+        assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.7");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "wiki.home.arpa");
     }
@@ -579,19 +539,19 @@ mod tests {
 
     #[test]
     fn forged_client_headers_are_scrubbed() {
-        let client = client_ip_value("192.0.2.1".parse().unwrap());
         let mut h = map(&[
             ("x-real-ip", "6.6.6.6"),
             ("cf-connecting-ip", "6.6.6.6"),
             ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-original-url", "/admin"),
             ("accept", "*/*"),
         ]);
-        scrub_client_headers(&mut h, false, &client);
-        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.1");
-        assert!(!h.contains_key("cf-connecting-ip") && !h.contains_key("x_forwarded_for"));
+        scrub_client_headers(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
         let mut h = map(&[("x-real-ip", "203.0.113.5"), ("x_real_ip", "6.6.6.6")]);
-        scrub_client_headers(&mut h, true, &client);
+        scrub_client_headers(&mut h, true);
         assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.5");
         assert!(!h.contains_key("x_real_ip"));
     }

@@ -11,7 +11,7 @@ use super::conn::{ConnInfo, TimerSlot};
 use super::pages;
 use crate::idle::UseGuard;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -80,6 +80,9 @@ pub struct ForwardCtx<'a> {
     pub host: &'a HeaderValue,
     /// The peer is one of `trusted_proxies`.
     pub trusted: bool,
+    /// The client's address as X-Real-IP gives it: the peer's, or behind
+    /// trusted proxies the one found in their X-Forwarded-For.
+    pub client: &'a HeaderValue,
     pub max_request_body: Option<u64>,
     pub response_timeout: Option<Duration>,
     pub body_read_timeout: Duration,
@@ -244,19 +247,15 @@ fn prepare(
     progress: Option<Arc<BodyProgress>>,
 ) -> Result<Request<ReqBody>, http::Error> {
     let (mut parts, body) = (*req).into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::scrub_client_headers(&mut parts.headers, ctx.trusted, &conn.client);
-    if parts.version == Version::HTTP_2 {
-        headers::join_cookie_crumbs(&mut parts.headers);
-    }
-    headers::set_forwarded(
-        &mut parts.headers,
-        &conn.client,
-        ctx.trusted,
-        conn.proto(),
-        Some(ctx.host),
-    );
-    parts.headers.insert(header::HOST, ctx.host.clone());
+    let from = headers::Forwarding {
+        trusted: ctx.trusted,
+        peer: &conn.client,
+        client: ctx.client,
+        proto: conn.proto(),
+        host: ctx.host,
+    };
+    let http2 = parts.version == Version::HTTP_2;
+    headers::for_backend(&mut parts.headers, upgrade, http2, &from);
     for rule in ctx.request_headers {
         crate::access::apply(&mut parts.headers, rule);
     }
