@@ -7,7 +7,7 @@ use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
 use crate::cluster::Cluster;
-use crate::config::{self, Config, ProxmoxSettings, PveAuth, RouteSettings, Target};
+use crate::config::{self, Config, RouteSettings, Target};
 use crate::idle::Gates;
 use crate::proxmox::Clusters;
 use crate::proxy::{self, auto, Proxy, StartError};
@@ -425,47 +425,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.needs_restart(b) {
         out.push("a listener setting");
     }
-    let same_clusters = old.proxmox.len() == new.proxmox.len()
-        && old
-            .proxmox
-            .iter()
-            .zip(&new.proxmox)
-            .all(|(x, y)| same_cluster(x, y));
+    // Compared whole (derived): a field added later cannot escape it.
+    let same_clusters = old.proxmox == new.proxmox;
     if !same_clusters {
         out.push("the proxmox section");
     }
     out
-}
-
-fn same_cluster(a: &ProxmoxSettings, b: &ProxmoxSettings) -> bool {
-    let auth = match (&a.auth, &b.auth) {
-        (
-            PveAuth::Token {
-                token_id: i,
-                secret: s,
-            },
-            PveAuth::Token {
-                token_id: j,
-                secret: t,
-            },
-        ) => i == j && s == t,
-        (
-            PveAuth::Ticket {
-                username: u,
-                password: p,
-            },
-            PveAuth::Ticket {
-                username: v,
-                password: q,
-            },
-        ) => u == v && p == q,
-        _ => false,
-    };
-    auth && a.name == b.name
-        && a.url == b.url
-        && a.ca_file == b.ca_file
-        && a.insecure_skip_verify == b.insecure_skip_verify
-        && a.insecure_loopback_guests == b.insecure_loopback_guests
-        && a.poll_interval == b.poll_interval
-        && a.request_timeout == b.request_timeout
 }

@@ -11,7 +11,7 @@ use crate::proxy::body::RespBody;
 use crate::proxy::listener::MAX_HEAD;
 use crate::proxy::pages;
 use crate::proxy::route::{Route, RouteKind};
-use crate::proxy::service::{self, Shared};
+use crate::proxy::service::Shared;
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -426,10 +426,12 @@ fn routes_json(
                 v["ignored"] = ignored_json(state, id);
             }
             v["error"] = match bound.as_deref() {
-                Some(Bound::Guest { id, gate: None }) => service::guest_ip(&state.proxy, id)
-                    .err()
-                    .map(|u| u.detail)
-                    .into(),
+                Some(Bound::Guest { id, gate: None }) => {
+                    crate::idle::admission::guest_ip(state.proxy.clusters.as_deref(), id)
+                        .err()
+                        .map(|u| u.detail)
+                        .into()
+                }
                 Some(Bound::Missing(why)) => why.to_string().into(),
                 _ => serde_json::Value::Null,
             };

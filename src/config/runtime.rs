@@ -198,7 +198,7 @@ impl fmt::Debug for TlsCertificate {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProxmoxSettings {
     /// Cluster name, used in metrics, logs and `guest: {cluster: ..}`.
     pub name: Arc<str>,
@@ -215,7 +215,7 @@ pub struct ProxmoxSettings {
     pub request_timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PveAuth {
     /// `token_id` is `USER@REALM!TOKENID`.
     Token { token_id: String, secret: Secret },
@@ -425,6 +425,24 @@ pub struct SleepSettings {
     pub wake_retry_after: Duration,
     /// Off (`None`) by default.
     pub busy_when: Option<BusyWhen>,
+}
+
+impl Default for SleepSettings {
+    /// The defaults of every sleep key (README.md, "Configuration"): a
+    /// guest woken on demand and never put to sleep by a timer.
+    fn default() -> Self {
+        SleepSettings {
+            idle_timeout: None,
+            idle_from_dependents: false,
+            wake_timeout: Duration::from_secs(120),
+            stop_method: StopMethod::Shutdown,
+            stop_timeout: Duration::from_secs(60),
+            loading_page: LoadingPage::Auto,
+            max_held_requests: 10_000,
+            wake_retry_after: Duration::from_secs(5),
+            busy_when: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -1272,22 +1272,23 @@ fn sleep_settings(
         return None;
     }
     let key = |k: &str| [at.to_vec(), path![k]].concat();
+    let dflt = SleepSettings::default();
     let wake_timeout = finite(
         ctx,
         &key("wake_timeout"),
         pick(r.wake_timeout, d.wake_timeout),
-        Duration::from_secs(120),
+        dflt.wake_timeout,
     );
     let stop_timeout = finite(
         ctx,
         &key("stop_timeout"),
         pick(r.stop_timeout, d.stop_timeout),
-        Duration::from_secs(60),
+        dflt.stop_timeout,
     );
     let max_held_requests = r
         .max_held_requests
         .or(d.max_held_requests)
-        .unwrap_or(10_000);
+        .unwrap_or(dflt.max_held_requests);
     Some(SleepSettings {
         idle_timeout: idle.and_then(|i| i.0),
         idle_from_dependents: dependency && idle.is_none(),
@@ -1296,20 +1297,20 @@ fn sleep_settings(
             Some(RawStopMethod::Stop) => StopMethod::Stop,
             Some(RawStopMethod::Suspend) => StopMethod::Suspend,
             Some(RawStopMethod::Hibernate) => StopMethod::Hibernate,
-            _ => StopMethod::Shutdown,
+            Some(RawStopMethod::Shutdown) | None => dflt.stop_method,
         },
         stop_timeout,
         loading_page: match pick(r.loading_page, d.loading_page) {
             Some(RawLoadingPage::Always) => LoadingPage::Always,
             Some(RawLoadingPage::Never) => LoadingPage::Never,
-            _ => LoadingPage::Auto,
+            Some(RawLoadingPage::Auto) | None => dflt.loading_page,
         },
         max_held_requests,
         wake_retry_after: finite(
             ctx,
             &key("wake_retry_after"),
             pick(r.wake_retry_after, d.wake_retry_after),
-            Duration::from_secs(5),
+            dflt.wake_retry_after,
         ),
         busy_when: r.busy_when.or(d.busy_when).map(|b| BusyWhen {
             cpu: b.cpu.map(|c| c.0),

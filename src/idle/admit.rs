@@ -3,7 +3,8 @@
 //! navigations), or refused (`no_wake`, too many held).
 
 use super::activity::UseGuard;
-use super::gate::{Gate, WaitError};
+use super::admission::NotHeld;
+use super::gate::Gate;
 use super::page;
 use super::state::Phase;
 use crate::access::wake_rules::WakeRefusal;
@@ -40,9 +41,6 @@ pub const EVENTS_PATH: &str = "/.drowsy/events";
 /// (Proxmox errors naming URLs, tokens, ACL paths, nodes and vmids) goes to
 /// the log and the admin API only (README.md, "Exposing drowsy to the internet").
 pub const PUBLIC_WAKE_FAILURE: &str = "the service did not come up";
-/// How long a request of a running guest waits for this instance's claim
-/// before it is treated like one that waits for a wake.
-const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// Case-insensitive substring test without allocating.
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
@@ -104,6 +102,7 @@ fn wants_loading_page<B>(setting: LoadingPage, req: &Request<B>) -> bool {
 
 /// How long and how a route holds its requests while the guest wakes: the
 /// route's own sleep settings, else its guest's.
+#[derive(Clone, Copy, Debug)]
 pub struct HoldPolicy {
     pub loading_page: LoadingPage,
     pub max_held_requests: usize,
@@ -120,28 +119,7 @@ impl HoldPolicy {
     }
 }
 
-/// The warm path, without a future: the guest is up, so the request goes
-/// straight on (holding its guard). `Err` hands the guard to [`admit`],
-/// which waits, wakes or answers.
-pub fn admit_now<B>(
-    gate: &Arc<Gate>,
-    no_wake: &NoWake,
-    req: &Request<B>,
-) -> Result<Admit, UseGuard> {
-    // The guard comes before the state check: see the fence in the owner.
-    let guard = gate.enter(!is_no_wake(no_wake, req));
-    match gate.ready() {
-        Some(ip) => Ok(Admit::Forward {
-            ip,
-            guard,
-            waited_ms: None,
-            pool: gate.pool_epoch(),
-        }),
-        None => Err(guard),
-    }
-}
-
-/// The rest of a request's way through the gate, after [`admit_now`] found
+/// The rest of a request's way through the gate, after [`super::admission::admit_warm`] found
 /// the guest not ready: wait for the claim, hold it through a wake, or
 /// answer (loading page, 503).
 pub async fn admit<B>(
@@ -156,15 +134,13 @@ pub async fn admit<B>(
     let quiet = is_no_wake(no_wake, req);
     // Up, but other instances may see this one as idle (`cluster:`): one
     // round trip to the shared store, not a wake.
-    if gate.awaiting_claim() && gate.wait_claimed(CLAIM_WAIT).await {
-        if let Some(ip) = gate.ready() {
-            return Admit::Forward {
-                ip,
-                guard,
-                waited_ms: None,
-                pool: gate.pool_epoch(),
-            };
-        }
+    if let Some(ip) = super::admission::claimed(gate).await {
+        return Admit::Forward {
+            ip,
+            guard,
+            waited_ms: None,
+            pool: gate.pool_epoch(),
+        };
     }
     if quiet {
         return Admit::Respond(Box::new(pages::unavailable(
@@ -172,14 +148,7 @@ pub async fn admit<B>(
             gate.retry_after_secs(),
         )));
     }
-    let guest_policy;
-    let policy = match own {
-        Some(p) => p,
-        None => {
-            guest_policy = HoldPolicy::of(&gate.gate_settings().sleep);
-            &guest_policy
-        }
-    };
+    let policy = HoldPolicy::resolve(own, gate);
     // Wake rules (README.md, "Who can reach and wake a guest") decide only whether this request may
     // start the guest: joining a wake under way, or learning that the last
     // one failed, starts nothing.
@@ -218,21 +187,19 @@ pub async fn admit<B>(
             ..page::Loading::default()
         })));
     }
-    let Some(_slot) = gate.try_hold(policy.max_held_requests) else {
-        return Admit::Respond(Box::new(pages::unavailable(
-            format!("route {route}: too many requests are waiting for the guest to wake"),
-            gate.retry_after_secs(),
-        )));
-    };
     let held_at = Instant::now();
-    match gate.wait_ready_as(policy.wake_timeout, start).await {
+    match super::admission::hold(gate, &policy, start).await {
         Ok(ip) => Admit::Forward {
             ip,
             guard,
             waited_ms: Some(held_at.elapsed().as_millis() as u64),
             pool: gate.pool_epoch(),
         },
-        Err(WaitError::Failed(_)) => Admit::Respond(Box::new(pages::unavailable(
+        Err(NotHeld::TooMany) => Admit::Respond(Box::new(pages::unavailable(
+            format!("route {route}: too many requests are waiting for the guest to wake"),
+            gate.retry_after_secs(),
+        ))),
+        Err(NotHeld::Failed) => Admit::Respond(Box::new(pages::unavailable(
             format!(
                 "route {route}: could not wake the guest: {}",
                 gate.public_cause()
@@ -241,7 +208,7 @@ pub async fn admit<B>(
             ),
             gate.retry_after_secs(),
         ))),
-        Err(WaitError::Timeout) => Admit::Respond(Box::new(pages::unavailable(
+        Err(NotHeld::Timeout) => Admit::Respond(Box::new(pages::unavailable(
             timeout_message(gate, route, policy.wake_timeout),
             gate.retry_after_secs(),
         ))),

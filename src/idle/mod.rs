@@ -7,6 +7,7 @@
 //! [`Gate`], which outlives reloads.
 
 mod activity;
+pub mod admission;
 pub mod admit;
 mod asleep;
 pub mod binding;
@@ -22,7 +23,8 @@ pub mod state;
 mod sync;
 
 pub use activity::{Activity, UseGuard};
-pub use admit::{admit, admit_now, Admit, HoldPolicy};
+pub use admission::{admit_settled, admit_warm, Entry, NotNow, Unavailable, Warm};
+pub use admit::{admit, Admit, HoldPolicy};
 pub use binding::{Binding, Bound, Want};
 pub use fence::Claim;
 pub use gate::{Gate, GuestId};

@@ -14,9 +14,7 @@ use super::gate::{Gate, GateSettings, GuestId};
 use super::owner::Owner;
 use crate::admin::metrics::Metrics;
 use crate::cluster::{presence, Cluster, Presence};
-use crate::config::{
-    Config, GuestKey, LoadingPage, RouteSettings, SleepSettings, StopMethod, Target,
-};
+use crate::config::{Config, GuestKey, RouteSettings, SleepSettings, Target};
 use crate::proxmox::cache::parse_guest_key;
 use crate::proxmox::{Clusters, LookupError};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -101,22 +99,6 @@ pub struct Gates {
     inner: Mutex<Inner>,
     stop: CancellationToken,
     tasks: TaskTracker,
-}
-
-/// Settings for a guest that only others depend on and that has no sleep
-/// settings of its own: woken with them, never put to sleep by a timer.
-fn dependency_settings() -> SleepSettings {
-    SleepSettings {
-        busy_when: None,
-        idle_timeout: None,
-        idle_from_dependents: false,
-        wake_timeout: Duration::from_secs(120),
-        stop_method: StopMethod::Shutdown,
-        stop_timeout: Duration::from_secs(60),
-        loading_page: LoadingPage::Auto,
-        max_held_requests: 10_000,
-        wake_retry_after: Duration::from_secs(5),
-    }
 }
 
 impl Gates {
@@ -412,10 +394,7 @@ fn merge(routes: &[&Need]) -> (GateSettings, Option<String>) {
         .iter()
         .filter_map(|n| Some((&n.name, n.sleep.as_ref()?)))
         .collect();
-    let mut sleep = with
-        .first()
-        .map(|(_, s)| (*s).clone())
-        .unwrap_or_else(dependency_settings);
+    let mut sleep = with.first().map(|(_, s)| (*s).clone()).unwrap_or_default();
     let explicit: Vec<(&Arc<str>, Option<Duration>)> = with
         .iter()
         .filter(|(_, s)| !s.idle_from_dependents)

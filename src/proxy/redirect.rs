@@ -14,20 +14,24 @@ use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 
+/// Whether a request may be answered before routing (an ACME HTTP-01
+/// challenge, or the HTTPS redirect): only on plain HTTP, and only when
+/// one of them applies. The fast path leaves such requests to hyper's.
+pub fn may_answer_early(shared: &Shared, tls: bool, path: &[u8]) -> bool {
+    !tls && (shared.https_redirect.is_some() || path.starts_with(http01::PREFIX.as_bytes()))
+}
+
 pub fn before_routing<B>(
     shared: &Shared,
     conn: &ConnInfo,
     table: &RouteTable,
     req: &Request<B>,
 ) -> Option<Response<RespBody>> {
-    if conn.tls {
-        return None;
-    }
     let path = req.uri().path();
-    let challenge = path.starts_with(http01::PREFIX);
-    if !challenge && shared.https_redirect.is_none() {
+    if !may_answer_early(shared, conn.tls, path.as_bytes()) {
         return None;
     }
+    let challenge = path.starts_with(http01::PREFIX);
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(HOST)?.to_str().ok()?,

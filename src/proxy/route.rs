@@ -6,7 +6,8 @@ use super::forward::Upstream;
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
 use crate::config::{Config, RouteSettings, Scheme, Target};
-use crate::idle::{Activity, Binding, HoldPolicy, Plan, UseGuard};
+use crate::idle::{Activity, Binding, Entry, HoldPolicy, Plan, UseGuard};
+use crate::proxmox::Clusters;
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +33,9 @@ pub struct Route {
     pub access: Option<Arc<crate::access::RouteRules>>,
     /// How the route reaches its backends (TLS, timeouts).
     pub backends: Backends,
+    /// The fast path may serve it: no access policies or header rules,
+    /// and a backend to forward to (decided once, when the table is built).
+    pub fast_path: bool,
     metrics: Arc<Metrics>,
     duration: Histogram,
     /// `drowsy_requests_total` per status code (100–599), created on first
@@ -103,13 +107,15 @@ impl Route {
             }),
             Target::DependencyOnly { .. } => RouteKind::Dependency,
         };
+        let access = access.route(&settings.name);
         Ok(Route {
+            fast_path: access.is_none() && !matches!(kind, RouteKind::Dependency),
             name: settings.name.clone(),
             settings: settings.clone(),
             kind,
             binding: plan.and_then(|p| p.binding(&settings.name)),
             hold: settings.sleep.as_ref().map(HoldPolicy::of),
-            access: access.route(&settings.name),
+            access,
             backends,
             duration: metrics
                 .request_duration_seconds
@@ -130,6 +136,15 @@ impl Route {
     /// a flood of requests cannot flood the log).
     pub fn warning_due(&self) -> bool {
         self.warned.due()
+    }
+
+    /// What admission needs to know of the route.
+    pub fn entry<'a>(&'a self, clusters: Option<&'a Clusters>) -> Entry<'a> {
+        Entry {
+            binding: self.binding.as_deref(),
+            guest_route: matches!(self.kind, RouteKind::Guest(_) | RouteKind::Dependency),
+            clusters,
+        }
     }
 
     /// Counts a request of a route without a gate in `drowsy_inflight`

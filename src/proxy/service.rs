@@ -12,7 +12,7 @@ use super::pages;
 use super::route::{Route, RouteKind, RouteTable};
 use crate::access::client_ip::client_ip;
 use crate::admin::metrics::Metrics;
-use crate::idle::{self, Admit, Bound, GuestId};
+use crate::idle::{self, Admit, NotNow, Unavailable};
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -204,10 +204,6 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// How long a request waits for the first read of the cluster to tell
-/// which guest its route names (at startup).
-const FIRST_POLL_WAIT: Duration = Duration::from_secs(30);
-
 /// Takes the request through its guest's gate: straight on, held for a
 /// wake, or answered (loading page, 503).
 async fn pass(
@@ -216,68 +212,44 @@ async fn pass(
     req: &Request<Incoming>,
     client: IpAddr,
 ) -> Admit {
-    let Some(binding) = &route.binding else {
-        return Admit::Forward {
-            ip: None,
-            guard: route.enter(),
-            waited_ms: None,
-            pool: 0,
-        };
+    let entry = route.entry(shared.clusters.as_deref());
+    let quiet = || idle::admit::is_no_wake(&route.settings.no_wake, req);
+    // Boxed: the first read of the cluster is waited for only at startup.
+    let admitted = match idle::admit_warm(&entry, quiet, || route.enter()) {
+        Err(NotNow::Pending) => {
+            Box::pin(idle::admit_settled(&entry, quiet, || route.enter())).await
+        }
+        other => other,
     };
-    let guest_route = matches!(route.kind, RouteKind::Guest(_) | RouteKind::Dependency);
-    let mut bound = binding.bound().clone();
-    if guest_route && matches!(*bound, Bound::Pending) {
-        if let Some(why) = outage(shared) {
-            return Admit::Respond(refuse(route, Unavailable::internal(why)));
-        }
-        bound = Box::pin(binding.settled(FIRST_POLL_WAIT)).await;
-    }
-    match &*bound {
-        Bound::Guest {
-            gate: Some(gate), ..
-        } => match idle::admit_now(gate, &route.settings.no_wake, req) {
-            Ok(admitted) => admitted,
-            // Boxed: the waiting is rare, and its future would otherwise
-            // make every request's future large.
-            Err(guard) => {
-                Box::pin(idle::admit(
-                    gate,
-                    &route.name,
-                    &route.settings.no_wake,
-                    route.hold.as_ref(),
-                    req,
-                    route
-                        .access
-                        .as_ref()
-                        .and_then(|a| a.wake.for_client(client)),
-                    guard,
-                ))
-                .await
-            }
+    match admitted {
+        Ok(warm) => Admit::Forward {
+            ip: warm.ip,
+            guard: warm.guard,
+            waited_ms: None,
+            pool: warm.epoch,
         },
-        Bound::Guest { id, gate: None } if guest_route => match guest_ip(shared, id) {
-            Ok(ip) => Admit::Forward {
-                ip: Some(ip),
-                guard: route.enter(),
-                waited_ms: None,
-                pool: 0,
-            },
-            Err(why) => Admit::Respond(refuse(route, why)),
-        },
-        Bound::Missing(why) if guest_route => {
-            Admit::Respond(refuse(route, Unavailable::internal(why.to_string())))
+        // Boxed: the waiting is rare, and its future would otherwise
+        // make every request's future large.
+        Err(NotNow::Wait(gate, guard)) => {
+            Box::pin(idle::admit(
+                &gate,
+                &route.name,
+                &route.settings.no_wake,
+                route.hold.as_ref(),
+                req,
+                route
+                    .access
+                    .as_ref()
+                    .and_then(|a| a.wake.for_client(client)),
+                guard,
+            ))
+            .await
         }
-        Bound::Pending if guest_route => Admit::Respond(refuse(
+        Err(NotNow::Refused(why)) => Admit::Respond(refuse(route, why)),
+        Err(NotNow::Pending) => Admit::Respond(refuse(
             route,
             Unavailable::internal("the Proxmox cluster has not been read yet".into()),
         )),
-        // A plain backend that is not (or not yet known as) a guest.
-        _ => Admit::Forward {
-            ip: None,
-            guard: route.enter(),
-            waited_ms: None,
-            pool: 0,
-        },
     }
 }
 
@@ -294,13 +266,6 @@ fn unavailable(route: &Route, why: Unavailable) -> Response<RespBody> {
 
 fn refuse(route: &Route, why: Unavailable) -> Box<Response<RespBody>> {
     Box::new(unavailable(route, why))
-}
-
-/// The first failing cluster's poll error, if any.
-fn outage(shared: &Shared) -> Option<String> {
-    let clusters = shared.clusters.as_ref()?;
-    let (cluster, e) = clusters.outages().into_iter().next()?;
-    Some(format!("Proxmox cluster {cluster} is unreachable ({e})"))
 }
 
 /// Where a request comes from.
@@ -439,66 +404,3 @@ async fn forward_to(
 
 /// On responses that waited for a wake: how long, in milliseconds.
 static X_DROWSY_WAKE: http::HeaderName = http::HeaderName::from_static("x-drowsy-wake");
-
-/// Why a guest route cannot be served right now: a short public reason
-/// for the client, and the details (cluster, node, vmid, Proxmox errors)
-/// for the log and the admin API.
-#[derive(Debug)]
-pub struct Unavailable {
-    pub public: String,
-    pub detail: String,
-}
-
-impl Unavailable {
-    pub fn new(public: impl Into<String>, detail: String) -> Self {
-        Unavailable {
-            public: public.into(),
-            detail,
-        }
-    }
-
-    pub fn internal(detail: String) -> Self {
-        Unavailable::new("the service is not available", detail)
-    }
-}
-
-/// A running guest's address from the cluster cache (guests that do not
-/// sleep), or why there is none.
-pub fn guest_ip(shared: &Shared, id: &GuestId) -> Result<IpAddr, Unavailable> {
-    let Some(clusters) = &shared.clusters else {
-        return Err(Unavailable::internal(
-            "no Proxmox cluster is configured".into(),
-        ));
-    };
-    let Some(guest) = clusters.cache.get(&id.cluster, id.vmid) else {
-        return Err(Unavailable::internal(match outage(shared) {
-            Some(why) => format!("guest {id} is not known: {why}"),
-            None => format!("guest {id} is no longer in the cluster"),
-        }));
-    };
-    if !guest.status.is_running() {
-        return Err(Unavailable::new(
-            format!("the guest is {}", guest.status.as_str()),
-            format!(
-                "guest {} ({}) is {}",
-                guest.name,
-                guest.label(),
-                guest.status.as_str()
-            ),
-        ));
-    }
-    guest.ips.first().copied().ok_or_else(|| {
-        let mut detail = format!(
-            "guest {} ({}) is running but its IP address is not known yet",
-            guest.name,
-            guest.label()
-        );
-        if !guest.ignored_ips.is_empty() {
-            detail.push_str(&format!(
-                ": it offers only {}, which drowsy does not use",
-                crate::proxmox::net::ignored_list(&guest.ignored_ips)
-            ));
-        }
-        Unavailable::new("the guest's address is not known yet", detail)
-    })
-}

@@ -6,9 +6,11 @@
 use super::io::tunnel;
 use super::limits::ConnSlot;
 use super::route::{Route, RouteKind};
-use super::service::{guest_ip, Shared};
-use crate::idle::Bound;
-use std::net::SocketAddr;
+use super::service::Shared;
+use crate::access::WakeCheck;
+use crate::idle::admission::NotHeld;
+use crate::idle::{self, Gate, HoldPolicy, NotNow, UseGuard};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -74,9 +76,6 @@ async fn connection(
     let RouteKind::Guest(target) = &route.kind else {
         return Err("not a guest route".into());
     };
-    let Some(binding) = &route.binding else {
-        return Err("not a guest route".into());
-    };
     // Access before wake, as for HTTP routes (README.md, "Who can reach and wake a guest").
     let client_ip = client.peer_addr().map(|a| a.ip().to_canonical()).ok();
     let rules = route.access.as_deref();
@@ -85,54 +84,19 @@ async fn connection(
             .admit_stream(ip)
             .map_err(|policy| format!("refused by access policy {policy} for {ip}"))?;
     }
-    let wake = match (rules, client_ip) {
+    let wake_rules = match (rules, client_ip) {
         (Some(rules), Some(ip)) => rules.wake.for_client(ip),
         _ => None,
     };
-    let bound = match &**binding.bound() {
-        Bound::Pending => binding.settled(route_wake_timeout(route)).await,
-        _ => binding.bound_full(),
-    };
-    let (ip, _guard) = match &*bound {
-        Bound::Guest {
-            gate: Some(gate), ..
-        } => {
-            let guard = gate.enter(true);
-            let limit = route
-                .hold
-                .as_ref()
-                .map_or(usize::MAX, |h| h.max_held_requests);
-            let ip = match gate.ready() {
-                Some(ip) => ip,
-                None => {
-                    // Joining a wake under way starts nothing; starting
-                    // one is for clients the wake rules allow.
-                    let start = match crate::idle::admit::starts(gate, wake) {
-                        Ok(start) => start,
-                        Err(r) => {
-                            guard.not_use();
-                            return Err(format!(
-                                "the guest sleeps and this client may not wake it ({})",
-                                r.reason
-                            ));
-                        }
-                    };
-                    let _slot = gate
-                        .try_hold(limit)
-                        .ok_or("too many connections are waiting for the wake")?;
-                    gate.wait_ready_as(route_wake_timeout(route), start)
-                        .await
-                        .map_err(|e| format!("the guest did not wake: {e}"))?
-                }
-            };
-            (ip, guard)
-        }
-        Bound::Guest { id, gate: None } => (
-            Some(guest_ip(shared, id).map_err(|u| u.detail)?),
-            route.enter(),
-        ),
-        Bound::Missing(why) => return Err(why.to_string()),
-        Bound::Pending => return Err("the Proxmox cluster has not been read yet".into()),
+    let entry = route.entry(shared.clusters.as_deref());
+    let (ip, _guard) = match idle::admit_settled(&entry, || false, || route.enter()).await {
+        Ok(warm) => (warm.ip, warm.guard),
+        Err(NotNow::Wait(gate, guard)) => match idle::admission::claimed(&gate).await {
+            Some(ip) => (ip, guard),
+            None => wake(&gate, guard, route, wake_rules).await?,
+        },
+        Err(NotNow::Refused(why)) => return Err(why.detail),
+        Err(NotNow::Pending) => return Err("the Proxmox cluster has not been read yet".into()),
     };
     let ip = ip.ok_or("the guest's IP address is not known yet")?;
     let addr = SocketAddr::new(ip, target.port);
@@ -148,12 +112,34 @@ async fn connection(
     Ok(())
 }
 
-/// How long a connection waits for its guest: the route's `wake_timeout`,
-/// else the default.
-fn route_wake_timeout(route: &Route) -> std::time::Duration {
-    route
-        .settings
-        .sleep
-        .as_ref()
-        .map_or(std::time::Duration::from_secs(120), |s| s.wake_timeout)
+/// Holds a connection through its guest's wake, by the same policy as
+/// the guest's HTTP requests (`HoldPolicy::resolve`).
+async fn wake(
+    gate: &Arc<Gate>,
+    guard: UseGuard,
+    route: &Route,
+    wake_rules: Option<WakeCheck<'_>>,
+) -> Result<(Option<IpAddr>, UseGuard), String> {
+    // Joining a wake under way starts nothing; starting one is for
+    // clients the wake rules allow.
+    let start = match idle::admit::starts(gate, wake_rules) {
+        Ok(start) => start,
+        Err(r) => {
+            guard.not_use();
+            return Err(format!(
+                "the guest sleeps and this client may not wake it ({})",
+                r.reason
+            ));
+        }
+    };
+    let policy = HoldPolicy::resolve(route.hold.as_ref(), gate);
+    let ip = idle::admission::hold(gate, &policy, start).await;
+    ip.map(|ip| (ip, guard)).map_err(|e| match e {
+        NotHeld::TooMany => "too many connections are waiting for the wake".to_string(),
+        NotHeld::Failed => "the guest did not wake".to_string(),
+        NotHeld::Timeout => format!(
+            "the guest did not wake within {}",
+            humantime::format_duration(policy.wake_timeout)
+        ),
+    })
 }

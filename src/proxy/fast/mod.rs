@@ -32,9 +32,9 @@ use super::io::ClientIo;
 use super::listener::MAX_HEAD;
 use super::pages;
 use super::route::{Route, RouteKind};
-use super::service::{guest_ip, Shared};
+use super::service::Shared;
 use crate::idle::admit::is_no_wake_parts;
-use crate::idle::{Bound, UseGuard};
+use crate::idle::{self, NotNow, UseGuard};
 use bytes::Bytes;
 use http::{Response, StatusCode, Version};
 use request::{Method, Parsed, Rewrite};
@@ -241,11 +241,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         // A trusted proxy's forwarded fields, ACME challenges and the
         // HTTPS redirect are the hyper path's.
         if table.is_trusted(info.peer.ip())
-            || !info.tls
-                && (shared.https_redirect.is_some()
-                    || head
-                        .target
-                        .starts_with(crate::acme::challenge::http01::PREFIX.as_bytes()))
+            || super::redirect::may_answer_early(shared, info.tls, head.target)
         {
             return Next::HandOver;
         }
@@ -396,46 +392,36 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
 
 /// Where a request of `route` goes on the fast path, when it may go
 /// there now: its backend, the stop epoch of its guest's connections, and
-/// the guard that counts it as use of the route (and of its guest). A
-/// route with access policies or header rules, a guest that is not ready
-/// (to be woken, or waited for) and anything not known yet are for the
-/// hyper path, which answers them as before; the warm path here is
-/// `idle::admit_now`'s and `service::pass`'s.
+/// the guard that counts it as use of the route (and of its guest). The
+/// admission is every path's (`idle::admit_warm`); whatever is not warm
+/// (a guest to wake or wait for, anything not known yet) and routes the
+/// fast path does not serve are for the hyper path, which answers them.
 fn admit(
     shared: &Shared,
     route: &Route,
     head: &request::Head<'_, '_>,
 ) -> Option<(Upstream, u64, UseGuard)> {
-    if route.access.is_some() {
+    if !route.fast_path {
         return None;
     }
-    let guest_route = matches!(route.kind, RouteKind::Guest(_) | RouteKind::Dependency);
-    let (ip, epoch, hold) = match route.binding.as_deref().map(|b| b.bound()) {
-        None => (None, 0, route.enter()),
-        Some(bound) => match &**bound {
-            Bound::Guest {
-                gate: Some(gate), ..
-            } => {
-                let rules = &route.settings.no_wake;
-                let quiet = is_no_wake_parts(rules, head.path(), || head.user_agent_text());
-                // The guard comes before the state check (the owner's fence).
-                let guard = gate.enter(!quiet);
-                (gate.ready()?, gate.pool_epoch(), guard)
-            }
-            Bound::Guest { id, gate: None } if guest_route => {
-                (Some(guest_ip(shared, id).ok()?), 0, route.enter())
-            }
-            // A plain backend that is not (or not yet known as) a guest.
-            _ if !guest_route => (None, 0, route.enter()),
-            _ => return None,
-        },
+    let entry = route.entry(shared.clusters.as_deref());
+    let rules = &route.settings.no_wake;
+    let quiet = || is_no_wake_parts(rules, head.path(), || head.user_agent_text());
+    let warm = match idle::admit_warm(&entry, quiet, || route.enter()) {
+        Ok(warm) => warm,
+        Err(NotNow::Wait(_, guard)) => {
+            // hyper's path takes the request again, and counts it then.
+            guard.not_use();
+            return None;
+        }
+        Err(_) => return None,
     };
-    let upstream = match (&route.kind, ip) {
+    let upstream = match (&route.kind, warm.ip) {
         (RouteKind::Static(up), _) => up.clone(),
         (RouteKind::Guest(target), Some(ip)) => target.upstream(ip).ok()?,
         _ => return None,
     };
-    Some((upstream, epoch, hold))
+    Some((upstream, warm.epoch, warm.guard))
 }
 
 /// Whether `buf` holds the end of a head (an empty line: CRLF CRLF, or bare
