@@ -726,3 +726,53 @@ async fn a_head_larger_than_the_first_buffer_arrives_whole() {
     c.send(GET).await;
     assert_eq!(c.read(false).await.expect("response").body, b"0");
 }
+
+/// A client connection's second request meets the backend closing its
+/// connection without an answer (its keep-alive timeout running out just
+/// then): the status the client gets, and how many backend connections
+/// were opened, for the fast path or hyper's (a route with a header rule).
+async fn second_request_on_a_closing_connection(hyper: bool, idle: Duration) -> (u16, usize) {
+    let b = Scripted::start(|n, _| match n {
+        1 => (vec![], Then::Close),
+        _ => (ok("fine"), Then::Keep),
+    })
+    .await;
+    let rule = if hyper {
+        "    response_headers:\n      X-Via: drowsy\n"
+    } else {
+        ""
+    };
+    let d = Drowsy::start(&format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: off\nroutes:\n  app:\n    host: app.lan\n    backend: http://{}\n{rule}",
+        b.addr
+    ))
+    .await;
+    let mut c = Client::open(d.http()).await;
+    c.send(GET).await;
+    assert_eq!(c.read(false).await.expect("response").status, 200);
+    tokio::time::sleep(idle).await;
+    c.send(GET).await;
+    let status = c.read(false).await.expect("response").status;
+    (status, b.connections())
+}
+
+#[tokio::test]
+async fn both_paths_send_a_request_again_only_after_the_connection_idled() {
+    // One rule for both (RFC 9110 §9.2.2): a GET that met a reused
+    // connection closing is sent again on a new one when that connection
+    // had been idle for a second, long enough for a backend's keep-alive
+    // timeout to close it; within less, the close was the backend's
+    // answer, and the client gets the 502.
+    for hyper in [false, true] {
+        assert_eq!(
+            second_request_on_a_closing_connection(hyper, Duration::from_millis(1100)).await,
+            (200, 2),
+            "hyper path: {hyper}"
+        );
+        assert_eq!(
+            second_request_on_a_closing_connection(hyper, Duration::ZERO).await,
+            (502, 1),
+            "hyper path: {hyper}"
+        );
+    }
+}

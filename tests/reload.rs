@@ -202,3 +202,71 @@ async fn sighup_reloads_the_running_binary() {
         .expect("wait");
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
 }
+
+/// One response read from a kept client connection (the echo backend
+/// always sends a length).
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut slots);
+        if let Ok(httparse::Status::Complete(len)) = r.parse(buf) {
+            let length: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .expect("a length");
+            if buf.len() >= len + length {
+                let status = r.code.expect("status");
+                buf.drain(..len + length);
+                return status;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("deadline")
+            .expect("read");
+        assert!(n > 0, "drowsy closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn backend_connections_outlive_a_reload() {
+    use tokio::io::AsyncWriteExt;
+    // One backend behind a route the fast path serves and one with a
+    // header rule (hyper's path).
+    let (a, h) = (Backend::start().await, Backend::start().await);
+    let head = "listen:\n  http: 127.0.0.1:0\n  admin: off\nroutes:\n";
+    let routes = format!(
+        "  a:\n    host: a.lan\n    backend: {}\n  h:\n    host: h.lan\n    backend: {}\n    response_headers:\n      X-Via: drowsy\n",
+        a.url(),
+        h.url()
+    );
+    let d = Drowsy::start(&format!("{head}{routes}")).await;
+    let mut client = TcpStream::connect(d.http()).await.expect("connect");
+    let mut buf = Vec::new();
+    for host in ["a.lan", "h.lan"] {
+        let req = format!("GET /before HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        client.write_all(req.as_bytes()).await.expect("write");
+        assert_eq!(read_response(&mut client, &mut buf).await, 200);
+    }
+    // A reload that changes another route (as a tag change would).
+    let other = "  new:\n    host: new.lan\n    backend: http://127.0.0.1:9\n";
+    write(&d, &format!("{head}{routes}{other}"));
+    d.running.reload_from_file().await.expect("reload");
+    for host in ["a.lan", "h.lan"] {
+        let req = format!("GET /after HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        client.write_all(req.as_bytes()).await.expect("write");
+        assert_eq!(read_response(&mut client, &mut buf).await, 200);
+    }
+    assert!(a.seen().contains(&"/after".to_string()));
+    assert!(h.seen().contains(&"/after".to_string()));
+    assert_eq!(
+        (a.connections(), h.connections()),
+        (1, 1),
+        "the reload dropped pooled backend connections"
+    );
+}

@@ -89,7 +89,9 @@ impl Proxy {
         clusters: Option<Arc<Clusters>>,
         plan: Option<&Plan>,
     ) -> Result<Proxy, StartError> {
-        let table = RouteTable::build(config, &metrics, plan).map_err(StartError::Routes)?;
+        let pools = Arc::new(forward::client::Pools::default());
+        let table =
+            RouteTable::build(config, &metrics, plan, &pools).map_err(StartError::Routes)?;
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
         let acme = Arc::new(crate::acme::Hooks::default());
@@ -98,6 +100,7 @@ impl Proxy {
             workers::Workers::start(workers::Workers::wanted()).map_err(StartError::Workers)?;
         let shared = Arc::new(Shared {
             workers,
+            pools,
             table: ArcSwap::from_pointee(table),
             metrics,
             upgrades: TaskTracker::new(),
@@ -172,8 +175,8 @@ impl Proxy {
         config: &Config,
         plan: Option<&Plan>,
     ) -> Result<Prepared, StartError> {
-        let table =
-            RouteTable::build(config, &self.shared.metrics, plan).map_err(StartError::Routes)?;
+        let table = RouteTable::build(config, &self.shared.metrics, plan, &self.shared.pools)
+            .map_err(StartError::Routes)?;
         table.access.inherit(&self.shared.table.load().access);
         let wanted = tcp_routes(config);
         let mut opened = Vec::new();

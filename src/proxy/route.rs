@@ -1,7 +1,7 @@
 //! The runtime form of a route and the table of all of them, built once per
 //! config (and again on reload), then shared read-only by every request.
 
-use super::forward::client::{Backends, ClientCache};
+use super::forward::client::{Backends, ClientCache, Pools};
 use super::forward::Upstream;
 use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
@@ -183,12 +183,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table for `config`; backend pools come from `pools`, so the
+    /// ones the table before it used are kept.
     pub fn build(
         config: &Config,
         metrics: &Arc<Metrics>,
         plan: Option<&Plan>,
+        pools: &Arc<Pools>,
     ) -> Result<Self, String> {
-        let mut clients = ClientCache::default();
+        let mut clients = ClientCache::new(pools.clone());
         let mut hosts = HostTable::default();
         let mut routes = Vec::with_capacity(config.routes.len());
         let access = crate::access::Engine::build(config, metrics)?;

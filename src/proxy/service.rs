@@ -27,6 +27,8 @@ use tokio_util::task::TaskTracker;
 /// State shared by every connection of the proxy.
 pub struct Shared {
     pub table: ArcSwap<RouteTable>,
+    /// Backend pools by address, kept across reloads.
+    pub pools: Arc<super::forward::client::Pools>,
     pub metrics: Arc<Metrics>,
     /// Upgraded connections and TCP streams, tracked so shutdown can wait
     /// for them.

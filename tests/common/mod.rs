@@ -39,6 +39,8 @@ pub fn init_crypto() {
 #[derive(Default)]
 pub struct BackendState {
     pub seen: Mutex<Vec<String>>,
+    /// Connections accepted so far.
+    pub connections: std::sync::atomic::AtomicUsize,
     /// Notified (one stored permit) whenever a request arrives.
     pub arrived: Notify,
     /// Notified when an `/upload` request's first body bytes arrive.
@@ -77,6 +79,8 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                st.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -105,6 +109,12 @@ impl Backend {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<String> {

@@ -17,15 +17,15 @@
 //! connection's driver, response timeout here), metrics, access log, error
 //! pages, and reuse rules for backend connections (a kept connection is
 //! checked before reuse; a request that failed on one before any response
-//! byte is sent once more on a new one, which is safe for GET and HEAD,
-//! RFC 9110 §9.2.2).
+//! byte is sent once more on a new one by the rule both paths share,
+//! `upstream::may_replay`).
 
 pub mod request;
 pub mod response;
 
 use super::body::{AccessLog, ReqBody};
 use super::conn::{ConnInfo, RequestGuard};
-use super::forward::upstream::{Affinity, Pool, Stream, UpstreamError};
+use super::forward::upstream::{may_replay, Affinity, Pool, Stream, UpstreamError};
 use super::forward::Upstream;
 use super::forward::{backend_error, exchange};
 use super::io::ClientIo;
@@ -543,26 +543,26 @@ impl Backend {
     }
 
     /// A connection to `pool`'s backend: the kept one, a pooled one, or a
-    /// new one; whether it was used before.
+    /// new one; since when it has been idle, if it was used before.
     async fn connect(
         &mut self,
         pool: &Arc<Pool<ReqBody>>,
         epoch: u64,
-    ) -> Result<(Stream, bool), UpstreamError> {
+    ) -> Result<(Stream, Option<Instant>), UpstreamError> {
         let same = self.pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, pool));
         if !same || self.epoch != epoch {
             self.release();
         }
         if let Some(s) = self.stream.take().filter(Stream::is_fresh) {
-            return Ok((s, true));
+            return Ok((s, Some(self.last_used.unwrap_or_else(Instant::now))));
         }
         self.pool = Some(pool.clone());
         self.epoch = epoch;
         match pool.checkout_raw(epoch) {
-            Some(s) => Ok((s, true)),
+            Some((s, since)) => Ok((s, Some(since))),
             // Boxed: a new connection is the rare case here, and its future
             // would set the size of every request's.
-            None => Ok((Box::pin(pool.dial_raw()).await?, false)),
+            None => Ok((Box::pin(pool.dial_raw()).await?, None)),
         }
     }
 
@@ -577,7 +577,9 @@ impl Backend {
         close: bool,
         out: &mut Vec<u8>,
     ) -> Result<response::Head, UpstreamError> {
-        let (mut stream, mut reused) = self.connect(pool, epoch).await?;
+        let (mut stream, idle_since) = self.connect(pool, epoch).await?;
+        // The fast path's requests are GET and HEAD without a body.
+        let mut replay = idle_since.is_some_and(may_replay);
         loop {
             match self
                 .round_trip(&mut stream, req, head_request, close, out)
@@ -587,10 +589,10 @@ impl Backend {
                     self.stream = Some(stream);
                     return Ok(head);
                 }
-                Err(Trip::BeforeResponse(e)) if reused => {
+                Err(Trip::BeforeResponse(e)) if replay => {
                     tracing::debug!(error = %e, "stale backend connection; sending again on a new one");
                     stream = Box::pin(pool.dial_raw()).await?;
-                    reused = false;
+                    replay = false;
                 }
                 Err(Trip::BeforeResponse(e) | Trip::After(e)) => {
                     return Err(UpstreamError::Exchange(e))

@@ -366,15 +366,16 @@ where
         self.raw.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest fresh idle connection of the fast path, of `epoch`.
-    pub fn checkout_raw(&self, epoch: u64) -> Option<Stream> {
+    /// The newest fresh idle connection of the fast path, of `epoch`, and
+    /// since when it has been idle.
+    pub fn checkout_raw(&self, epoch: u64) -> Option<(Stream, Instant)> {
         let mut raw = self.lock_raw();
         if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
             raw.clear();
         }
         while let Some(i) = raw.pop() {
             if i.since.elapsed() < self.idle_timeout && i.epoch == epoch && i.stream.is_fresh() {
-                return Some(i.stream);
+                return Some((i.stream, i.since));
             }
         }
         None
@@ -651,6 +652,15 @@ where
 /// request. A connection used more recently is not closed by a timeout.
 const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
 
+/// The replay rule of both paths: a request that met a reused connection
+/// closing before any byte of the response arrived is sent once more on a
+/// new connection when it may be sent twice (RFC 9110 §9.2.2: idempotent,
+/// no body; [`replayable`]) and the connection had been idle for
+/// [`REPLAY_AFTER_IDLE`] (or hyper had not written the request at all).
+pub fn may_replay(idle_since: Instant) -> bool {
+    idle_since.elapsed() >= REPLAY_AFTER_IDLE
+}
+
 /// A request head kept to send the request again.
 struct Head {
     method: Method,
@@ -704,9 +714,8 @@ where
     };
     loop {
         let stale_possible = conn.used;
-        let mut copy =
-            (stale_possible && conn.idle_since.elapsed() >= REPLAY_AFTER_IDLE && replayable(&req))
-                .then(|| Head::of(&req));
+        let mut copy = (stale_possible && may_replay(conn.idle_since) && replayable(&req))
+            .then(|| Head::of(&req));
         conn.used = true;
         match exchange(&mut conn, req).await {
             Ok(resp) => {
