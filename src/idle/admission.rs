@@ -6,7 +6,7 @@
 use super::activity::UseGuard;
 use super::admit::HoldPolicy;
 use super::binding::{Binding, Bound};
-use super::gate::{Gate, GuestId, WaitError};
+use super::gate::{Gate, GuestId, Ready, WaitError};
 use crate::proxmox::Clusters;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -64,12 +64,12 @@ pub fn admit_warm(
             // the owner.
             let guard = gate.enter(!quiet());
             match gate.ready() {
-                Some(ip) => Ok(Warm {
+                Ready::At(ip) => Ok(Warm {
                     ip,
                     epoch: gate.pool_epoch(),
                     guard,
                 }),
-                None => Err(NotNow::Wait(gate.clone(), guard)),
+                Ready::No => Err(NotNow::Wait(gate.clone(), guard)),
             }
         }
         Bound::Guest { id, gate: None } if entry.guest_route => {
@@ -146,10 +146,12 @@ const CLAIM_WAIT: Duration = Duration::from_secs(2);
 /// Up, but other instances may see this one as idle (`cluster:`): one
 /// round trip to the shared store, not a wake. The address once claimed.
 pub async fn claimed(gate: &Gate) -> Option<Option<IpAddr>> {
-    if gate.awaiting_claim() && gate.wait_claimed(CLAIM_WAIT).await {
-        gate.ready()
-    } else {
-        None
+    match gate.awaiting_claim() && gate.wait_claimed(CLAIM_WAIT).await {
+        true => match gate.ready() {
+            Ready::At(ip) => Some(ip),
+            Ready::No => None,
+        },
+        false => None,
     }
 }
 

@@ -30,7 +30,7 @@ pub enum Admit {
         waited_ms: Option<u64>,
         /// The guest's stop epoch: connections pooled in an earlier one
         /// are dead.
-        pool: u64,
+        epoch: u64,
     },
     Respond(Box<Response<RespBody>>),
 }
@@ -139,7 +139,7 @@ pub async fn admit<B>(
             ip,
             guard,
             waited_ms: None,
-            pool: gate.pool_epoch(),
+            epoch: gate.pool_epoch(),
         };
     }
     if quiet {
@@ -193,7 +193,7 @@ pub async fn admit<B>(
             ip,
             guard,
             waited_ms: Some(held_at.elapsed().as_millis() as u64),
-            pool: gate.pool_epoch(),
+            epoch: gate.pool_epoch(),
         },
         Err(NotHeld::TooMany) => Admit::Respond(Box::new(pages::unavailable(
             format!("route {route}: too many requests are waiting for the guest to wake"),
@@ -301,7 +301,7 @@ fn events(gate: &Arc<Gate>, start: bool) -> Response<RespBody> {
         loop {
             let (phase, done) = {
                 let sig = signal.borrow_and_update();
-                if gate.ready().is_some() {
+                if gate.ready().is_ready() {
                     let ms = match sig.phase {
                         Phase::Ready { ms } => ms,
                         _ => 0,

@@ -21,6 +21,23 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+/// Whether a request may go to a guest now ([`Gate::ready`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Up, at this address (`None` for a guest that is not probed: a
+    /// backend route that reaches it at a fixed address).
+    At(Option<IpAddr>),
+    /// Asleep, waking, stopping, a dependency down, or its address not
+    /// known yet.
+    No,
+}
+
+impl Ready {
+    pub fn is_ready(self) -> bool {
+        matches!(self, Ready::At(_))
+    }
+}
+
 /// A guest for good: its cluster and vmid. Routes may name it by name, IP
 /// or vmid; once found, it is this.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -493,27 +510,28 @@ impl Gate {
             .enter(counts, Some(self.label.load().metrics.inflight.clone()))
     }
 
-    /// Ready to forward to: running, its dependencies running, and (when it
-    /// is probed) its address known. Call it after taking a guard.
-    pub fn ready(&self) -> Option<Option<IpAddr>> {
+    /// Whether a request may go to the guest now: running, its
+    /// dependencies running, and (when it is probed) its address known.
+    /// Call it after taking a guard.
+    pub fn ready(&self) -> Ready {
         if !fence::admitted(&self.state, &self.claim) || !self.deps_up() {
-            return None;
+            return Ready::No;
         }
         self.usable_address()
     }
 
-    fn usable_address(&self) -> Option<Option<IpAddr>> {
+    fn usable_address(&self) -> Ready {
         match self.address.load().as_deref() {
-            Some(ip) => Some(Some(*ip)),
-            None if self.settings.load().probe_ports.is_empty() => Some(None),
-            None => None,
+            Some(ip) => Ready::At(Some(*ip)),
+            None if self.settings.load().probe_ports.is_empty() => Ready::At(None),
+            None => Ready::No,
         }
     }
 
     /// Whether the owner must wake the guest: it (or a dependency) is not
     /// up. A missing claim alone is the publisher's job.
     pub(super) fn needs_wake(&self) -> bool {
-        self.state() != GuestState::Running || !self.deps_up() || self.usable_address().is_none()
+        self.state() != GuestState::Running || !self.deps_up() || !self.usable_address().is_ready()
     }
 
     /// Up here, and only this instance's claim is missing: a request waits
@@ -576,7 +594,7 @@ impl Gate {
         let waited = tokio::time::timeout(limit, async {
             loop {
                 rx.borrow_and_update();
-                if self.ready().is_some() {
+                if self.ready().is_ready() {
                     return true;
                 }
                 if !self.awaiting_claim() {
@@ -663,16 +681,16 @@ impl Gate {
     ) -> Result<Option<IpAddr>, WaitError> {
         let mut rx = self.signal.subscribe();
         let mark = rx.borrow_and_update().mark();
-        if let Some(ready) = self.ready() {
-            return Ok(ready);
+        if let Ready::At(ip) = self.ready() {
+            return Ok(ip);
         }
         if let Some(why) = self.backoff_error() {
             return Err(WaitError::Failed(why));
         }
         let waited = tokio::time::timeout(timeout, async {
             loop {
-                if let Some(ready) = self.ready() {
-                    return Ok(ready);
+                if let Ready::At(ip) = self.ready() {
+                    return Ok(ip);
                 }
                 if let Some(f) = rx.borrow_and_update().failure_since(mark) {
                     return Err(match f.timed_out {

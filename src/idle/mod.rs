@@ -27,6 +27,6 @@ pub use admission::{admit_settled, admit_warm, Entry, NotNow, Unavailable, Warm}
 pub use admit::{admit, Admit, HoldPolicy};
 pub use binding::{Binding, Bound, Want};
 pub use fence::Claim;
-pub use gate::{Gate, GuestId};
+pub use gate::{Gate, GuestId, Ready};
 pub use registry::{Gates, Plan, Retired};
 pub use state::GuestState;

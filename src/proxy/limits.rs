@@ -2,17 +2,21 @@
 //! connections at once (all entrypoints and TCP routes together),
 //! connections per client address, and requests in flight.
 
-use std::collections::HashMap;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connection limits shared by every listener of one proxy.
 #[derive(Debug)]
 pub struct ConnLimits {
     global: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections per client key: a sharded map, so connections of
+    /// different clients accepted on different workers take different
+    /// locks.
+    per_ip: DashMap<IpAddr, usize>,
     max_per_ip: usize,
 }
 
@@ -41,7 +45,7 @@ impl ConnLimits {
     pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<ConnLimits> {
         Arc::new(ConnLimits {
             global: Arc::new(Semaphore::new(max_connections)),
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip: DashMap::new(),
             max_per_ip,
         })
     }
@@ -68,13 +72,12 @@ impl ConnLimits {
             });
         }
         let key = client_key(peer);
-        {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(key).or_insert(0);
-            if *n >= self.max_per_ip {
-                return None;
+        match self.per_ip.entry(key) {
+            Entry::Occupied(mut n) if *n.get() < self.max_per_ip => *n.get_mut() += 1,
+            Entry::Vacant(v) if self.max_per_ip > 0 => {
+                v.insert(1);
             }
-            *n += 1;
+            _ => return None,
         }
         Some(ConnSlot {
             _global: permit,
@@ -86,13 +89,12 @@ impl ConnLimits {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         if let Some((limits, key)) = &self.per_ip {
-            let mut map = limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(key);
-                }
-            }
+            // Under the shard's lock: a connection of the same client
+            // admitted meanwhile is counted before the check.
+            limits.per_ip.remove_if_mut(key, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
         }
     }
 }

@@ -228,7 +228,7 @@ async fn pass(
             ip: warm.ip,
             guard: warm.guard,
             waited_ms: None,
-            pool: warm.epoch,
+            epoch: warm.epoch,
         },
         // Boxed: the waiting is rare, and its future would otherwise
         // make every request's future large.
@@ -351,14 +351,14 @@ async fn forward_to(
             );
         }
     }
-    let (ip, hold, waited_ms, pool) = match pass(shared, route, &req, from.client).await {
+    let (ip, hold, waited_ms, epoch) = match pass(shared, route, &req, from.client).await {
         Admit::Respond(resp) => return *resp,
         Admit::Forward {
             ip,
             guard,
             waited_ms,
-            pool,
-        } => (ip, guard, waited_ms, pool),
+            epoch,
+        } => (ip, guard, waited_ms, epoch),
     };
     let upstream = match (&route.kind, ip) {
         (RouteKind::Static(upstream), _) => upstream.clone(),
@@ -382,7 +382,7 @@ async fn forward_to(
     let ctx = ForwardCtx {
         route: &route.name,
         upstream: &upstream,
-        epoch: pool,
+        epoch,
         host,
         trusted,
         client,
