@@ -2,7 +2,7 @@
 //! host[:port] whose normal form parses back to itself.
 #![no_main]
 
-use drowsy::proxy::authority::parse_authority;
+use drowsy::http::authority::parse_authority;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(hosts.len(), 1, "exactly one Host");
     // The host is one hyper's path accepts, already in its normal form.
     let host = std::str::from_utf8(hosts[0]).expect("ascii");
-    let authority = drowsy::proxy::authority::parse_authority(host).expect("a valid host");
+    let authority = drowsy::http::authority::parse_authority(host).expect("a valid host");
     assert!(authority.is_normal());
     let xfh = req.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-host"));
     assert!(xfh.map(|f| f.value).eq([hosts[0]]));

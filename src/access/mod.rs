@@ -17,8 +17,8 @@ pub mod wake_rules;
 
 use crate::admin::metrics::{AccessDeniedLabel, Metrics};
 use crate::config::{Config, HeaderRule, IpRules, PolicyKind, RouteAccess};
-use crate::proxy::body::RespBody;
-use crate::proxy::pages;
+use crate::http::body::RespBody;
+use crate::http::pages;
 use basic_auth::{BasicAuth, Outcome};
 use forward_auth::{ForwardAuth, Verdict};
 use http::header::{self, HeaderMap, HeaderValue};

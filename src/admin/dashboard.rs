@@ -9,7 +9,7 @@
 use super::server::AdminState;
 use crate::idle::page::escape_html;
 use crate::idle::GuestState;
-use crate::proxy::body::RespBody;
+use crate::http::body::RespBody;
 use crate::proxy::route::Route;
 use crate::status::short_duration;
 use bytes::Bytes;

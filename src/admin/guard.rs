@@ -17,7 +17,7 @@
 //!   (`Forwarded` / `X-Forwarded-For`): drowsy cannot tell who asked.
 
 use crate::config::Secret;
-use crate::proxy::authority::parse_authority;
+use crate::http::authority::parse_authority;
 use http::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, FORWARDED, HOST, ORIGIN};
 use http::{Method, StatusCode};
 use std::net::IpAddr;

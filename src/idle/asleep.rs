@@ -4,8 +4,8 @@
 //! visit starts nothing) and looks again later.
 
 use super::page::{render, Loading};
-use crate::proxy::body::RespBody;
-use crate::proxy::pages;
+use crate::http::body::RespBody;
+use crate::http::pages;
 use http::Response;
 
 /// `page`: a browser navigation that gets HTML.

@@ -1,7 +1,7 @@
 //! What the data path knows about the client connection a request came on,
 //! and the per-request guard that keeps it (and the proxy) counted busy.
 
-use super::body::ReqBody;
+use crate::http::body::ReqBody;
 use super::forward::upstream::Affinity;
 use super::limits::{ConnSlot, InflightSlot};
 use http::HeaderValue;

@@ -1,15 +1,12 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
-pub mod authority;
 pub mod auto;
-pub mod body;
 pub mod conn;
 pub mod fast;
 pub mod forward;
 pub mod io;
 pub mod limits;
 pub mod listener;
-pub mod pages;
 pub mod redirect;
 pub mod route;
 pub mod router;

@@ -4,8 +4,8 @@
 //! plain HTTP (a token drowsy did not issue goes to the route as usual,
 //! so a backend running its own ACME client keeps working).
 
-use super::authority::parse_authority;
-use super::body::RespBody;
+use crate::http::authority::parse_authority;
+use crate::http::body::RespBody;
 use super::conn::ConnInfo;
 use super::route::RouteTable;
 use super::service::Shared;

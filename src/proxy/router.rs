@@ -41,7 +41,7 @@ impl<R> HostTable<R> {
         }
     }
 
-    /// `host` must already be in normal form (see [`super::authority`]).
+    /// `host` must already be in normal form (see [`crate::http::authority`]).
     pub fn lookup(&self, host: &str) -> Option<&Arc<R>> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);

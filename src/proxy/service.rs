@@ -2,13 +2,13 @@
 //! request to the forwarder. Everything here runs per request, so it only
 //! reads immutable tables and touches atomics.
 
-use super::authority::parse_authority;
-use super::body::{AccessLog, RespBody};
+use crate::http::authority::parse_authority;
+use crate::http::body::{AccessLog, RespBody};
 use super::conn::{ConnInfo, RequestGuard};
 use super::forward::headers::client_ip_value;
 use super::forward::{self, ForwardCtx};
 use super::limits::{ConnLimits, Inflight};
-use super::pages;
+use crate::http::pages;
 use super::route::{Route, RouteKind, RouteTable};
 use crate::access::client_ip::client_ip;
 use crate::admin::metrics::Metrics;

@@ -23,14 +23,14 @@
 pub mod request;
 pub mod response;
 
-use super::body::{AccessLog, ReqBody};
+use crate::http::body::{AccessLog, ReqBody};
 use super::conn::{ConnInfo, RequestGuard};
 use super::forward::upstream::{may_replay, Affinity, Pool, Stream, UpstreamError};
 use super::forward::Upstream;
 use super::forward::{backend_error, exchange};
 use super::io::ClientIo;
 use super::listener::MAX_HEAD;
-use super::pages;
+use crate::http::pages;
 use super::route::{Route, RouteKind};
 use super::service::Shared;
 use crate::idle::admit::is_no_wake_parts;
@@ -363,7 +363,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
     async fn page(
         &mut self,
         mut job: Job,
-        mut page: Response<super::body::RespBody>,
+        mut page: Response<crate::http::body::RespBody>,
         closing: bool,
     ) -> Relayed {
         let status = page.status();
@@ -467,7 +467,7 @@ fn access_log(
 /// Writes a page drowsy made (a small, whole body) as an HTTP/1.1
 /// response, with the fields hyper's server would add.
 fn write_page(
-    page: &Response<super::body::RespBody>,
+    page: &Response<crate::http::body::RespBody>,
     body: &[u8],
     head_request: bool,
     close: bool,

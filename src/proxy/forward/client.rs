@@ -8,7 +8,7 @@
 
 use super::upstream::{Dialer, Pool};
 use crate::config::{BackendSettings, Scheme};
-use crate::proxy::body::ReqBody;
+use crate::http::body::ReqBody;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};

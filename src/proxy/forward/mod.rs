@@ -6,9 +6,9 @@ pub mod headers;
 mod upgrade;
 pub mod upstream;
 
-use super::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
+use crate::http::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
 use super::conn::{ConnInfo, TimerSlot};
-use super::pages;
+use crate::http::pages;
 use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::header::HeaderValue;

@@ -2,8 +2,8 @@
 //! Concrete enums rather than boxed bodies, so a request costs no extra
 //! allocation for its body.
 
-use super::conn::RequestGuard;
-use super::forward::upstream::Lease;
+use crate::proxy::conn::RequestGuard;
+use crate::proxy::forward::upstream::Lease;
 use crate::idle::UseGuard;
 use bytes::Bytes;
 use http::{Method, StatusCode};
