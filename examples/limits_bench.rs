@@ -12,7 +12,7 @@
 
 use drowsy::access::rate_limit::Limiter;
 use drowsy::config::RateSpec;
-use drowsy::proxy::limits::ConnLimits;
+use drowsy::proxy::conn::limits::ConnLimits;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

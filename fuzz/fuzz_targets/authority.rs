@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let host = a.host.as_ref();
     assert!(!host.is_empty());
     assert!(!host.bytes().any(|b| b.is_ascii_uppercase()));
-    assert!(!host.contains(['/', '\\', '?', '#', '@', ' ', '%', '*']), "{host:?}");
+    assert!(
+        !host.contains(['/', '\\', '?', '#', '@', ' ', '%', '*']),
+        "{host:?}"
+    );
     assert!(!host.ends_with('.'), "{host:?}");
     let value = a.header_value(None);
     let again = parse_authority(value.to_str().expect("ascii")).expect("normal form parses");

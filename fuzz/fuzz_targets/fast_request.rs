@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
     for f in req.headers.iter() {
         let name = f.name.to_ascii_lowercase();
         assert!(!name.contains('_'), "{name}");
-        assert!(!NEVER.contains(&name.as_str()), "{name} reached the backend");
+        assert!(
+            !NEVER.contains(&name.as_str()),
+            "{name} reached the backend"
+        );
         http::HeaderName::from_bytes(f.name.as_bytes()).expect("a valid name");
         http::HeaderValue::from_bytes(f.value).expect("a valid value");
         match name.as_str() {
@@ -71,6 +74,9 @@ fuzz_target!(|data: &[u8]| {
     let host = std::str::from_utf8(hosts[0]).expect("ascii");
     let authority = drowsy::http::authority::parse_authority(host).expect("a valid host");
     assert!(authority.is_normal());
-    let xfh = req.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-host"));
+    let xfh = req
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("x-forwarded-host"));
     assert!(xfh.map(|f| f.value).eq([hosts[0]]));
 });

@@ -31,8 +31,20 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(resp.code, Some(head.status));
     assert_eq!(resp.version, Some(1));
     assert!(head.status >= 200);
-    let count = |name: &str| resp.headers.iter().filter(|f| f.name.eq_ignore_ascii_case(name)).count();
-    for gone in ["keep-alive", "proxy-connection", "upgrade", "te", "http2-settings", "proxy-authenticate"] {
+    let count = |name: &str| {
+        resp.headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    for gone in [
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "http2-settings",
+        "proxy-authenticate",
+    ] {
         assert_eq!(count(gone), 0, "{gone} reached the client");
     }
     let connection: Vec<&[u8]> = resp

@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(upid.to_string(), text);
     assert!(!upid.node.is_empty());
-    assert!(upid.node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    assert!(upid
+        .node
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     for field in [&upid.task_type, &upid.id, &upid.user] {
         assert!(!field.contains(':') && !field.chars().any(char::is_whitespace));
     }

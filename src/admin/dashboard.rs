@@ -7,10 +7,10 @@
 //! (`/dashboard/events`) whenever they change.
 
 use super::server::AdminState;
+use crate::http::body::RespBody;
 use crate::idle::page::escape_html;
 use crate::idle::GuestState;
-use crate::http::body::RespBody;
-use crate::proxy::route::Route;
+use crate::proxy::router::table::Route;
 use crate::status::short_duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};

@@ -3,11 +3,11 @@
 //! string), then `end`, or `error` (data: `{"message": ...}`).
 
 use super::server::{find_route, AdminState};
+use crate::http::body::RespBody;
+use crate::http::pages;
 use crate::proxmox::logs::{self, LogsRequest};
 use crate::proxmox::power::{self, LiveStatus};
 use crate::proxmox::{Guest, GuestStatus, PveClient};
-use crate::http::body::RespBody;
-use crate::http::pages;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::time::Duration;

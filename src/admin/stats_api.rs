@@ -3,7 +3,7 @@
 
 use super::server::AdminState;
 use crate::proxmox::stats::GuestStats;
-use crate::proxy::route::Route;
+use crate::proxy::router::table::Route;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 //! Concrete enums rather than boxed bodies, so a request costs no extra
 //! allocation for its body.
 
-use crate::proxy::conn::RequestGuard;
-use crate::proxy::forward::upstream::Lease;
 use crate::idle::UseGuard;
+use crate::proxy::conn::info::RequestGuard;
+use crate::proxy::forward::upstream::Lease;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};

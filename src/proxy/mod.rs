@@ -1,30 +1,39 @@
 //! The data path: listener → router → (idle gate) → forwarder.
 
-pub mod auto;
+//!
+//! - `conn/`: accepting client connections within the limits, TLS, the
+//!   socket wrapper and the worker threads that serve them;
+//! - `router/`: the route table (built once per config) and the host
+//!   lookup, routes from Proxmox tags, and what is answered before routing;
+//! - `fast/`: plain HTTP/1.1 requests forwarded without hyper;
+//! - `hyper_path/`: every other request (HTTP/2, bodies, upgrades, access
+//!   policies, guests to wake), served by hyper;
+//! - `forward/`: hyper's backend client, the header rules it applies, and
+//!   the backend connection pools both paths use;
+//! - `tcp.rs`: TCP stream routes;
+//! - `state.rs`: what every connection of the proxy shares.
+//!
+//! Both HTTP paths ask the idle gate the same way (`crate::idle::admission`)
+//! and apply one table of field rules (`crate::http::fields`).
+
 pub mod conn;
 pub mod fast;
 pub mod forward;
-pub mod io;
-pub mod limits;
-pub mod listener;
-pub mod redirect;
-pub mod route;
+pub mod hyper_path;
 pub mod router;
-pub mod service;
+pub mod state;
 pub mod tcp;
-pub mod tls;
-pub mod woken;
-pub mod workers;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::idle::Plan;
 use crate::proxmox::Clusters;
 use arc_swap::ArcSwap;
-use limits::{ConnLimits, Inflight};
-use listener::Entrypoint;
-use route::RouteTable;
-use service::Shared;
+use conn::limits::{ConnLimits, Inflight};
+use conn::listener::Entrypoint;
+use conn::{listener, tls, workers};
+use router::table::RouteTable;
+use state::Shared;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;

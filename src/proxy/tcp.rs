@@ -3,13 +3,13 @@
 //! bytes both ways until either side closes or nothing moves for
 //! `tunnel_idle_timeout`. The connection counts as use until it closes.
 
-use super::io::tunnel;
-use super::limits::ConnSlot;
-use super::route::{Route, RouteKind};
-use super::service::Shared;
 use crate::access::WakeCheck;
 use crate::idle::admission::NotHeld;
 use crate::idle::{self, Gate, HoldPolicy, NotNow, UseGuard};
+use crate::proxy::conn::io::tunnel;
+use crate::proxy::conn::limits::ConnSlot;
+use crate::proxy::router::table::{Route, RouteKind};
+use crate::proxy::state::Shared;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};

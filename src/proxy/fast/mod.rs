@@ -24,17 +24,17 @@ pub mod request;
 pub mod response;
 
 use crate::http::body::{AccessLog, ReqBody};
-use super::conn::{ConnInfo, RequestGuard};
-use super::forward::upstream::{may_replay, Affinity, Pool, Stream, UpstreamError};
-use super::forward::Upstream;
-use super::forward::{backend_error, exchange};
-use super::io::ClientIo;
-use super::listener::MAX_HEAD;
 use crate::http::pages;
-use super::route::{Route, RouteKind};
-use super::service::Shared;
 use crate::idle::admit::is_no_wake_parts;
 use crate::idle::{self, NotNow, UseGuard};
+use crate::proxy::conn::info::{ConnInfo, RequestGuard};
+use crate::proxy::conn::io::ClientIo;
+use crate::proxy::conn::listener::MAX_HEAD;
+use crate::proxy::forward::upstream::{may_replay, Affinity, Pool, Stream, UpstreamError};
+use crate::proxy::forward::Upstream;
+use crate::proxy::forward::{backend_error, exchange};
+use crate::proxy::router::table::{Route, RouteKind};
+use crate::proxy::state::Shared;
 use bytes::Bytes;
 use http::{Response, StatusCode, Version};
 use request::{Method, Parsed, Rewrite};
@@ -241,7 +241,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<'_, IO> {
         // A trusted proxy's forwarded fields, ACME challenges and the
         // HTTPS redirect are the hyper path's.
         if table.is_trusted(info.peer.ip())
-            || super::redirect::may_answer_early(shared, info.tls, head.target)
+            || crate::proxy::router::redirect::may_answer_early(shared, info.tls, head.target)
         {
             return Next::HandOver;
         }
@@ -440,7 +440,7 @@ fn head_ends(buf: &[u8], scanned: usize) -> bool {
 fn access_log(
     head: &request::Head<'_, '_>,
     route: &Route,
-    table: &super::route::RouteTable,
+    table: &crate::proxy::router::table::RouteTable,
     info: &ConnInfo,
     start: Instant,
 ) -> Option<Box<AccessLog>> {

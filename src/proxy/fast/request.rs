@@ -7,8 +7,8 @@
 //! Everything else, malformed heads included, goes to hyper, which
 //! answers it as before: the fast path never decides an error.
 
-use crate::http::fields::{forwarded_fields, rule, Rule};
 use crate::http::authority::parse_authority;
+use crate::http::fields::{forwarded_fields, rule, Rule};
 use httparse::{Header, Status, EMPTY_HEADER};
 use std::borrow::Cow;
 

@@ -5,8 +5,8 @@
 //! sent; a head or a framing drowsy cannot be sure of is an error (502),
 //! never guessed at.
 
-use super::request::MAX_HEADERS;
 use crate::http::fields::{rule, Rule};
+use crate::proxy::fast::request::MAX_HEADERS;
 use httparse::{Status, EMPTY_HEADER};
 
 /// How the body after the head ends.

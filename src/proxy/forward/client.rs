@@ -6,9 +6,9 @@
 //! the same address share its pool, and a reload (or a change of the
 //! routes made from Proxmox tags) keeps it and its idle connections.
 
-use super::upstream::{Dialer, Pool};
 use crate::config::{BackendSettings, Scheme};
 use crate::http::body::ReqBody;
+use crate::proxy::forward::upstream::{Dialer, Pool};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};

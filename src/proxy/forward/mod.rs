@@ -7,9 +7,9 @@ mod upgrade;
 pub mod upstream;
 
 use crate::http::body::{BodyProgress, ReqBody, ReqBodyError, RespBody};
-use super::conn::{ConnInfo, TimerSlot};
 use crate::http::pages;
 use crate::idle::UseGuard;
+use crate::proxy::conn::info::{ConnInfo, TimerSlot};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;

@@ -2,8 +2,8 @@
 //! protocols, bytes are piped both ways until either side closes or
 //! nothing moves for `tunnel_idle_timeout`.
 
-use crate::proxy::conn::ConnInfo;
-use crate::proxy::io::tunnel;
+use crate::proxy::conn::info::ConnInfo;
+use crate::proxy::conn::io::tunnel;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;

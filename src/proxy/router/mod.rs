@@ -1,6 +1,14 @@
 //! Host → route lookup. The table is immutable once built; a reload builds a
 //! new one and swaps it in with one atomic store, so requests never see a
 //! half-updated table and never take a lock.
+//!
+//! Beside it: the route table itself (`table.rs`), routes made from
+//! Proxmox tags (`auto.rs`), and what a request may get before routing
+//! (`redirect.rs`).
+
+pub mod auto;
+pub mod redirect;
+pub mod table;
 
 use crate::config::HostPattern;
 use rustc_hash::FxHashMap;

@@ -2,54 +2,22 @@
 //! request to the forwarder. Everything here runs per request, so it only
 //! reads immutable tables and touches atomics.
 
+use crate::access::client_ip::client_ip;
 use crate::http::authority::parse_authority;
 use crate::http::body::{AccessLog, RespBody};
-use super::conn::{ConnInfo, RequestGuard};
-use super::forward::headers::client_ip_value;
-use super::forward::{self, ForwardCtx};
-use super::limits::{ConnLimits, Inflight};
 use crate::http::pages;
-use super::route::{Route, RouteKind, RouteTable};
-use crate::access::client_ip::client_ip;
-use crate::admin::metrics::Metrics;
 use crate::idle::{self, Admit, NotNow, Unavailable};
-use crate::proxmox::Clusters;
-use arc_swap::ArcSwap;
+use crate::proxy::conn::info::{ConnInfo, RequestGuard};
+use crate::proxy::forward::headers::client_ip_value;
+use crate::proxy::forward::{self, ForwardCtx};
+use crate::proxy::router::table::{Route, RouteKind, RouteTable};
+use crate::proxy::state::Shared;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// State shared by every connection of the proxy.
-pub struct Shared {
-    pub table: ArcSwap<RouteTable>,
-    /// Backend pools by address, kept across reloads.
-    pub pools: Arc<super::forward::client::Pools>,
-    pub metrics: Arc<Metrics>,
-    /// Upgraded connections and TCP streams, tracked so shutdown can wait
-    /// for them.
-    pub upgrades: TaskTracker,
-    /// Cancelled when the shutdown deadline passes.
-    pub kill: CancellationToken,
-    /// The Proxmox clusters, when any is configured.
-    pub clusters: Option<Arc<Clusters>>,
-    /// Connection limits of every entrypoint and TCP route together.
-    pub limits: Arc<ConnLimits>,
-    /// `listen.max_inflight_requests`.
-    pub inflight: Arc<Inflight>,
-    pub body_read_timeout: Duration,
-    pub tunnel_idle_timeout: Option<Duration>,
-    /// ACME certificates and challenge answers.
-    pub acme: Arc<crate::acme::Hooks>,
-    /// With `listen.redirect_https`: the HTTPS port plain requests go to.
-    pub https_redirect: Option<u16>,
-    /// The threads client connections are served on.
-    pub workers: super::workers::Workers,
-}
+use std::time::Instant;
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -81,7 +49,8 @@ pub async fn handle(
         .map(|slot| RequestGuard::new(conn.clone(), slot, http2));
     // ACME HTTP-01 answers and the HTTPS redirect come before routing.
     let early = match guard {
-        Some(_) => super::redirect::before_routing(&shared, &conn, &table, &req).map(Box::new),
+        Some(_) => crate::proxy::router::redirect::before_routing(&shared, &conn, &table, &req)
+            .map(Box::new),
         None => None,
     };
     let routed = match early {

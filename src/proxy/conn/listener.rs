@@ -7,12 +7,13 @@
 //! - no request in flight: `keepalive_timeout` (HTTP/2 also PINGs the peer);
 //! - a client leaving drowsy's writes unread: `send_timeout` (in [`ClientIo`]).
 
-use super::conn::ConnInfo;
-use super::fast;
-use super::io::{ClientIo, Protocol};
-use super::service::{self, Shared};
-use super::woken::Woken;
 use crate::config::ListenSettings;
+use crate::proxy::conn::info::ConnInfo;
+use crate::proxy::conn::io::{ClientIo, Protocol};
+use crate::proxy::conn::woken::Woken;
+use crate::proxy::fast;
+use crate::proxy::hyper_path;
+use crate::proxy::state::Shared;
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::{http1, http2};
@@ -98,7 +99,7 @@ impl Entrypoint {
 }
 
 /// Accepts until `stop`, then waits for the open connections to finish.
-/// Runs on worker `home` (see [`super::workers`]), whose reactor the
+/// Runs on worker `home` (see [`crate::proxy::conn::workers`]), whose reactor the
 /// listener joins here.
 pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, home: usize) {
     let listener = match TcpListener::from_std(listener) {
@@ -147,7 +148,7 @@ pub async fn accept_loop(listener: std::net::TcpListener, ep: Arc<Entrypoint>, h
 }
 
 /// Gives a new connection to the next worker thread, which serves it to
-/// its end (see [`super::workers`]). When that is the accepting worker
+/// its end (see [`crate::proxy::conn::workers`]). When that is the accepting worker
 /// (`home`) itself, the connection stays where it is.
 fn hand_over(
     connections: &TaskTracker,
@@ -320,7 +321,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (shared, conn_info) = (ep.shared.clone(), info.clone());
-    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
+    let svc = service_fn(move |req| hyper_path::handle(shared.clone(), conn_info.clone(), req));
     let conn = pin!(ep
         .http1
         .serve_connection(TokioIo::new(io), svc)
@@ -335,7 +336,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (shared, conn_info) = (ep.shared.clone(), info.clone());
-    let svc = service_fn(move |req| service::handle(shared.clone(), conn_info.clone(), req));
+    let svc = service_fn(move |req| hyper_path::handle(shared.clone(), conn_info.clone(), req));
     let stalled = info.send_stalled(ep.send_timeout);
     let conn = pin!(ep.http2.serve_connection(TokioIo::new(io), svc));
     let ended = drive(conn, &info, ep, stalled, None).await;

@@ -2,8 +2,8 @@
 //! and the per-request guard that keeps it (and the proxy) counted busy.
 
 use crate::http::body::ReqBody;
-use super::forward::upstream::Affinity;
-use super::limits::{ConnSlot, InflightSlot};
+use crate::proxy::conn::limits::{ConnSlot, InflightSlot};
+use crate::proxy::forward::upstream::Affinity;
 use http::HeaderValue;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,7 +38,7 @@ impl ConnInfo {
         ConnInfo {
             peer,
             tls,
-            client: super::forward::headers::client_ip_value(peer.ip()),
+            client: crate::proxy::forward::headers::client_ip_value(peer.ip()),
             idle: ConnIdle::new(),
             affinity: Arc::default(),
             timers: TimerSlot::default(),
@@ -59,7 +59,7 @@ impl ConnInfo {
 
     /// Resolves once an HTTP/2 response has waited `timeout` for the client
     /// to take its next bytes. On HTTP/1 a client that stops reading blocks
-    /// the socket, which [`super::io::ClientIo`] notices; on HTTP/2 the
+    /// the socket, which [`crate::proxy::conn::io::ClientIo`] notices; on HTTP/2 the
     /// client can instead close one stream's flow-control window and keep
     /// answering PINGs, holding the stream, its backend connection and a
     /// place under `max_inflight_requests` for as long as it likes. hyper
@@ -233,7 +233,7 @@ impl Drop for RequestGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::limits::Inflight;
+    use crate::proxy::conn::limits::Inflight;
 
     #[tokio::test(start_paused = true)]
     async fn idle_expires_only_without_requests() {

@@ -1,13 +1,13 @@
 //! The runtime form of a route and the table of all of them, built once per
 //! config (and again on reload), then shared read-only by every request.
 
-use super::forward::client::{Backends, ClientCache, Pools};
-use super::forward::Upstream;
-use super::router::HostTable;
 use crate::admin::metrics::{Metrics, RouteCodeLabel, RouteLabel};
 use crate::config::{Config, RouteSettings, Scheme, Target};
 use crate::idle::{Activity, Binding, Entry, HoldPolicy, Plan, UseGuard};
 use crate::proxmox::Clusters;
+use crate::proxy::forward::client::{Backends, ClientCache, Pools};
+use crate::proxy::forward::Upstream;
+use crate::proxy::router::HostTable;
 use arc_swap::ArcSwapOption;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;

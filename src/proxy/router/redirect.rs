@@ -4,12 +4,12 @@
 //! plain HTTP (a token drowsy did not issue goes to the route as usual,
 //! so a backend running its own ACME client keeps working).
 
+use crate::acme::challenge::http01;
 use crate::http::authority::parse_authority;
 use crate::http::body::RespBody;
-use super::conn::ConnInfo;
-use super::route::RouteTable;
-use super::service::Shared;
-use crate::acme::challenge::http01;
+use crate::proxy::conn::info::ConnInfo;
+use crate::proxy::router::table::RouteTable;
+use crate::proxy::state::Shared;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
