@@ -6,9 +6,9 @@ use crate::acme::Acme;
 use crate::admin::guard::AdminPolicy;
 use crate::admin::metrics::Metrics;
 use crate::admin::server::{self, AdminState};
-use crate::cluster::Cluster;
 use crate::config::{self, Config, RouteSettings, Target};
 use crate::idle::Gates;
+use crate::instances::Cluster;
 use crate::proxmox::Clusters;
 use crate::proxy::router::auto;
 use crate::proxy::{self, Proxy, StartError};
@@ -432,4 +432,49 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         out.push("the proxmox section");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, proxmox: &str) -> Config {
+        let text = format!(
+            "listen:\n  http: 127.0.0.1:8080\n{listen}{proxmox}routes:\n  a:\n    host: a.lan\n    backend: http://127.0.0.1:9\n"
+        );
+        config::parse(std::path::Path::new("drowsy.yml"), &text).expect("valid config")
+    }
+
+    const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!t\n    token_secret: s\n";
+
+    #[test]
+    fn a_reload_says_what_waits_for_a_restart() {
+        let base = config("", PVE);
+        assert!(restart_needed(&base, &config("", PVE)).is_empty());
+        // The route table carries these: a reload applies them.
+        let reloadable = config(
+            "  trusted_proxies: [10.0.0.0/8]\n  access_log_query: true\n",
+            PVE,
+        );
+        assert!(restart_needed(&base, &reloadable).is_empty());
+        assert_eq!(
+            restart_needed(&base, &config("  send_timeout: 5s\n", PVE)),
+            ["a listener setting"]
+        );
+        assert_eq!(
+            restart_needed(&base, &config("  admin: 127.0.0.1:8081\n", PVE)),
+            ["a listen address"]
+        );
+        // Any field of a cluster, not a chosen few.
+        let pve = PVE.replace("token_secret: s", "token_secret: t");
+        assert_eq!(
+            restart_needed(&base, &config("", &pve)),
+            ["the proxmox section"]
+        );
+        let pve = format!("{PVE}    poll_interval: 7s\n");
+        assert_eq!(
+            restart_needed(&base, &config("", &pve)),
+            ["the proxmox section"]
+        );
+    }
 }

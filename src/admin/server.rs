@@ -2,12 +2,12 @@
 
 use super::guard::{self, AdminPolicy};
 use crate::admin::metrics::Metrics;
-use crate::cluster::usage::GuestUsage;
 use crate::http::body::RespBody;
 use crate::http::pages;
 use crate::idle::gate::WaitError;
 use crate::idle::Bound;
 use crate::idle::GuestId;
+use crate::instances::usage::GuestUsage;
 use crate::proxmox::Clusters;
 use crate::proxy::conn::listener::MAX_HEAD;
 use crate::proxy::router::table::{Route, RouteKind};
@@ -306,7 +306,7 @@ async fn cluster_usage(state: &AdminState) -> Option<Result<HashMap<GuestId, Gue
     ids.sort();
     ids.dedup();
     Some(
-        crate::cluster::usage::read(&cluster, &ids)
+        crate::instances::usage::read(&cluster, &ids)
             .await
             .map_err(|_| ()),
     )

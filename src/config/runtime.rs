@@ -114,7 +114,7 @@ pub struct AutoRoutes {
     pub template: RouteSettings,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenSettings {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
@@ -155,28 +155,19 @@ pub struct ListenSettings {
 }
 
 impl ListenSettings {
-    /// The settings a running entrypoint keeps until a restart (all but
-    /// `trusted_proxies` and `access_log_query`, which the route table
-    /// carries).
+    /// The settings a running entrypoint keeps until a restart: all but
+    /// the listen addresses (told apart by the caller) and the two the
+    /// route table carries, `trusted_proxies` and `access_log_query`,
+    /// which a reload applies. Compared whole, so a setting added later
+    /// asks for a restart unless it is made reloadable here.
     pub fn needs_restart(&self, new: &ListenSettings) -> bool {
-        let key = |l: &ListenSettings| {
-            (
-                (
-                    l.max_connections,
-                    l.max_connections_per_ip,
-                    l.max_inflight_requests,
-                ),
-                (l.header_read_timeout, l.body_read_timeout, l.send_timeout),
-                (
-                    l.keepalive_timeout,
-                    l.tunnel_idle_timeout,
-                    l.tls_handshake_timeout,
-                ),
-                (l.http2_max_concurrent_streams, l.shutdown_timeout),
-                (l.admin_token.clone(), l.redirect_https),
-            )
-        };
-        key(self) != key(new)
+        let mut kept = new.clone();
+        kept.http = self.http;
+        kept.https = self.https;
+        kept.admin = self.admin;
+        kept.trusted_proxies.clone_from(&self.trusted_proxies);
+        kept.access_log_query = self.access_log_query;
+        *self != kept
     }
 }
 

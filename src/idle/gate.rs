@@ -82,10 +82,13 @@ pub struct Signal {
     pub failed: Option<Failure>,
 }
 
-/// A failed wake: which attempt, why, and whether it ran out of time.
+/// A failed wake: which attempt, when, why, and whether it ran out of
+/// time. The one record of it: waiters, the retry back-off and
+/// `/api/routes` all read it here.
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub attempt: u64,
+    pub at: Instant,
     pub why: Arc<str>,
     pub timed_out: bool,
 }
@@ -184,12 +187,6 @@ pub(super) struct Label {
     pub metrics: GateMetrics,
 }
 
-/// What `/api/routes` shows about past wakes.
-#[derive(Default)]
-pub(super) struct Stats {
-    pub last_error: Option<(Instant, Arc<str>)>,
-}
-
 /// What the owner is asked to do. Wakes and rechecks are flags, so a flood
 /// of requests costs nothing more than one of them.
 pub(super) struct Requests {
@@ -239,7 +236,6 @@ pub struct Gate {
     pub(super) address: ArcSwapOption<IpAddr>,
     signal: watch::Sender<Signal>,
     pub(super) requests: Requests,
-    pub(super) stats: Mutex<Stats>,
     /// How long the service took to answer in past boots (the probe
     /// schedule follows it).
     boots: Mutex<super::probe::History>,
@@ -303,7 +299,6 @@ impl Gate {
                 claim_wanted: AtomicBool::new(false),
                 sleep,
             },
-            stats: Mutex::new(Stats::default()),
             boots: Mutex::new(super::probe::History::default()),
             wakes: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
@@ -426,12 +421,10 @@ impl Gate {
 
     /// The current wake failed; the guest is left in `state`.
     pub(super) fn fail(&self, why: &Arc<str>, state: GuestState, timed_out: bool) {
-        if let Ok(mut stats) = self.stats.lock() {
-            stats.last_error = Some((Instant::now(), why.clone()));
-        }
         self.transition(Some(state), |sig| {
             sig.failed = Some(Failure {
                 attempt: sig.attempt,
+                at: Instant::now(),
                 why: why.clone(),
                 timed_out,
             });
@@ -622,11 +615,10 @@ impl Gate {
         if self.state() != GuestState::Error {
             return None;
         }
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        match &stats.last_error {
-            Some((at, why)) if at.elapsed() < self.settings.load().sleep.wake_retry_after => {
-                Some(why.clone())
-            }
+        let retry_after = self.settings.load().sleep.wake_retry_after;
+        let sig = self.signal.borrow();
+        match &sig.failed {
+            Some(f) if f.at.elapsed() < retry_after => Some(f.why.clone()),
             _ => None,
         }
     }
@@ -812,10 +804,11 @@ impl Gate {
             _ => None,
         };
         let error = self
-            .stats
-            .lock()
-            .map(|s| s.last_error.as_ref().map(|e| e.1.to_string()))
-            .unwrap_or(None);
+            .signal
+            .borrow()
+            .failed
+            .as_ref()
+            .map(|f| f.why.to_string());
         GateSnapshot {
             state,
             inflight: self.activity.inflight(),

@@ -297,7 +297,7 @@ pub async fn wait_clear(c: &Cluster, k: &GuestKeys, limit: Duration) {
 
 #[cfg(all(test, feature = "loom"))]
 mod model {
-    //! `cargo test --features loom --lib cluster::fence`: the protocol
+    //! `cargo test --features loom --lib instances::fence`: the protocol
     //! between two instances, with Redis as linearizable registers (one
     //! lock around the store: Redis runs one command at a time). Each
     //! instance writes, then reads, exactly as the pipelines above do, and
