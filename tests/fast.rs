@@ -776,3 +776,35 @@ async fn both_paths_send_a_request_again_only_after_the_connection_idled() {
         );
     }
 }
+
+#[tokio::test]
+async fn both_paths_take_the_same_idle_backend_connections() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let b = Backend::start().await;
+    let d = drowsy_for(b.addr).await;
+    // HTTP/2 is hyper's path; the backend connection goes back to the
+    // pool as its response ends.
+    let stream = TcpStream::connect(d.http()).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/h2")
+        .header("host", "app.lan")
+        .body(full(bytes::Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+        .await
+        .expect("deadline")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+    // A new HTTP/1.1 client on the fast path takes that connection.
+    let mut c = Client::open(d.http()).await;
+    c.send(GET).await;
+    assert_eq!(c.read(false).await.expect("response").status, 200);
+    assert_eq!(b.seen().len(), 2);
+    assert_eq!(b.connections(), 1, "each path opened its own connection");
+}

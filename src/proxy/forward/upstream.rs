@@ -4,9 +4,15 @@
 //! ([`Affinity`]), driven in the client connection's own task: the request
 //! is written and the response read by the same task that serves the
 //! client, with no connection task of its own and no pool on the way. A
-//! small pool per backend address ([`Pool`], held by the route, so nothing
-//! is hashed) serves new client connections and HTTP/2 streams, and takes
-//! connections back when a client connection ends or moves on.
+//! small pool per backend address ([`Pool`], found once per route table
+//! in `client::Pools`) serves new client connections and HTTP/2 streams,
+//! and takes connections back when a client connection ends or moves on.
+//! It keeps hyper's idle connections as hyper left them and the fast
+//! path's as byte streams; a path that finds none of its own takes one of
+//! the other's, wrapped in a client connection or unwrapped
+//! (`Conn::into_stream`), so either path's idle connections serve the
+//! other without a handshake per request (bench/README.md, "One set of
+//! HTTP rules: before and after").
 //!
 //! Reuse rules: a connection is checked before reuse (one poll: a close by
 //! the backend shows up there); `Connection: close` from the backend ends
@@ -241,16 +247,24 @@ async fn connect_any(host: &str, port: u16) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// The future that drives a connection (with upgrade support; its type
+/// The future that drives a connection taken for an upgrade (its type
 /// cannot be named).
 type Driver = dyn Future<Output = hyper::Result<()>> + Send;
 
-/// One backend connection: the sender, and the future that drives it,
-/// polled by whoever holds the connection.
-pub struct Conn<B: Body> {
+/// How a connection is driven: plainly, so that it can go back to its
+/// pool as a byte stream ([`Conn::into_stream`]), or, once a request on it
+/// asks for an upgrade, with hyper's upgrade support (it never goes back).
+enum Drive<B: Body + 'static> {
+    Plain(Box<http1::Connection<TokioIo<Stream>, B>>),
+    Upgrade(Pin<Box<Driver>>),
+}
+
+/// One backend connection: the sender, and what drives it, polled by
+/// whoever holds the connection.
+pub struct Conn<B: Body + 'static> {
     send: http1::SendRequest<B>,
     /// `None` once the connection has ended.
-    driver: Option<Pin<Box<Driver>>>,
+    driver: Option<Drive<B>>,
     /// The guest's stop epoch when it was opened.
     epoch: u64,
     /// It has carried a request before (a failure on it may be a stale
@@ -267,12 +281,33 @@ where
 {
     /// Drives the connection; `false` once it has ended.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(d) = &mut self.driver {
-            if d.as_mut().poll(cx).is_ready() {
-                self.driver = None;
-            }
+        poll_drive(&mut self.driver, cx)
+    }
+
+    /// Lets the next request on it be an upgrade (a WebSocket): from now
+    /// on it is driven with hyper's upgrade support and is not pooled.
+    fn for_upgrade(&mut self) {
+        if let Some(Drive::Plain(c)) = self.driver.take() {
+            self.driver = Some(Drive::Upgrade(Box::pin((*c).with_upgrades())));
         }
-        self.driver.is_some()
+    }
+
+    /// The byte stream under an idle connection, for its pool: hyper lets
+    /// go of it once the sender is gone (one poll, no I/O). `None` when it
+    /// was taken for an upgrade or holds bytes nobody asked for.
+    fn into_stream(self) -> Option<Stream> {
+        let Conn { send, driver, .. } = self;
+        drop(send);
+        let Some(Drive::Plain(mut c)) = driver else {
+            return None;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match c.poll_without_shutdown(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            _ => return None,
+        }
+        let parts = (*c).into_parts();
+        parts.read_buf.is_empty().then(|| parts.io.into_inner())
     }
 
     /// Whether it can take a request now: one poll notices a close by the
@@ -283,13 +318,30 @@ where
     }
 }
 
-struct Idle<B: Body> {
+/// Polls what drives a connection, forgetting it once it has ended;
+/// whether it goes on.
+fn poll_drive<B>(driver: &mut Option<Drive<B>>, cx: &mut Context<'_>) -> bool
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ended = match driver {
+        Some(Drive::Plain(c)) => Pin::new(&mut **c).poll(cx).is_ready(),
+        Some(Drive::Upgrade(d)) => d.as_mut().poll(cx).is_ready(),
+        None => true,
+    };
+    if ended {
+        *driver = None;
+    }
+    driver.is_some()
+}
+
+struct Idle<B: Body + 'static> {
     conn: Conn<B>,
     since: Instant,
 }
 
-/// An idle connection of the fast path (see [`crate::proxy::fast`]): a
-/// plain byte stream, no hyper state.
+/// An idle connection as a plain byte stream, no hyper state.
 struct RawIdle {
     stream: Stream,
     since: Instant,
@@ -298,13 +350,15 @@ struct RawIdle {
 
 /// Idle connections to one backend address. Held by the route (and the
 /// guest route's current address), so finding it costs nothing.
-pub struct Pool<B: Body> {
+pub struct Pool<B: Body + 'static> {
     dialer: Dialer,
+    /// Idle connections as hyper left them (HTTP/2 streams and new client
+    /// connections take one per request: no handshake each time).
     idle: Mutex<Vec<Idle<B>>>,
-    /// The fast path's idle connections.
+    /// Idle connections as byte streams (the fast path's).
     raw: Mutex<Vec<RawIdle>>,
     idle_timeout: Duration,
-    /// The stop epoch of the connections in `idle`.
+    /// The stop epoch of the idle connections.
     epoch: AtomicU64,
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -329,8 +383,8 @@ where
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest usable idle connection of `epoch`.
-    fn checkout(&self, epoch: u64) -> Option<Conn<B>> {
+    /// The newest usable idle connection of hyper's, of `epoch`.
+    fn checkout_hyper(&self, epoch: u64) -> Option<Conn<B>> {
         let mut idle = self.lock();
         if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
             idle.clear();
@@ -343,7 +397,17 @@ where
         None
     }
 
-    /// Takes a connection back (when it is still usable).
+    /// An idle connection for hyper's path: one hyper left, else a byte
+    /// stream the fast path left, wrapped (the handshake is no I/O).
+    async fn checkout(&self, epoch: u64) -> Option<Conn<B>> {
+        if let Some(conn) = self.checkout_hyper(epoch) {
+            return Some(conn);
+        }
+        let (stream, since) = self.checkout_raw(epoch)?;
+        Conn::over(stream, epoch, Some(since)).await.ok()
+    }
+
+    /// Takes a connection of hyper's back (when it is still usable).
     pub fn put(self: &Arc<Self>, mut conn: Conn<B>) {
         if conn.epoch != self.epoch.load(Ordering::Relaxed) || !conn.usable() {
             return;
@@ -369,13 +433,23 @@ where
     /// The newest fresh idle connection of the fast path, of `epoch`, and
     /// since when it has been idle.
     pub fn checkout_raw(&self, epoch: u64) -> Option<(Stream, Instant)> {
-        let mut raw = self.lock_raw();
-        if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
-            raw.clear();
+        {
+            let mut raw = self.lock_raw();
+            if self.epoch.swap(epoch, Ordering::Relaxed) != epoch {
+                raw.clear();
+            }
+            while let Some(i) = raw.pop() {
+                if i.since.elapsed() < self.idle_timeout && i.epoch == epoch && i.stream.is_fresh()
+                {
+                    return Some((i.stream, i.since));
+                }
+            }
         }
-        while let Some(i) = raw.pop() {
-            if i.since.elapsed() < self.idle_timeout && i.epoch == epoch && i.stream.is_fresh() {
-                return Some((i.stream, i.since));
+        // None left as a stream: one hyper left, as its stream.
+        while let Some(conn) = self.checkout_hyper(epoch) {
+            let since = conn.idle_since;
+            if let Some(stream) = conn.into_stream() {
+                return Some((stream, since));
             }
         }
         None
@@ -429,7 +503,7 @@ where
             .await?;
         Ok(Conn {
             send,
-            driver: Some(Box::pin(driver.with_upgrades())),
+            driver: Some(Drive::Plain(Box::new(driver))),
             epoch,
             used: used.is_some(),
             idle_since: used.unwrap_or_else(Instant::now),
@@ -465,20 +539,32 @@ where
 /// The backend connection an HTTP/1 client connection used last, kept for
 /// its next request. Returned to its pool when the client connection ends
 /// or goes to another backend.
-pub struct Affinity<B: Body> {
+pub struct Affinity<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     held: Mutex<Option<Held<B>>>,
 }
 
 /// A kept connection and the pool it belongs to.
 type Held<B> = (Arc<Pool<B>>, Conn<B>);
 
-impl<B: Body> std::fmt::Debug for Affinity<B> {
+impl<B> std::fmt::Debug for Affinity<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Affinity").finish_non_exhaustive()
     }
 }
 
-impl<B: Body> Default for Affinity<B> {
+impl<B> Default for Affinity<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn default() -> Self {
         Affinity {
             held: Mutex::new(None),
@@ -533,7 +619,11 @@ where
     }
 }
 
-impl<B: Body> Drop for Affinity<B> {
+impl<B> Drop for Affinity<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn drop(&mut self) {
         let held = self
             .held
@@ -541,32 +631,17 @@ impl<B: Body> Drop for Affinity<B> {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some((pool, conn)) = held {
-            // Pool::put needs the bounds of the impl; a plain drop closes
-            // the connection otherwise.
-            pool.adopt(conn);
-        }
-    }
-}
-
-impl<B: Body> Pool<B> {
-    /// `put` without the body bounds (for `Drop`): keeps the connection
-    /// unchecked; it is checked at checkout.
-    fn adopt(self: &Arc<Self>, conn: Conn<B>) {
-        if conn.epoch != self.epoch.load(Ordering::Relaxed) || conn.driver.is_none() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            pool.put(conn);
         }
     }
 }
 
 /// Where a connection goes back after its response.
-enum Home<B: Body> {
+enum Home<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Pool,
     Affinity(Arc<Affinity<B>>),
 }
@@ -624,7 +699,10 @@ where
     /// upgraded stream is handed over; the connection is not reused.
     pub fn into_driver(mut self) -> Option<impl Future<Output = ()> + Send> {
         let conn = self.conn.take()?;
-        let driver = conn.driver?;
+        let driver: Pin<Box<Driver>> = match conn.driver? {
+            Drive::Upgrade(d) => d,
+            Drive::Plain(c) => Box::pin((*c).with_upgrades()),
+        };
         Some(async move {
             let _ = driver.await;
             drop(conn.send);
@@ -703,9 +781,11 @@ where
     B: Body<Data = Bytes> + Send + Unpin + Default + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let reused = affinity
-        .and_then(|a| a.take(pool, epoch))
-        .or_else(|| pool.checkout(epoch));
+    let reused = match affinity.and_then(|a| a.take(pool, epoch)) {
+        Some(conn) => Some(conn),
+        None => pool.checkout(epoch).await,
+    };
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let mut conn = match reused {
         Some(c) => c,
         // Boxed: a new connection is the rare case on the warm path, and
@@ -713,6 +793,10 @@ where
         None => Box::pin(pool.open(epoch)).await?,
     };
     loop {
+        if upgrade {
+            // The request setup kept `Upgrade` only for a WebSocket.
+            conn.for_upgrade();
+        }
         let stale_possible = conn.used;
         let mut copy = (stale_possible && may_replay(conn.idle_since) && replayable(&req))
             .then(|| Head::of(&req));
@@ -765,11 +849,7 @@ where
     let mut response = std::pin::pin!(conn.send.try_send_request(req));
     let driver = &mut conn.driver;
     std::future::poll_fn(|cx| {
-        if let Some(d) = driver {
-            if d.as_mut().poll(cx).is_ready() {
-                *driver = None;
-            }
-        }
+        poll_drive(driver, cx);
         response.as_mut().poll(cx)
     })
     .await
