@@ -122,9 +122,7 @@ pub async fn admit_settled(
         Box::pin(binding.settled(FIRST_POLL_WAIT)).await;
     }
     match admit_warm(entry, quiet, route_use) {
-        Err(NotNow::Pending) => Err(NotNow::Refused(Unavailable::internal(
-            "the Proxmox cluster has not been read yet".into(),
-        ))),
+        Err(NotNow::Pending) => Err(NotNow::Refused(Unavailable::unread())),
         other => other,
     }
 }
@@ -201,6 +199,11 @@ impl Unavailable {
 
     pub fn internal(detail: String) -> Self {
         Unavailable::new("the service is not available", detail)
+    }
+
+    /// The first read of the cluster has not told which guest it is.
+    pub fn unread() -> Self {
+        Unavailable::internal("the Proxmox cluster has not been read yet".into())
     }
 }
 

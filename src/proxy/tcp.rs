@@ -5,7 +5,7 @@
 
 use crate::access::WakeCheck;
 use crate::idle::admission::NotHeld;
-use crate::idle::{self, Gate, HoldPolicy, NotNow, UseGuard};
+use crate::idle::{self, Gate, HoldPolicy, NotNow, Unavailable, UseGuard};
 use crate::proxy::conn::io::tunnel;
 use crate::proxy::conn::limits::ConnSlot;
 use crate::proxy::router::table::{Route, RouteKind};
@@ -96,7 +96,7 @@ async fn connection(
             None => wake(&gate, guard, route, wake_rules).await?,
         },
         Err(NotNow::Refused(why)) => return Err(why.detail),
-        Err(NotNow::Pending) => return Err("the Proxmox cluster has not been read yet".into()),
+        Err(NotNow::Pending) => return Err(Unavailable::unread().detail),
     };
     let ip = ip.ok_or("the guest's IP address is not known yet")?;
     let addr = SocketAddr::new(ip, target.port);

@@ -85,16 +85,6 @@ impl Pools {
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
     }
-
-    /// How many pools are open (for tests and the admin API).
-    pub fn len(&self) -> usize {
-        let pools = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        pools.values().filter(|p| p.strong_count() > 0).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What makes two routes' TLS settings different: the CA file is compared

@@ -217,10 +217,7 @@ async fn pass(
             .await
         }
         Err(NotNow::Refused(why)) => Admit::Respond(refuse(route, why)),
-        Err(NotNow::Pending) => Admit::Respond(refuse(
-            route,
-            Unavailable::internal("the Proxmox cluster has not been read yet".into()),
-        )),
+        Err(NotNow::Pending) => Admit::Respond(refuse(route, Unavailable::unread())),
     }
 }
 
