@@ -2,11 +2,10 @@
 //! that asks "who is this?": access rules, rate limits, wake rules, the
 //! auth server's view, the backend's X-Real-IP and the access log.
 
+use crate::http::fields::X_FORWARDED_FOR;
 use http::header::HeaderMap;
 use ipnet::IpNet;
-use std::net::{IpAddr, SocketAddr};
-
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// The client behind `peer`. A peer that is not one of `trusted` is the
 /// client itself. A trusted proxy's X-Forwarded-For is walked from the
@@ -54,9 +53,33 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     e.parse::<SocketAddr>().ok().map(|a| a.ip().to_canonical())
 }
 
+/// The address a per-client cap counts by: IPv4 addresses as they are, an
+/// IPv6 address by its /64 (one host usually holds a whole /64), mapped
+/// IPv4 as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.3".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.3".parse::<IpAddr>().unwrap());
+    }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()

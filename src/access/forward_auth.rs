@@ -11,11 +11,11 @@
 use super::Who;
 use crate::config::ForwardAuthSettings;
 use crate::http::body::RespBody;
+use crate::http::fields::connection_named;
 use crate::http::fields::{
     rule_of, Rule, PROXY_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
     X_REAL_IP,
 };
-use crate::proxy::forward::headers::connection_named;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};

@@ -49,7 +49,7 @@ impl Limiter {
 
     /// Takes a token for `client`, or tells how long until one is there.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = crate::proxy::conn::limits::client_key(client);
+        let key = super::client_ip::client_key(client);
         let every = self.spec.every;
         let window = every * self.spec.burst;
         let shared = self.state.load();

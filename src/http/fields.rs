@@ -4,7 +4,7 @@
 //! holds everywhere (docs/ARCHITECTURE.md, "Two HTTP paths, one set of
 //! rules").
 
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// What a field is to a proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +160,18 @@ pub fn forwarded_fields<'a, V: ?Sized>(
         (&X_FORWARDED_PROTO, proto),
         (&X_FORWARDED_HOST, host),
     ]
+}
+
+/// The fields a `Connection` header names (RFC 9110 §7.6.1), besides the
+/// `keep-alive`, `close` and `upgrade` tokens' own meaning.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -103,18 +103,15 @@ fn plain(guard: UseGuard) -> Warm {
 /// which guest its route names (at startup).
 const FIRST_POLL_WAIT: Duration = Duration::from_secs(30);
 
-/// [`admit_warm`], and when the cluster has not been read yet, once more
-/// after the first read (or at once with the poll's error when Proxmox
-/// is unreachable).
-pub async fn admit_settled(
+/// [`admit_warm`] again for a request it answered [`NotNow::Pending`]:
+/// after the first read of the cluster (or at once with the poll's error
+/// when Proxmox is unreachable). Never answers `Pending`: a route still
+/// unknown then is refused.
+pub async fn admit_after_first_read(
     entry: &Entry<'_>,
-    quiet: impl Fn() -> bool,
-    route_use: impl Fn() -> UseGuard,
+    quiet: impl FnOnce() -> bool,
+    route_use: impl FnOnce() -> UseGuard,
 ) -> Result<Warm, NotNow> {
-    match admit_warm(entry, &quiet, &route_use) {
-        Err(NotNow::Pending) => {}
-        other => return other,
-    }
     if let Some(why) = entry.clusters.and_then(outage) {
         return Err(NotNow::Refused(Unavailable::internal(why)));
     }

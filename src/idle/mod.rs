@@ -23,7 +23,7 @@ pub mod state;
 mod sync;
 
 pub use activity::{Activity, UseGuard};
-pub use admission::{admit_settled, admit_warm, Entry, NotNow, Unavailable, Warm};
+pub use admission::{admit_after_first_read, admit_warm, Entry, NotNow, Unavailable, Warm};
 pub use admit::{admit, Admit, HoldPolicy};
 pub use binding::{Binding, Bound, Want};
 pub use fence::Claim;

@@ -89,7 +89,13 @@ async fn connection(
         _ => None,
     };
     let entry = route.entry(shared.clusters.as_deref());
-    let (ip, _guard) = match idle::admit_settled(&entry, || false, || route.enter()).await {
+    let admitted = match idle::admit_warm(&entry, || false, || route.enter()) {
+        Err(NotNow::Pending) => {
+            idle::admit_after_first_read(&entry, || false, || route.enter()).await
+        }
+        other => other,
+    };
+    let (ip, _guard) = match admitted {
         Ok(warm) => (warm.ip, warm.guard),
         Err(NotNow::Wait(gate, guard)) => match idle::admission::claimed(&gate).await {
             Some(ip) => (ip, guard),

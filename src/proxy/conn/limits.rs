@@ -2,9 +2,10 @@
 //! connections at once (all entrypoints and TCP routes together),
 //! connections per client address, and requests in flight.
 
+use crate::access::client_ip::client_key;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,19 +27,6 @@ pub struct ConnLimits {
 pub struct ConnSlot {
     _global: OwnedSemaphorePermit,
     per_ip: Option<(Arc<ConnLimits>, IpAddr)>,
-}
-
-/// The address a per-client cap counts by: IPv4 addresses as they are, an
-/// IPv6 address by its /64 (one host usually holds a whole /64), mapped
-/// IPv4 as IPv4.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
 }
 
 impl ConnLimits {
@@ -137,17 +125,6 @@ impl Drop for InflightSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_count_by_their_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        let mapped: IpAddr = "::ffff:10.0.0.3".parse().unwrap();
-        assert_eq!(client_key(mapped), "10.0.0.3".parse::<IpAddr>().unwrap());
-    }
 
     #[tokio::test]
     async fn per_address_cap_and_release() {

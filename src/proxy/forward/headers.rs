@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-use crate::http::fields::{self, rule_of, Rule, ALWAYS_HOP};
+use crate::http::fields::{self, connection_named, rule_of, Rule, ALWAYS_HOP};
 
 /// Does a `Connection` header list `token`? (RFC 9110 §7.6.1: a
 /// comma-separated list of case-insensitive tokens, possibly over several lines.)
@@ -94,18 +94,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// forward-auth request).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     rule_of(name).is_hop_by_hop()
-}
-
-/// The fields a `Connection` header names (RFC 9110 §7.6.1), besides the
-/// `keep-alive`, `close` and `upgrade` tokens' own meaning.
-pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
 }
 
 /// Removes the fields `Connection` names. `keep-alive` and `close`, which

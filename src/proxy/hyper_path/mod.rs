@@ -188,7 +188,10 @@ async fn pass(
     // Boxed: the first read of the cluster is waited for only at startup.
     let admitted = match idle::admit_warm(&entry, quiet, || route.enter()) {
         Err(NotNow::Pending) => {
-            Box::pin(idle::admit_settled(&entry, quiet, || route.enter())).await
+            Box::pin(idle::admit_after_first_read(&entry, quiet, || {
+                route.enter()
+            }))
+            .await
         }
         other => other,
     };
@@ -217,6 +220,7 @@ async fn pass(
             .await
         }
         Err(NotNow::Refused(why)) => Admit::Respond(refuse(route, why)),
+        // Not after admit_after_first_read; kept total rather than a panic.
         Err(NotNow::Pending) => Admit::Respond(refuse(route, Unavailable::unread())),
     }
 }
