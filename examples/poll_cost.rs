@@ -478,6 +478,7 @@ async fn measure(n: usize, args: &Args, clk_tck: u64) -> Row {
         insecure_loopback_guests: true,
         poll_interval: args.interval,
         request_timeout: Duration::from_secs(10),
+        nodes: Vec::new(),
     };
     let client = Arc::new(
         PveClient::new(&settings, Arc::new(Metrics::new())).expect("cannot build the API client"),

@@ -19,6 +19,7 @@ pub mod idle;
 pub mod instances;
 pub mod logging;
 pub mod logs;
+pub mod nodes;
 pub mod proxmox;
 pub mod proxy;
 pub mod sim;

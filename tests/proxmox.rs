@@ -84,6 +84,7 @@ impl Env {
             insecure_loopback_guests: true,
             poll_interval: Duration::from_millis(30),
             request_timeout: Duration::from_secs(2),
+            nodes: Vec::new(),
         }
     }
 

@@ -204,6 +204,40 @@ pub struct ProxmoxSettings {
     pub poll_interval: Duration,
     /// Deadline for every single API request.
     pub request_timeout: Duration,
+    /// The nodes drowsy may power off, in file order.
+    pub nodes: Vec<NodeSleep>,
+}
+
+/// `proxmox[].nodes.<name>` (README.md, "Sleeping whole nodes").
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSleep {
+    pub node: String,
+    /// How long every guest on the node must have been stopped.
+    pub sleep_after: Duration,
+    pub wol: Wol,
+    /// How long requests are held through the node's boot.
+    pub boot_timeout: Duration,
+    /// The node's idle draw, for the energy estimate (0: not given).
+    pub watts: f64,
+}
+
+/// How a sleeping node is woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wol {
+    pub mac: [u8; 6],
+    pub via: WolVia,
+    /// Where drowsy's own magic packet goes (`direct`, and `api` when no
+    /// other node is online to send one).
+    pub broadcast: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WolVia {
+    /// `POST /nodes/{node}/wakeonlan` to the API drowsy uses: that node
+    /// sends the packet, to the MAC in the sleeping node's config.
+    Api,
+    /// drowsy sends the magic packet itself.
+    Direct,
 }
 
 #[derive(Clone, Debug, PartialEq)]

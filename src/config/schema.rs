@@ -20,14 +20,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub defaults: RawDefaults,
     #[serde(default)]
-    pub routes: Routes,
+    pub routes: Named<RawRoute>,
     #[serde(default)]
     pub watch: bool,
     pub acme: Option<RawAcme>,
     pub cluster: Option<RawCluster>,
     /// Named access policies (README.md, "Who can reach and wake a guest"), in file order.
     #[serde(default)]
-    pub access: Policies,
+    pub access: Named<RawPolicy>,
     pub auto_routes: Option<super::auto::RawAutoRoutes>,
 }
 
@@ -104,6 +104,41 @@ pub struct RawProxmox {
     pub insecure_loopback_guests: bool,
     pub poll_interval: Option<DurationSetting>,
     pub request_timeout: Option<DurationSetting>,
+    /// Nodes drowsy may power off (README.md, "Sleeping whole nodes").
+    #[serde(default)]
+    pub nodes: Named<RawNode>,
+}
+
+/// `proxmox[].nodes.<name>`: when the node sleeps and how it is woken.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub sleep_after: Option<DurationSetting>,
+    pub wol: Option<RawWol>,
+    pub boot_timeout: Option<DurationSetting>,
+    pub watts: Option<f64>,
+}
+
+impl Entry for RawNode {
+    const WHAT: &'static str = "node";
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWol {
+    pub mac: EnvString,
+    #[serde(default)]
+    pub via: RawWolVia,
+    pub broadcast: Option<EnvString>,
+}
+
+/// Who sends the magic packet: another node (`api`) or drowsy (`direct`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawWolVia {
+    #[default]
+    Api,
+    Direct,
 }
 
 /// `acme:` (README.md, "Automatic HTTPS"): automatic certificates from an ACME CA.
@@ -334,38 +369,60 @@ impl<'de> Deserialize<'de> for RawGuest {
     }
 }
 
-/// `routes:` keeps the order of the file and rejects a name used twice
-/// (YAML itself would silently keep the last one).
-#[derive(Debug, Default)]
-pub struct Routes(pub Vec<(String, RawRoute)>);
+/// What one entry of a [`Named`] map is called, for its errors.
+pub trait Entry {
+    /// e.g. "route": "route `x` is defined twice".
+    const WHAT: &'static str;
+}
 
-impl<'de> Deserialize<'de> for Routes {
+/// A map of named entries (`routes:`, `access:`, `nodes:`) that keeps the
+/// order of the file and rejects a name used twice (YAML itself would
+/// silently keep the last one).
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Entry> Deserialize<'de> for Named<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Routes;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Entry> Visitor<'de> for V<T> {
+            type Value = Named<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of route names to routes")
+                write!(f, "a map of {} names to their settings", T::WHAT)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Routes, E> {
-                Ok(Routes::default())
+            fn visit_unit<E: de::Error>(self) -> Result<Named<T>, E> {
+                Ok(Named::default())
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
-                let mut routes: Vec<(String, RawRoute)> = Vec::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
-                    if routes.iter().any(|(n, _)| *n == name) {
+                    if out.iter().any(|(n, _)| *n == name) {
                         return Err(de::Error::custom(format!(
-                            "route `{name}` is defined twice"
+                            "{} `{name}` is defined twice",
+                            T::WHAT
                         )));
                     }
-                    let route = map.next_value::<RawRoute>()?;
-                    routes.push((name, route));
+                    let entry = map.next_value::<T>()?;
+                    out.push((name, entry));
                 }
-                Ok(Routes(routes))
+                Ok(Named(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
+}
+
+impl Entry for RawRoute {
+    const WHAT: &'static str = "route";
+}
+
+impl Entry for RawPolicy {
+    const WHAT: &'static str = "access policy";
 }
 
 /// `response_headers:` / `request_headers:`: header name → value to set,
@@ -388,38 +445,6 @@ impl<'de> Deserialize<'de> for HeaderRulesMap {
                     out.push((name, value));
                 }
                 Ok(HeaderRulesMap(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// `access:` keeps the order of the file and rejects a name used twice.
-#[derive(Debug, Default)]
-pub struct Policies(pub Vec<(String, RawPolicy)>);
-
-impl<'de> Deserialize<'de> for Policies {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Policies;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of policy names to policies")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Policies, E> {
-                Ok(Policies::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Policies, A::Error> {
-                let mut out: Vec<(String, RawPolicy)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if out.iter().any(|(n, _)| *n == name) {
-                        return Err(de::Error::custom(format!(
-                            "access policy `{name}` is defined twice"
-                        )));
-                    }
-                    out.push((name, map.next_value::<RawPolicy>()?));
-                }
-                Ok(Policies(out))
             }
         }
         d.deserialize_map(V)

@@ -1,7 +1,7 @@
 //! Validation of the raw schema and conversion into runtime settings. This
 //! file holds what every section shares (the context that collects errors,
 //! durations, addresses, secrets) and the order of the sections; each
-//! section is checked in its own file (`listen.rs`, `tls.rs`, `proxmox.rs`,
+//! section is checked in its own file (`listen.rs`, `tls.rs`, `proxmox.rs`, `nodes.rs`,
 //! `routes.rs`, `access.rs`, `acme.rs`, `auto.rs`, `cluster.rs`). Every
 //! problem is collected (not just the first) and reported at the line and
 //! column where it was written.
@@ -31,6 +31,7 @@ mod acme;
 mod auto;
 mod cluster;
 mod listen;
+mod nodes;
 mod proxmox;
 mod routes;
 mod tls;

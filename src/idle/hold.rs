@@ -23,6 +23,9 @@ pub enum Blocker {
     Template,
     /// Not until the node is back.
     NodeOffline(String),
+    /// drowsy put the guest's node to sleep and could not wake it (the
+    /// node, why).
+    NodeNotWoken(String, Arc<str>),
 }
 
 impl Blocker {
@@ -42,6 +45,10 @@ impl Blocker {
             Blocker::NodeOffline(node) => (
                 "its server is offline".to_string(),
                 format!("node {node} of guest {vmid} is offline"),
+            ),
+            Blocker::NodeNotWoken(node, why) => (
+                "its server could not be woken".to_string(),
+                format!("node {node} of guest {vmid} sleeps and could not be woken: {why}"),
             ),
         };
         Cause {

@@ -10,6 +10,7 @@ use super::state::{GuestState, Phase};
 use super::sync::Ordering;
 use crate::config::StopMethod;
 use crate::instances::{steps, Presence};
+use crate::nodes::{NodeGate, NodeState};
 use crate::proxmox::power::{self, LiveStatus, PowerAction};
 use crate::proxmox::{Clusters, Guest, PveClient};
 use std::future::Future;
@@ -188,8 +189,45 @@ impl Owner {
         self.clusters.cache.get(&self.id().cluster, self.id().vmid)
     }
 
+    /// A node drowsy put to sleep counts as online here: it is woken, not
+    /// a reason to refuse the wake.
     fn node_online(&self, guest: &Guest) -> Option<bool> {
+        if self.sleeping_node(guest).is_some() {
+            return Some(true);
+        }
         self.clusters.cache.node_online(&guest.cluster, &guest.node)
+    }
+
+    /// The guest's node, when drowsy may power it off and it is not up.
+    fn sleeping_node(&self, guest: &Guest) -> Option<Arc<NodeGate>> {
+        self.clusters
+            .node(&guest.cluster, &guest.node)
+            .filter(|n| n.state() != NodeState::Online)
+            .cloned()
+    }
+
+    /// The guest's node sleeps (or is going to): it is woken first.
+    async fn wake_node(&mut self) -> Result<(), WakeError> {
+        let Some(node) = self.guest().and_then(|g| self.sleeping_node(&g)) else {
+            return Ok(());
+        };
+        self.gate.publish(Phase::WakingNode(Arc::from(node.node())));
+        node.ensure_awake()
+            .await
+            .map_err(|why| WakeError::Refused(Blocker::NodeNotWoken(node.node().into(), why)))?;
+        // The cache learns of the node's guests again at the next poll.
+        next_poll(&mut self.polls).await;
+        Ok(())
+    }
+
+    /// The wake's time limit: the guest's, plus its node's boot when the
+    /// node sleeps.
+    fn wake_limit(&self) -> Duration {
+        let own = self.gate.gate_settings().sleep.wake_timeout;
+        match self.guest().and_then(|g| self.sleeping_node(&g)) {
+            Some(node) => own + node.settings.boot_timeout,
+            None => own,
+        }
     }
 
     /// Whether drowsy itself leaves this guest paused when it sleeps (so a
@@ -367,9 +405,9 @@ impl Owner {
     async fn wake(&mut self) {
         let started = Instant::now();
         let was = self.gate.state();
+        let limit = self.wake_limit();
         self.gate.begin_wake();
         tracing::info!(route = %self.gate.label(), "waking guest");
-        let limit = self.gate.gate_settings().sleep.wake_timeout;
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
             Ok(r) => r,
             Err(_) => Err(match self.held.take() {
@@ -433,6 +471,7 @@ impl Owner {
     async fn wake_steps(&mut self, was: GuestState) -> Result<Option<IpAddr>, WakeError> {
         let limit = self.gate.gate_settings().sleep.wake_timeout;
         self.claimed = steps::pre_claim(&self.gate, &self.presence, limit).await;
+        self.wake_node().await?;
         self.wake_dependencies().await?;
         let mut guest = self.find_guest().map_err(WakeError::Other)?;
         if was != GuestState::Running {

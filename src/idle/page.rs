@@ -128,7 +128,7 @@ h1{{font-size:1.4rem;font-weight:600}}
   if(!retry.hidden){{spin.hidden=true;return;}}
   showTime();timer=setInterval(showTime,1000);
   var es=new EventSource('/.drowsy/events');
-  ['starting','dependency','started','waiting','stopping','stopped'].forEach(function(name){{
+  ['node','locked','starting','dependency','started','waiting','stopping','stopped'].forEach(function(name){{
     es.addEventListener(name,function(e){{step(JSON.parse(e.data).message);}});
   }});
   es.addEventListener('ready',function(e){{step(JSON.parse(e.data).message);clearInterval(timer);es.close();location.reload();}});

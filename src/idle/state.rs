@@ -82,6 +82,8 @@ pub enum Phase {
     /// Proxmox holds the guest (a backup, a migration, a pause drowsy did
     /// not make): the start waits for it to end. The text is public.
     Held(Arc<str>),
+    /// The guest's node sleeps: it is woken first (the node's name).
+    WakingNode(Arc<str>),
     Stopping,
     Stopped,
 }
@@ -98,6 +100,7 @@ impl Phase {
             Phase::Ready { .. } => "ready",
             Phase::Failed(_) => "error",
             Phase::Held(_) => "locked",
+            Phase::WakingNode(_) => "node",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
         }
@@ -114,6 +117,7 @@ impl Phase {
             Phase::Ready { ms } => format!("ready after {ms} ms"),
             Phase::Failed(why) => format!("could not wake: {why}"),
             Phase::Held(why) => format!("{why}: the guest starts as soon as it ends"),
+            Phase::WakingNode(node) => format!("waking the server {node}"),
             Phase::Stopping => "the guest is going to sleep; it will wake right after".into(),
             Phase::Stopped => "asleep".into(),
         }

@@ -458,6 +458,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         template,
         lock,
         ha,
+        ha_started,
         usage: _,
     } = a;
     *cluster == b.cluster
@@ -472,6 +473,7 @@ fn same_guest(a: &Guest, b: &Guest) -> bool {
         && *ignored_ips == b.ignored_ips
         && *template == b.template
         && *ha == b.ha
+        && *ha_started == b.ha_started
 }
 
 fn sorted(guests: &[Guest]) -> Vec<Guest> {
@@ -515,6 +517,7 @@ mod tests {
             ignored_ips: vec![],
             template: false,
             ha: false,
+            ha_started: false,
             lock: None,
             usage: Default::default(),
         }

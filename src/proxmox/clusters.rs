@@ -8,6 +8,8 @@ use super::poller::{Poller, PollerHandle, PollerOptions};
 use super::types::Guest;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, GuestKey, GuestRef, Target};
+use crate::nodes::owner::NodeOwner;
+use crate::nodes::NodeGate;
 use std::sync::Arc;
 
 pub struct Clusters {
@@ -24,6 +26,8 @@ pub struct Clusters {
 struct Cluster {
     client: Arc<PveClient>,
     poller: PollerHandle,
+    /// The nodes drowsy may power off, each with its owner task.
+    nodes: Vec<Arc<NodeGate>>,
 }
 
 impl Clusters {
@@ -41,9 +45,16 @@ impl Clusters {
                     interval: settings.poll_interval,
                 },
             );
-            clusters.push(Cluster { client, poller });
+            clusters.push(Cluster {
+                client,
+                poller,
+                nodes: Vec::new(),
+            });
         }
         let stop = tokio_util::sync::CancellationToken::new();
+        for (c, settings) in clusters.iter_mut().zip(&config.proxmox) {
+            c.nodes = start_node_owners(c, settings, &cache, &stop);
+        }
         tokio::spawn(follow_usage(
             cache.clone(),
             metrics.guest_stats.clone(),
@@ -109,16 +120,44 @@ impl Clusters {
         self.cache.resolve(r)
     }
 
-    /// The poll error of each cluster that is currently failing.
+    /// The poll error of each cluster that is currently failing (not one
+    /// whose only node drowsy put to sleep).
     pub fn outages(&self) -> Vec<(Arc<str>, String)> {
         self.clusters
             .iter()
+            .filter(|c| !self.asleep_by_design(c.client.cluster()))
             .filter_map(|c| {
                 c.poller
                     .last_error()
                     .map(|e| (c.client.cluster().clone(), e))
             })
             .collect()
+    }
+
+    /// The gate of a node drowsy may power off.
+    pub fn node(&self, cluster: &str, node: &str) -> Option<&Arc<NodeGate>> {
+        self.cluster(cluster)?
+            .nodes
+            .iter()
+            .find(|g| g.node() == node)
+    }
+
+    /// Every node drowsy may power off, in config order.
+    pub fn node_gates(&self) -> impl Iterator<Item = &Arc<NodeGate>> {
+        self.clusters.iter().flat_map(|c| c.nodes.iter())
+    }
+
+    /// Whether every failing cluster fails because drowsy put its only
+    /// node to sleep (a standalone node's API sleeps with it): that is no
+    /// outage.
+    pub fn asleep_by_design(&self, cluster: &str) -> bool {
+        self.cluster(cluster).is_some_and(|c| {
+            !c.nodes.is_empty()
+                && c.nodes
+                    .iter()
+                    .any(|g| g.state() != crate::nodes::NodeState::Online)
+                && c.poller.nodes().len() <= 1
+        })
     }
 
     /// Stops the pollers.
@@ -128,6 +167,29 @@ impl Clusters {
             c.poller.stop();
         }
     }
+}
+
+fn start_node_owners(
+    c: &Cluster,
+    settings: &crate::config::ProxmoxSettings,
+    cache: &Arc<ClusterCache>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<Arc<NodeGate>> {
+    settings
+        .nodes
+        .iter()
+        .map(|n| {
+            let gate = NodeGate::new(settings.name.clone(), n.clone());
+            let owner = NodeOwner::new(
+                gate.clone(),
+                c.client.clone(),
+                cache.clone(),
+                c.poller.polls(),
+            );
+            tokio::spawn(owner.run(stop.clone()));
+            gate
+        })
+        .collect()
 }
 
 impl Drop for Clusters {

@@ -30,7 +30,7 @@ pub async fn discover_ips(
     let allow_loopback = client.loopback_guests();
     let mut ignored = Vec::new();
     if running {
-        match live_ips(client, node, kind, vmid).await {
+        match ips_from(client, node, vmid, live_source(kind)).await {
             Ok(ips) => {
                 let live = net::sort_out(ips, allow_loopback);
                 if !live.usable.is_empty() {
@@ -43,7 +43,10 @@ pub async fn discover_ips(
             }
         }
     }
-    let config = net::sort_out(config_ips(client, node, kind, vmid).await?, allow_loopback);
+    let config = net::sort_out(
+        ips_from(client, node, vmid, config_source(kind)).await?,
+        allow_loopback,
+    );
     let mut found = Addresses {
         usable: config.usable,
         ignored,
@@ -52,53 +55,51 @@ pub async fn discover_ips(
     Ok(found)
 }
 
-async fn live_ips(
-    client: &PveClient,
-    node: &str,
-    kind: GuestKind,
-    vmid: u32,
-) -> Result<Vec<IpAddr>, PveError> {
-    let node = percent_encode(node);
+/// One place Proxmox tells a guest's addresses: the API path (also the
+/// metric's endpoint label) and how to read its answer.
+struct Source {
+    template: &'static str,
+    read: fn(&serde_json::Value) -> Vec<IpAddr>,
+}
+
+/// What the guest reports now: LXC interfaces, the QEMU guest agent.
+fn live_source(kind: GuestKind) -> Source {
     match kind {
-        GuestKind::Lxc => {
-            let path = format!("/nodes/{node}/lxc/{vmid}/interfaces");
-            let data = client
-                .get(&path, "/nodes/{node}/lxc/{vmid}/interfaces")
-                .await?;
-            Ok(net::lxc_interface_ips(&data))
-        }
-        GuestKind::Qemu => {
-            let path = format!("/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces");
-            let data = client
-                .get(
-                    &path,
-                    "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
-                )
-                .await?;
-            Ok(net::agent_interface_ips(&data))
-        }
+        GuestKind::Lxc => Source {
+            template: "/nodes/{node}/lxc/{vmid}/interfaces",
+            read: net::lxc_interface_ips,
+        },
+        GuestKind::Qemu => Source {
+            template: "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
+            read: net::agent_interface_ips,
+        },
     }
 }
 
-async fn config_ips(
+/// What the guest's config says (static addresses, MACs).
+fn config_source(kind: GuestKind) -> Source {
+    match kind {
+        GuestKind::Lxc => Source {
+            template: "/nodes/{node}/lxc/{vmid}/config",
+            read: net::lxc_config_ips,
+        },
+        GuestKind::Qemu => Source {
+            template: "/nodes/{node}/qemu/{vmid}/config",
+            read: net::qemu_config_ips,
+        },
+    }
+}
+
+async fn ips_from(
     client: &PveClient,
     node: &str,
-    kind: GuestKind,
     vmid: u32,
+    source: Source,
 ) -> Result<Vec<IpAddr>, PveError> {
-    let node = percent_encode(node);
-    match kind {
-        GuestKind::Lxc => {
-            let path = format!("/nodes/{node}/lxc/{vmid}/config");
-            let data = client.get(&path, "/nodes/{node}/lxc/{vmid}/config").await?;
-            Ok(net::lxc_config_ips(&data))
-        }
-        GuestKind::Qemu => {
-            let path = format!("/nodes/{node}/qemu/{vmid}/config");
-            let data = client
-                .get(&path, "/nodes/{node}/qemu/{vmid}/config")
-                .await?;
-            Ok(net::qemu_config_ips(&data))
-        }
-    }
+    let path = source
+        .template
+        .replace("{node}", &percent_encode(node))
+        .replace("{vmid}", &vmid.to_string());
+    let data = client.get(&path, source.template).await?;
+    Ok((source.read)(&data))
 }

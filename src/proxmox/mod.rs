@@ -28,6 +28,7 @@ mod tls;
 pub mod types;
 pub mod upid;
 
+pub(crate) use auth::percent_encode;
 pub use cache::{ClusterCache, GuestChange, LookupError};
 pub use client::{ClientOptions, PveClient};
 pub use clusters::Clusters;

@@ -328,6 +328,7 @@ mod tests {
             ignored_ips: vec![],
             template: false,
             ha: false,
+            ha_started: false,
             lock: None,
             usage,
         }

@@ -100,6 +100,9 @@ pub struct Guest {
     pub lock: Option<String>,
     /// Managed by the HA stack: power actions go through HA requests.
     pub ha: bool,
+    /// HA-managed with the requested state `started`: HA keeps it running
+    /// (restarts it, or migrates it off a node that shuts down).
+    pub ha_started: bool,
     /// CPU, memory and I/O as the same `/cluster/resources` entry reports
     /// them (no extra call).
     pub usage: Usage,
@@ -183,6 +186,7 @@ impl Guest {
                 .filter(|l| !l.is_empty())
                 .map(str::to_string),
             ha: has_ha_state(r),
+            ha_started: r.get("hastate").and_then(Value::as_str) == Some("started"),
             usage: Usage::from_resource(r),
         })
     }

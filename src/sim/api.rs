@@ -187,6 +187,16 @@ pub(crate) enum Route {
     VncWebsocket {
         node: String,
     },
+    NodeStatus {
+        node: String,
+    },
+    WakeOnLan {
+        node: String,
+    },
+    NodeTasks {
+        node: String,
+    },
+    ConfigNodes,
 }
 
 fn kind_of(segment: &str) -> Option<GuestKind> {
@@ -289,6 +299,21 @@ pub(crate) fn route(method: &Method, path: &str) -> Option<(Route, String)> {
             Route::TermProxy { node: s(1) },
             "POST /nodes/{node}/termproxy".to_string(),
         ),
+        ["nodes", _, "status"] if post => (
+            Route::NodeStatus { node: s(1) },
+            "POST /nodes/{node}/status".to_string(),
+        ),
+        ["nodes", _, "wakeonlan"] if post => (
+            Route::WakeOnLan { node: s(1) },
+            "POST /nodes/{node}/wakeonlan".to_string(),
+        ),
+        ["nodes", _, "tasks"] if get => (
+            Route::NodeTasks { node: s(1) },
+            "GET /nodes/{node}/tasks".to_string(),
+        ),
+        ["cluster", "config", "nodes"] if get => {
+            (Route::ConfigNodes, "GET /cluster/config/nodes".to_string())
+        }
         ["nodes", _, "vncwebsocket"] if get => (
             Route::VncWebsocket { node: s(1) },
             "GET /nodes/{node}/vncwebsocket".to_string(),
@@ -311,6 +336,11 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, share
                 }
             },
         };
+        // A host that is off answers nothing.
+        if !*shared.api_up.borrow() {
+            drop(stream);
+            continue;
+        }
         tokio::spawn(connection(stream, tls.clone(), shared.clone()));
     }
 }
@@ -318,6 +348,7 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, share
 async fn connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let cancel = shared.cancel.clone();
+    let mut api_up = shared.api_up.subscribe();
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(shared, req).await) }
@@ -342,8 +373,11 @@ async fn connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Sha
             }
         }
     };
+    // Open connections die with the API's node.
+    let node_off = api_up.wait_for(|up| !*up);
     tokio::select! {
         _ = cancel.cancelled() => {}
+        _ = node_off => {}
         _ = served => {}
     }
 }

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use super::upid::unix_now;
 
 /// Privileges every principal has unless a test narrows them.
-pub const DEFAULT_PRIVILEGES: [&str; 4] = [
+pub const DEFAULT_PRIVILEGES: [&str; 5] = [
     "VM.Audit",
     "VM.PowerMgmt",
     "Sys.Audit",
     "VM.GuestAgent.Audit",
+    // Only for sleeping whole nodes (README, "Sleeping whole nodes").
+    "Sys.PowerMgmt",
 ];
 
 /// The authenticated caller of one request.

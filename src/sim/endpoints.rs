@@ -12,7 +12,7 @@ use super::auth::Principal;
 use super::spec::{format_mac, guest_mac, link_local};
 use super::state::{lock, Guest, Power, Shared, Snapshot};
 use super::usage::{self, max_cpu};
-use super::{actions, agent, termproxy, GuestKind};
+use super::{actions, agent, nodes, termproxy, GuestKind};
 
 /// The version the simulator claims to be.
 const VERSION: &str = "9.0.3";
@@ -77,6 +77,10 @@ pub(crate) fn call(
             agent::status(shared, vmid, params)
         }
         Route::TermProxy { node } => termproxy::open(shared, who, &node, params),
+        Route::NodeStatus { node } => nodes::status_command(shared, who, &node, params),
+        Route::WakeOnLan { node } => nodes::wake_on_lan(shared, who, &node),
+        Route::NodeTasks { node } => node_tasks(shared, who, &node, params),
+        Route::ConfigNodes => nodes::config_nodes(shared, who),
         // Answered with an upgrade before it gets here.
         Route::VncWebsocket { .. } => Err(ApiError::Server("websocket upgrade required".into())),
     }
@@ -175,7 +179,7 @@ pub(crate) fn locate(
 }
 
 /// A node outside the cluster is a host name pveproxy cannot resolve.
-fn known_node(shared: &Shared, node: &str) -> Result<(), ApiError> {
+pub(crate) fn known_node(shared: &Shared, node: &str) -> Result<(), ApiError> {
     if shared.node_index(node).is_some() {
         if !shared.node_online(node) {
             return Err(ApiError::NodeUnreachable("No route to host".to_string()));
@@ -216,23 +220,56 @@ pub(crate) fn login(shared: &Shared, params: &Params) -> Result<Value, ApiError>
     }))
 }
 
+/// Quorate while the online nodes hold more than half of all votes
+/// (corosync's votequorum). A standalone node has no `cluster` entry.
 fn cluster_status(shared: &Shared, who: &Principal) -> Result<Value, ApiError> {
     require(shared, who, "/", &["Sys.Audit"])?;
     let nodes = shared.node_names();
-    let online = nodes.iter().filter(|n| shared.node_online(n)).count();
-    let mut out = vec![json!({
-        "type": "cluster", "id": "cluster", "name": "sim",
-        "nodes": nodes.len(), "quorate": u8::from(online * 2 > nodes.len()),
-        "version": nodes.len() + 2,
-    })];
+    let power = lock(&shared.node_power);
+    let total: u32 = nodes.iter().map(|n| power.votes(n)).sum();
+    let online: u32 = nodes
+        .iter()
+        .filter(|n| shared.node_online(n))
+        .map(|n| power.votes(n))
+        .sum();
+    let mut out = Vec::new();
+    if !power.standalone {
+        out.push(json!({
+            "type": "cluster", "id": "cluster", "name": "sim",
+            "nodes": nodes.len(), "quorate": u8::from(online * 2 > total),
+            "version": nodes.len() + 2,
+        }));
+    }
     for (i, node) in nodes.iter().enumerate() {
         out.push(json!({
             "type": "node", "id": format!("node/{node}"), "name": node,
-            "online": u8::from(shared.node_online(node)), "local": u8::from(i == 0),
-            "nodeid": i + 1, "ip": "127.0.0.1", "level": "",
+            "online": u8::from(shared.node_online(node)),
+            "local": u8::from(*node == power.api_node),
+            "nodeid": if power.standalone { 0 } else { i + 1 }, "ip": "127.0.0.1", "level": "",
         }));
     }
     Ok(Value::Array(out))
+}
+
+/// `GET /nodes/{node}/tasks?source=active`: the node's running tasks
+/// (other users' only with Sys.Audit on the node).
+fn node_tasks(
+    shared: &Shared,
+    who: &Principal,
+    node: &str,
+    params: &Params,
+) -> Result<Value, ApiError> {
+    known_node(shared, node)?;
+    let auditor = require(shared, who, &format!("/nodes/{node}"), &["Sys.Audit"]).is_ok();
+    let active_only = params.get("source").map(String::as_str) == Some("active");
+    let tasks = lock(&shared.tasks).listed(node, active_only);
+    Ok(Value::Array(
+        tasks
+            .into_iter()
+            .filter(|(user, _)| auditor || *user == who.name)
+            .map(|(_, task)| task)
+            .collect(),
+    ))
 }
 
 fn cluster_resources(shared: &Shared, who: &Principal, params: &Params) -> Result<Value, ApiError> {

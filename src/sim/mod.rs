@@ -27,6 +27,7 @@ mod cli;
 mod endpoints;
 mod guest_http;
 mod journal;
+mod nodes;
 mod operations;
 mod power;
 mod spec;
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::DEFAULT_PRIVILEGES;
 pub use cli::{run_cli, GuestsFile};
+pub use nodes::{parse_magic_packet, NodeCounts, NodePower, NodeSpec};
 pub use operations::BackupMode;
 pub(crate) use operations::Operation;
 pub use spec::{default_guest_ip, GuestKind, GuestSpec, DEFAULT_GUEST_PORT};
@@ -63,10 +65,11 @@ pub const PASSWORD: &str = "sleepy-guests";
 pub use termproxy::ROOT_USER;
 pub const ROOT_PASSWORD: &str = "root-of-all-guests";
 /// Everything root@pam may do (it may do anything).
-const ROOT_PRIVILEGES: [&str; 8] = [
+const ROOT_PRIVILEGES: [&str; 9] = [
     "VM.Audit",
     "VM.PowerMgmt",
     "Sys.Audit",
+    "Sys.PowerMgmt",
     "Sys.Console",
     "Sys.Modify",
     "VM.GuestAgent.Audit",
@@ -109,6 +112,16 @@ pub struct SimOptions {
     pub api_latency: Duration,
     /// How long a power task runs (for a start: until the process is up).
     pub task_delay: Duration,
+    /// Node power settings (MAC, votes, boot and shutdown times) by name;
+    /// nodes not listed have [`NodeSpec::new`]'s.
+    pub node_specs: Vec<NodeSpec>,
+    /// The node the API is served from (`local` in `/cluster/status`);
+    /// the first node when `None`.
+    pub api_node: Option<String>,
+    /// A single node without a cluster.
+    pub standalone: bool,
+    /// A UDP address for Wake-on-LAN magic packets (port 0: any free one).
+    pub wol_listen: Option<SocketAddr>,
 }
 
 impl Default for SimOptions {
@@ -122,6 +135,10 @@ impl Default for SimOptions {
             ticket_lifetime: Duration::from_secs(2 * 3600),
             api_latency: Duration::ZERO,
             task_delay: Duration::from_millis(50),
+            node_specs: Vec::new(),
+            api_node: None,
+            standalone: false,
+            wol_listen: None,
         }
     }
 }
@@ -167,6 +184,7 @@ pub struct Sim {
     url: String,
     ca_pem: String,
     api: Option<JoinHandle<()>>,
+    wol_addr: Option<SocketAddr>,
 }
 
 impl Sim {
@@ -176,9 +194,18 @@ impl Sim {
         auth.add_user(USERNAME, PASSWORD);
         auth.add_user(ROOT_USER, ROOT_PASSWORD);
         auth.set_privileges(ROOT_USER, &ROOT_PRIVILEGES);
+        let mut names = opts.nodes.clone();
+        if names.is_empty() {
+            names.push("pve1".to_string());
+        }
+        let api_node = opts.api_node.clone().unwrap_or_else(|| names[0].clone());
+        let node_power =
+            nodes::NodePowers::new(&opts.node_specs, &names, api_node, opts.standalone);
         let shared = Arc::new(Shared {
-            nodes: Mutex::new(opts.nodes.clone()),
+            nodes: Mutex::new(names),
             offline: Mutex::new(Default::default()),
+            node_power: Mutex::new(node_power),
+            api_up: tokio::sync::watch::Sender::new(true),
             refused: Mutex::new(Vec::new()),
             misdirected: Mutex::new(Vec::new()),
             knobs: Mutex::new(Knobs {
@@ -214,11 +241,20 @@ impl Sim {
             )
         };
         let api = tokio::spawn(api::serve(listener, tls, shared.clone()));
+        let wol = nodes::bind(opts.wol_listen).await?;
+        let wol_addr = match &wol {
+            Some(socket) => Some(socket.local_addr()?),
+            None => None,
+        };
+        if let Some(socket) = wol {
+            tokio::spawn(nodes::listen(socket, shared.clone()));
+        }
         Ok(Sim {
             shared,
             url: format!("{scheme}://{addr}"),
             ca_pem,
             api: Some(api),
+            wol_addr,
         })
     }
 
@@ -327,6 +363,52 @@ impl Sim {
     /// Turns the guest into a template (or back).
     pub fn set_template(&self, vmid: u32, template: bool) {
         self.shared.with_guest(vmid, |g| g.spec.template = template);
+    }
+
+    /// Where the simulator receives Wake-on-LAN magic packets.
+    pub fn wol_addr(&self) -> Option<SocketAddr> {
+        self.wol_addr
+    }
+
+    /// The node's power, `None` for an unknown node.
+    pub fn node_power(&self, node: &str) -> Option<NodePower> {
+        lock(&self.shared.node_power).power(node)
+    }
+
+    /// Shutdowns, boots and magic packets so far.
+    pub fn node_counts(&self) -> NodeCounts {
+        lock(&self.shared.node_power).counts.clone()
+    }
+
+    /// Someone pressed the node's power button: it boots (if it is off).
+    pub fn press_power_button(&self, node: &str) {
+        if self.node_power(node) == Some(NodePower::Off) {
+            let mac = lock(&self.shared.node_power)
+                .nodes
+                .get(node)
+                .and_then(|n| n.spec.mac);
+            match mac {
+                Some(mac) => nodes::magic_packet(&self.shared, mac),
+                None => nodes::power_on(&self.shared, node),
+            }
+        }
+    }
+
+    /// Shuts the node down as `pvenode` / the API would (guests stop,
+    /// offline after its shutdown time).
+    pub fn shut_node_down(&self, node: &str) {
+        nodes::begin_shutdown(&self.shared, node, false)
+    }
+
+    /// Starts a long-running task on `node` (a backup job, a replication)
+    /// until [`Sim::end_task`]; returns its UPID.
+    pub fn begin_task(&self, node: &str, kind: &str, vmid: u32) -> String {
+        let index = self.shared.node_index(node).unwrap_or(0);
+        lock(&self.shared.tasks).create(node, index, kind, vmid, "root@pam")
+    }
+
+    pub fn end_task(&self, upid: &str) {
+        lock(&self.shared.tasks).finish(upid, "OK");
     }
 
     /// Takes a node down (its guests stop at once; calls forwarded to it

@@ -161,6 +161,10 @@ pub(crate) struct Shared {
     /// Nodes that are down or unreachable: `/cluster/status` shows them
     /// `online: 0` and pveproxy cannot forward calls to them.
     pub offline: Mutex<std::collections::BTreeSet<String>>,
+    /// Node power (shutdown, Wake-on-LAN, boot) and the API's own node.
+    pub node_power: Mutex<super::nodes::NodePowers>,
+    /// False while the node the API is served from is off.
+    pub api_up: tokio::sync::watch::Sender<bool>,
     pub knobs: Mutex<Knobs>,
     pub guests: Mutex<BTreeMap<u32, Guest>>,
     pub auth: Mutex<AuthState>,
@@ -205,6 +209,7 @@ impl Shared {
         let mut nodes = lock(&self.nodes);
         if !nodes.iter().any(|n| n == node) {
             nodes.push(node.to_string());
+            lock(&self.node_power).ensure(node);
         }
     }
 

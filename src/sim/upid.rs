@@ -136,6 +136,20 @@ impl Tasks {
         self.tasks.get(upid).map(|t| t.upid.user.as_str())
     }
 
+    /// The node's tasks for `GET /nodes/{node}/tasks` (the running ones only
+    /// with `source=active`), each with the user recorded in its UPID.
+    pub fn listed(&self, node: &str, active_only: bool) -> Vec<(String, Value)> {
+        let mut out: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.upid.node == node)
+            .filter(|(_, t)| !active_only || t.exitstatus.is_none())
+            .filter_map(|(text, t)| Some((t.upid.user.clone(), self.status_json(text)?)))
+            .collect();
+        out.sort_by_key(|(_, v)| v["starttime"].as_u64());
+        out
+    }
+
     /// The `data` of the task status call, as PVE returns it.
     pub fn status_json(&self, upid: &str) -> Option<Value> {
         let task = self.tasks.get(upid)?;

@@ -423,13 +423,19 @@ fn ephemeral_start() -> u32 {
 
 impl SimEnv {
     pub async fn start(guests: Vec<drowsy::sim::GuestSpec>) -> SimEnv {
-        init_crypto();
-        let mut opts = drowsy::sim::SimOptions {
+        SimEnv::start_with(drowsy::sim::SimOptions {
             guests,
-            resources_refresh: Duration::ZERO,
-            task_delay: Duration::from_millis(20),
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// [`SimEnv::start`] with more of the simulator's options (nodes,
+    /// node power); the test timings are set here.
+    pub async fn start_with(mut opts: drowsy::sim::SimOptions) -> SimEnv {
+        init_crypto();
+        opts.resources_refresh = Duration::ZERO;
+        opts.task_delay = Duration::from_millis(20);
         // Guest addresses derive from the vmid; own ports keep tests that
         // run at the same time from sharing a listener.
         for g in &mut opts.guests {

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) fn policies(ctx: &mut Ctx, raw: &Policies, base: &Path) -> Vec<PolicySettings> {
+pub(super) fn policies(ctx: &mut Ctx, raw: &Named<RawPolicy>, base: &Path) -> Vec<PolicySettings> {
     let mut out = Vec::new();
     for (name, p) in &raw.0 {
         let at = path!["access", name.as_str()];

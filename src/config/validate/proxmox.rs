@@ -62,6 +62,7 @@ pub(super) fn clusters(ctx: &mut Ctx, raw: &[RawProxmox], base: &Path) -> Vec<Pr
                 Some("3s is the usual value".into()),
             );
         }
+        let nodes = super::nodes::nodes(ctx, &at, &c.nodes, &url);
         out.push(ProxmoxSettings {
             name,
             url,
@@ -76,6 +77,7 @@ pub(super) fn clusters(ctx: &mut Ctx, raw: &[RawProxmox], base: &Path) -> Vec<Pr
                 c.request_timeout,
                 Duration::from_secs(10),
             ),
+            nodes,
         });
     }
     out
@@ -216,7 +218,7 @@ pub(super) fn valid_token_id(id: &str) -> bool {
 }
 
 /// Route and cluster names appear in URLs, logs and metric labels.
-pub(super) fn valid_name(name: &str) -> bool {
+pub(in crate::config) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

@@ -222,6 +222,7 @@ mod tests {
             ignored_ips: vec![],
             template: false,
             ha: false,
+            ha_started: false,
             lock: None,
             usage: Default::default(),
         }

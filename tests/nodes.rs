@@ -1,0 +1,338 @@
+//! Sleeping whole nodes (README.md, "Sleeping whole nodes"), against the
+//! simulated cluster's node power: shutdown, Wake-on-LAN through the API
+//! and by magic packet, quorum, tasks, HA and the API's own node.
+
+mod common;
+
+use common::*;
+use drowsy::nodes::{NodeGate, NodeState};
+use drowsy::sim::{GuestSpec, NodePower, NodeSpec, SimOptions};
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x02];
+const MAC_TEXT: &str = "52:54:00:00:00:02";
+
+fn three_nodes(guests: Vec<GuestSpec>, pve2: NodeSpec) -> SimOptions {
+    SimOptions {
+        nodes: vec!["pve1".into(), "pve2".into(), "pve3".into()],
+        node_specs: vec![pve2],
+        guests,
+        ..Default::default()
+    }
+}
+
+/// `nodes:` for one node, indented for the `proxmox:` entry.
+fn node_yaml(node: &str, wol: &str, boot_timeout: &str) -> String {
+    format!(
+        "    nodes:\n      {node}:\n        sleep_after: 200ms\n        boot_timeout: {boot_timeout}\n        watts: 35\n        wol: {wol}\n"
+    )
+}
+
+fn config_with(env: &SimEnv, nodes: &str, routes: &str) -> String {
+    format!(
+        "listen:\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{}{nodes}defaults:\n  idle_timeout: 1h\n  wake_timeout: 10s\nroutes:\n{routes}",
+        env.proxmox_yaml()
+    )
+}
+
+fn node_gate(d: &Drowsy, node: &str) -> Arc<NodeGate> {
+    d.running
+        .clusters
+        .as_ref()
+        .expect("clusters")
+        .node("home", node)
+        .expect("node gate")
+        .clone()
+}
+
+async fn wait_node(gate: &NodeGate, state: NodeState) {
+    let mut rx = gate.subscribe();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.state == state))
+        .await
+        .unwrap_or_else(|_| panic!("node {} never became {}", gate.node(), state.as_str()))
+        .expect("node watch");
+}
+
+/// Waits until the node's owner says why it keeps the node up.
+async fn kept_up_reason(gate: &NodeGate) -> String {
+    let mut rx = gate.subscribe();
+    let s = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.kept_up.is_some()))
+        .await
+        .unwrap_or_else(|_| panic!("node {} was never kept up with a reason", gate.node()))
+        .expect("node watch")
+        .clone();
+    s.kept_up.map(|k| k.to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_node_sleeps_after_its_last_guest_and_a_request_wakes_it_through_the_api() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2").mac(MAC),
+    ))
+    .await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\", via: api}}");
+    let d = Drowsy::start(&config_with(
+        &env,
+        &node_yaml("pve2", &wol, "10s"),
+        &route("wiki", 101, &env),
+    ))
+    .await;
+    let node = node_gate(&d, "pve2");
+    wait_node(&node, NodeState::Asleep).await;
+    assert_eq!(env.sim.node_power("pve2"), Some(NodePower::Off));
+    assert_eq!(env.sim.node_counts().shutdowns, 1);
+
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(node.state(), NodeState::Online);
+    assert_eq!(env.sim.calls("POST /nodes/{node}/wakeonlan"), 1);
+    let counts = env.sim.node_counts();
+    assert_eq!((counts.boots, counts.magic_packets), (1, 1));
+    assert_eq!(node.wakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_standalone_node_is_woken_by_drowsys_own_magic_packet() {
+    let env = SimEnv::start_with(SimOptions {
+        nodes: vec!["pve1".into()],
+        standalone: true,
+        wol_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        node_specs: vec![NodeSpec::new("pve1").mac(MAC)],
+        guests: vec![GuestSpec::lxc(101, "wiki")],
+        ..Default::default()
+    })
+    .await;
+    let backend = Backend::start().await;
+    let to = env.sim.wol_addr().expect("magic packet port");
+    let wol = format!("{{mac: \"{MAC_TEXT}\", via: direct, broadcast: \"{to}\"}}");
+    let routes = format!(
+        "{}  plain:\n    host: plain.lan\n    backend: {}\n",
+        route("wiki", 101, &env),
+        backend.url()
+    );
+    let d = Drowsy::start(&config_with(&env, &node_yaml("pve1", &wol, "10s"), &routes)).await;
+    let node = node_gate(&d, "pve1");
+    wait_node(&node, NodeState::Asleep).await;
+    assert_eq!(env.sim.node_power("pve1"), Some(NodePower::Off));
+
+    // The API sleeps with its node: plain routes serve, and that is no
+    // outage.
+    let (status, _, _) = get(d.http(), "plain.lan", "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let clusters = d.running.clusters.as_ref().expect("clusters");
+    assert!(clusters.outages().is_empty(), "{:?}", clusters.outages());
+
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(env.sim.node_counts().boots, 1);
+    assert_eq!(env.sim.node_power("pve1"), Some(NodePower::On));
+}
+
+#[tokio::test]
+async fn a_request_during_the_shutdown_is_held_and_wakes_the_node_again() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2")
+            .mac(MAC)
+            .shutdown(Duration::from_millis(800)),
+    ))
+    .await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let d = Drowsy::start(&config_with(
+        &env,
+        &node_yaml("pve2", &wol, "10s"),
+        &route("wiki", 101, &env),
+    ))
+    .await;
+    let node = node_gate(&d, "pve2");
+    wait_node(&node, NodeState::Stopping).await;
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let counts = env.sim.node_counts();
+    assert_eq!((counts.shutdowns, counts.boots), (1, 1));
+}
+
+#[tokio::test]
+async fn a_burst_for_two_guests_of_a_sleeping_node_makes_one_wake() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![
+            GuestSpec::lxc(101, "wiki").node("pve2"),
+            GuestSpec::lxc(102, "media").node("pve2"),
+        ],
+        NodeSpec::new("pve2").mac(MAC),
+    ))
+    .await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let routes = route("wiki", 101, &env) + &route("media", 102, &env);
+    let d = Drowsy::start(&config_with(&env, &node_yaml("pve2", &wol, "10s"), &routes)).await;
+    wait_node(&node_gate(&d, "pve2"), NodeState::Asleep).await;
+    let addr = d.http();
+    let (a, b) = tokio::join!(get(addr, "wiki.lan", "/"), get(addr, "media.lan", "/"));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(env.sim.calls("POST /nodes/{node}/wakeonlan"), 1);
+    assert_eq!(env.sim.node_counts().boots, 1);
+}
+
+#[tokio::test]
+async fn a_wake_proxmox_refuses_is_a_503_naming_it_and_other_routes_serve() {
+    // pve2's node config has no `wakeonlan` MAC: Proxmox refuses.
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2"),
+    ))
+    .await;
+    let backend = Backend::start().await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let routes = format!(
+        "{}  plain:\n    host: plain.lan\n    backend: {}\n",
+        route("wiki", 101, &env),
+        backend.url()
+    );
+    let d = Drowsy::start(&config_with(&env, &node_yaml("pve2", &wol, "10s"), &routes)).await;
+    wait_node(&node_gate(&d, "pve2"), NodeState::Asleep).await;
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("its server could not be woken"), "{text}");
+    // The details (Proxmox's answer) for the admin, not for visitors.
+    let cause = d.gate("wiki").cause().expect("cause");
+    assert!(
+        cause
+            .detail
+            .contains("No wake on LAN MAC address defined for 'pve2'"),
+        "{cause:?}"
+    );
+    let (status, _, _) = get(d.http(), "plain.lan", "/").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_node_that_never_comes_back_is_a_503_after_its_boot_timeout() {
+    // The magic packet names a MAC no node has.
+    let env = SimEnv::start_with(SimOptions {
+        nodes: vec!["pve1".into()],
+        standalone: true,
+        wol_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        node_specs: vec![NodeSpec::new("pve1").mac([0x52, 0x54, 0, 0, 0, 9])],
+        guests: vec![GuestSpec::lxc(101, "wiki")],
+        ..Default::default()
+    })
+    .await;
+    let to = env.sim.wol_addr().expect("magic packet port");
+    let wol = format!("{{mac: \"{MAC_TEXT}\", via: direct, broadcast: \"{to}\"}}");
+    let d = Drowsy::start(&config_with(
+        &env,
+        &node_yaml("pve1", &wol, "1s"),
+        &route("wiki", 101, &env),
+    ))
+    .await;
+    wait_node(&node_gate(&d, "pve1"), NodeState::Asleep).await;
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("its server could not be woken"), "{text}");
+    let cause = d.gate("wiki").cause().expect("cause");
+    assert!(
+        cause.detail.contains("did not come back within 1s"),
+        "{cause:?}"
+    );
+    assert!(env.sim.node_counts().unknown_macs >= 1);
+    assert_eq!(env.sim.node_power("pve1"), Some(NodePower::Off));
+}
+
+/// Starts drowsy with `pve_node` allowed to sleep and returns why it
+/// stays up.
+async fn refusal(
+    opts: SimOptions,
+    node: &str,
+    routes: impl Fn(&SimEnv) -> String,
+) -> (SimEnv, String) {
+    let env = SimEnv::start_with(opts).await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let d = Drowsy::start(&config_with(
+        &env,
+        &node_yaml(node, &wol, "10s"),
+        &routes(&env),
+    ))
+    .await;
+    let gate = node_gate(&d, node);
+    let why = kept_up_reason(&gate).await;
+    assert_eq!(gate.state(), NodeState::Online);
+    assert_eq!(env.sim.node_counts().shutdowns, 0);
+    (env, why)
+}
+
+#[tokio::test]
+async fn a_node_stays_up_when_its_shutdown_would_cost_quorum() {
+    let opts = SimOptions {
+        nodes: vec!["pve1".into(), "pve2".into()],
+        node_specs: vec![NodeSpec::new("pve2").mac(MAC)],
+        guests: vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        ..Default::default()
+    };
+    let (_env, why) = refusal(opts, "pve2", |env| route("wiki", 101, env)).await;
+    assert!(
+        why.contains("lose quorum: 1 votes would stay online, 2 are needed"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_stays_up_while_a_task_runs_on_it_and_sleeps_after() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2").mac(MAC),
+    ))
+    .await;
+    let task = env.sim.begin_task("pve2", "vzdump", 101);
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let d = Drowsy::start(&config_with(
+        &env,
+        &node_yaml("pve2", &wol, "10s"),
+        &route("wiki", 101, &env),
+    ))
+    .await;
+    let gate = node_gate(&d, "pve2");
+    let why = kept_up_reason(&gate).await;
+    assert!(
+        why.contains("tasks are running on the node: vzdump 101"),
+        "{why}"
+    );
+    assert_eq!(env.sim.node_counts().shutdowns, 0);
+    env.sim.end_task(&task);
+    wait_node(&gate, NodeState::Asleep).await;
+}
+
+#[tokio::test]
+async fn a_node_with_an_ha_started_guest_stays_up() {
+    let opts = three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2").running(true).ha()],
+        NodeSpec::new("pve2").mac(MAC),
+    );
+    let (_env, why) = refusal(opts, "pve2", |env| route("wiki", 101, env)).await;
+    assert!(
+        why.contains("guest 101 is HA-managed in state started"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn the_node_serving_drowsys_api_stays_up() {
+    // The simulator serves its API from pve1.
+    let opts = SimOptions {
+        node_specs: vec![NodeSpec::new("pve1").mac(MAC)],
+        ..three_nodes(
+            vec![GuestSpec::lxc(101, "wiki").node("pve1")],
+            NodeSpec::new("pve2"),
+        )
+    };
+    let (_env, why) = refusal(opts, "pve1", |env| route("wiki", 101, env)).await;
+    assert!(
+        why.contains("reaches the Proxmox API through this node"),
+        "{why}"
+    );
+}
