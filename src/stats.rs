@@ -85,6 +85,16 @@ fn pair(a: f64, b: f64) -> String {
     format!("{} / {}", bytes(a), bytes(b))
 }
 
+/// Memory freed by sleeping, as GiB-hours ("2.5GiB·h"), `-` for none.
+fn ram_hours(byte_seconds: f64) -> String {
+    let gib_hours = byte_seconds / (1024.0 * 1024.0 * 1024.0) / 3600.0;
+    match gib_hours {
+        h if h <= 0.0 => "-".to_string(),
+        h if h < 0.1 => format!("{:.0}MiB·h", h * 1024.0),
+        h => format!("{h:.1}GiB·h"),
+    }
+}
+
 /// The aligned table of `/api/stats`, limited to `route`'s guest if given.
 pub fn table(v: &Value, route: Option<&str>) -> String {
     let header = [
@@ -100,8 +110,9 @@ pub fn table(v: &Value, route: Option<&str>) -> String {
         "BLOCK I/O",
         "BLOCK I/O /s",
         "UPTIME",
+        "RAM FREED",
     ];
-    let mut rows: Vec<[String; 12]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 13]> = vec![header.map(String::from)];
     for g in v["guests"].as_array().into_iter().flatten() {
         let routes = routes_of(g);
         if route.is_some_and(|r| !routes.contains(&r)) {
@@ -132,6 +143,7 @@ pub fn table(v: &Value, route: Option<&str>) -> String {
             dash_unless(pair(n("diskread"), n("diskwrite"))),
             rates("diskread", "diskwrite"),
             dash_unless(short_duration(n("uptime"))),
+            ram_hours(n("ram_freed_byte_seconds")),
         ]);
     }
     aligned(rows)
@@ -140,6 +152,14 @@ pub fn table(v: &Value, route: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ram_freed_reads_as_gib_hours() {
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        assert_eq!(ram_hours(0.0), "-");
+        assert_eq!(ram_hours(2.0 * gib * 3600.0 * 1.25), "2.5GiB·h");
+        assert_eq!(ram_hours(gib * 36.0), "10MiB·h");
+    }
 
     #[test]
     fn units() {
@@ -158,7 +178,8 @@ mod tests {
              "uptime": 3725},
             {"name": "db", "vmid": 120, "status": "stopped", "routes": [], "cpu": 0, "cpus": 1.0,
              "mem": 0, "maxmem": 536870912u64, "mem_ratio": 0, "netin": 0, "netout": 0,
-             "diskread": 0, "diskwrite": 0, "rates": null, "uptime": 0},
+             "diskread": 0, "diskwrite": 0, "rates": null, "uptime": 0,
+             "ram_freed_byte_seconds": 2147483648.0 * 7200.0},
         ]});
         let t = table(&v, None);
         let lines: Vec<&str> = t.lines().collect();
@@ -172,13 +193,16 @@ mod tests {
                 && lines[1].contains("1.5KiB / 512B")
                 && lines[1].contains("100B / 50B")
                 && lines[1].contains("0B / 2.0KiB")
-                && lines[1].ends_with("1h02m"),
+                && lines[1].contains("1h02m")
+                && lines[1].ends_with('-'),
             "{t}"
         );
         assert!(
             lines[2].starts_with("-           db (120)    stopped  -"),
             "{t}"
         );
+        // 2 GiB stopped for 2 h.
+        assert!(lines[2].ends_with("4.0GiB·h"), "{t}");
         let only = table(&v, Some("wiki2"));
         assert_eq!(only.lines().count(), 2, "{only}");
         assert!(has_route(&v, "wiki") && !has_route(&v, "nope"));

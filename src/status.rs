@@ -172,20 +172,53 @@ pub async fn status(admin: &Admin<'_>) -> ExitCode {
 }
 
 /// The nodes after the routes, with a blank line, when any poll has shown
-/// one; offline nodes say since when.
+/// one; offline and sleeping nodes say since when. Nodes drowsy may power
+/// off add their asleep shares and the energy they saved.
 pub fn nodes_table(nodes: &serde_json::Value, now: f64) -> String {
     let list = nodes.as_array().map(Vec::as_slice).unwrap_or_default();
     if list.is_empty() {
         return String::new();
     }
-    let mut rows: Vec<[String; 3]> = vec![["NODE", "CLUSTER", "STATE"].map(String::from)];
+    let sleepers = list.iter().any(|n| n["sleeps"] == true);
+    let mut head = vec!["NODE", "CLUSTER", "STATE"];
+    if sleepers {
+        head.extend(["ASLEEP 24H", "ASLEEP 7D", "SAVED", "NOTE"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![head.into_iter().map(String::from).collect()];
     for n in list {
         let text = |k: &str| n[k].as_str().unwrap_or("-").to_string();
         let mut state = text("state");
-        if let Some(since) = n["since"].as_f64().filter(|_| state == "offline") {
-            state = format!("offline for {}", short_duration(now - since));
+        if let Some(since) = n["since"]
+            .as_f64()
+            .filter(|_| !matches!(state.as_str(), "online"))
+        {
+            state = format!("{state} for {}", short_duration(now - since));
         }
-        rows.push([text("node"), text("cluster"), state]);
+        let mut row = vec![text("node"), text("cluster"), state];
+        if sleepers {
+            let share = |k: &str| match n[k].as_f64() {
+                Some(v) => format!("{:.0}%", v * 100.0),
+                None => "-".to_string(),
+            };
+            let saved = match n["energy_saved_kwh"].as_f64() {
+                Some(kwh) if n["watts"].as_f64().is_some_and(|w| w > 0.0) => {
+                    format!("{kwh:.2} kWh")
+                }
+                _ => "-".to_string(),
+            };
+            let note = n["last_failure"]
+                .as_str()
+                .map(|f| format!("last wake failed: {f}"))
+                .or_else(|| n["kept_up"].as_str().map(|k| format!("stays up: {k}")))
+                .unwrap_or_default();
+            row.extend([
+                share("asleep_share_24h"),
+                share("asleep_share_7d"),
+                saved,
+                note,
+            ]);
+        }
+        rows.push(row);
     }
     format!("\n{}", aligned(rows))
 }
@@ -520,6 +553,26 @@ mod tests {
         assert!(lines[2].ends_with("online"), "{t}");
         assert!(lines[3].ends_with("offline for 2m00s"), "{t}");
         assert_eq!(nodes_table(&serde_json::json!([]), 0.0), "");
+    }
+
+    #[test]
+    fn sleeping_nodes_show_their_shares_energy_and_why_they_stay_up() {
+        let v = serde_json::json!([
+            {"cluster": "home", "node": "pve1", "state": "online", "since": 10.0},
+            {"cluster": "home", "node": "pve2", "state": "asleep", "since": 400.0, "sleeps": true,
+             "asleep_share_24h": 0.6, "asleep_share_7d": 0.5, "watts": 35.0, "energy_saved_kwh": 1.234},
+            {"cluster": "home", "node": "pve3", "state": "online", "since": 10.0, "sleeps": true,
+             "asleep_share_24h": 0.0, "asleep_share_7d": 0.0, "watts": 0.0, "energy_saved_kwh": 0.0,
+             "kept_up": "tasks are running on the node: vzdump 101"},
+        ]);
+        let t = nodes_table(&v, 1000.0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].starts_with("NODE  CLUSTER  STATE"), "{t}");
+        assert!(lines[1].contains("ASLEEP 24H  ASLEEP 7D  SAVED"), "{t}");
+        assert!(lines[3].contains("asleep for 10m00s"), "{t}");
+        assert!(lines[3].contains("60%") && lines[3].contains("50%"), "{t}");
+        assert!(lines[3].contains("1.23 kWh"), "{t}");
+        assert!(lines[4].contains("stays up: tasks are running"), "{t}");
     }
 
     #[test]

@@ -547,3 +547,54 @@ fn auto_routes_are_checked_and_summarized() {
         "{err}"
     );
 }
+
+#[test]
+fn node_sleep_settings_are_located() {
+    let pve = "proxmox:\n  - url: https://pve1.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n    nodes:\n";
+    let cases = [
+        (
+            "      pve2:\n        sleep_after: 30m\n",
+            "drowsy.yml:8:7: proxmox[0].nodes.pve2: a node that sleeps needs `wol:` to be woken again",
+        ),
+        (
+            "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee\"}\n",
+            "drowsy.yml:9:20: proxmox[0].nodes.pve2.wol.mac: `aa:bb:cc:dd:ee` is not a MAC address",
+        ),
+        (
+            "      pve2:\n        wol: {mac: \"01:00:5e:00:00:01\"}\n",
+            "is a multicast address",
+        ),
+        (
+            "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\", broadcast: \"lan\"}\n",
+            "proxmox[0].nodes.pve2.wol.broadcast: `lan` is not an IPv4 address",
+        ),
+        (
+            "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\", via: magic}\n",
+            "drowsy.yml:9:46: proxmox[0].nodes.pve2.wol.via: unknown value `magic`",
+        ),
+        (
+            "      pve2:\n        sleep_after: 0s\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n",
+            "proxmox[0].nodes.pve2.sleep_after: must be longer than 0s",
+        ),
+        (
+            "      pve2:\n        watts: -3\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n",
+            "proxmox[0].nodes.pve2.watts: must be a number of watts",
+        ),
+        (
+            "      pve1:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n",
+            "drowsy.yml:8:7: proxmox[0].nodes.pve1: drowsy reaches the Proxmox API through `pve1`",
+        ),
+        (
+            "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:fe\"}\n",
+            "node `pve2` is defined twice",
+        ),
+    ];
+    for (nodes, want) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{pve}{nodes}"), &[]);
+        assert_eq!(code, 1, "{nodes}");
+        assert!(err.contains(want), "{nodes}\nwanted: {want}\ngot: {err}");
+    }
+    let ok = "      pve2:\n        sleep_after: 45m\n        watts: 35\n        wol: {mac: \"AA-BB-CC-DD-EE-FF\", via: direct, broadcast: 10.0.0.255}\n";
+    let (code, _, err) = check(&format!("{HEAD}{pve}{ok}"), &[]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -67,21 +67,36 @@ async fn kept_up_reason(gate: &NodeGate) -> String {
     s.kept_up.map(|k| k.to_string()).unwrap_or_default()
 }
 
-#[tokio::test]
-async fn a_node_sleeps_after_its_last_guest_and_a_request_wakes_it_through_the_api() {
+/// Guest 101 (`wiki.lan`) on pve2 of three nodes, pve2 allowed to sleep
+/// after `sleep_after` and woken through the API; `more` is appended to
+/// the route.
+async fn wiki_on_pve2(sleep_after: &str, more: &str) -> (SimEnv, Drowsy, Arc<NodeGate>) {
+    wiki_on_pve2_after(sleep_after, more, |_| ()).await
+}
+
+/// [`wiki_on_pve2`], with `before` done to the cluster before drowsy starts.
+async fn wiki_on_pve2_after(
+    sleep_after: &str,
+    more: &str,
+    before: impl FnOnce(&SimEnv),
+) -> (SimEnv, Drowsy, Arc<NodeGate>) {
     let env = SimEnv::start_with(three_nodes(
         vec![GuestSpec::lxc(101, "wiki").node("pve2")],
         NodeSpec::new("pve2").mac(MAC),
     ))
     .await;
-    let wol = format!("{{mac: \"{MAC_TEXT}\", via: api}}");
-    let d = Drowsy::start(&config_with(
-        &env,
-        &node_yaml("pve2", &wol, "10s"),
-        &route("wiki", 101, &env),
-    ))
-    .await;
+    before(&env);
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let nodes = node_yaml("pve2", &wol, "10s").replace("200ms", sleep_after);
+    let routes = route("wiki", 101, &env) + more;
+    let d = Drowsy::start(&config_with(&env, &nodes, &routes)).await;
     let node = node_gate(&d, "pve2");
+    (env, d, node)
+}
+
+#[tokio::test]
+async fn a_node_sleeps_after_its_last_guest_and_a_request_wakes_it_through_the_api() {
+    let (env, d, node) = wiki_on_pve2("200ms", "").await;
     wait_node(&node, NodeState::Asleep).await;
     assert_eq!(env.sim.node_power("pve2"), Some(NodePower::Off));
     assert_eq!(env.sim.node_counts().shutdowns, 1);
@@ -283,20 +298,11 @@ async fn a_node_stays_up_when_its_shutdown_would_cost_quorum() {
 
 #[tokio::test]
 async fn a_node_stays_up_while_a_task_runs_on_it_and_sleeps_after() {
-    let env = SimEnv::start_with(three_nodes(
-        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
-        NodeSpec::new("pve2").mac(MAC),
-    ))
+    let mut task = String::new();
+    let (env, _d, gate) = wiki_on_pve2_after("200ms", "", |env| {
+        task = env.sim.begin_task("pve2", "vzdump", 101)
+    })
     .await;
-    let task = env.sim.begin_task("pve2", "vzdump", 101);
-    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
-    let d = Drowsy::start(&config_with(
-        &env,
-        &node_yaml("pve2", &wol, "10s"),
-        &route("wiki", 101, &env),
-    ))
-    .await;
-    let gate = node_gate(&d, "pve2");
     let why = kept_up_reason(&gate).await;
     assert!(
         why.contains("tasks are running on the node: vzdump 101"),
@@ -335,4 +341,86 @@ async fn the_node_serving_drowsys_api_stays_up() {
         why.contains("reaches the Proxmox API through this node"),
         "{why}"
     );
+}
+
+#[tokio::test]
+async fn a_sleeping_node_is_shown_in_the_api_and_the_metrics_and_followed_when_woken_by_hand() {
+    let (env, d, node) = wiki_on_pve2("200ms", "").await;
+    wait_node(&node, NodeState::Asleep).await;
+    let admin = d.running.admin_addr.expect("admin");
+
+    let (s, _, body) = get(admin, "localhost", "/api/nodes").await;
+    assert_eq!(s, StatusCode::OK);
+    let nodes = json_of(&body);
+    let pve2 = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["node"] == "pve2"))
+        .expect("pve2 listed once")
+        .clone();
+    assert_eq!(pve2["state"], "asleep", "{nodes}");
+    assert_eq!(pve2["sleeps"], true);
+    assert_eq!(pve2["watts"], 35.0);
+    let pve1 = nodes
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["node"] == "pve1"));
+    assert_eq!(
+        pve1.map(|n| n["state"].clone()),
+        Some("online".into()),
+        "{nodes}"
+    );
+
+    let (_, _, body) = get(admin, "localhost", "/metrics").await;
+    let text = String::from_utf8_lossy(&body);
+    for line in [
+        "drowsy_node_state{cluster=\"home\",node=\"pve2\",state=\"asleep\"} 1",
+        "drowsy_node_state{cluster=\"home\",node=\"pve2\",state=\"online\"} 0",
+        "drowsy_node_wakes_total{cluster=\"home\",node=\"pve2\",result=\"ok\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    assert!(text.contains("drowsy_energy_saved_kwh_total{cluster=\"home\",node=\"pve2\"}"));
+    assert!(text.contains("drowsy_node_asleep_seconds_total{cluster=\"home\",node=\"pve2\"}"));
+
+    // Someone presses the power button: drowsy follows, sending nothing.
+    env.sim.press_power_button("pve2");
+    wait_node(&node, NodeState::Online).await;
+    assert_eq!(env.sim.calls("POST /nodes/{node}/wakeonlan"), 0);
+    assert!(node.asleep_total() > Duration::ZERO);
+}
+
+#[tokio::test]
+async fn the_admin_api_sleeps_and_wakes_a_node_by_hand_within_the_rules() {
+    let (env, d, node) = wiki_on_pve2("1h", "").await;
+
+    let (s, body) = admin_post(&d, "/api/nodes/home/pve9/sleep").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body:?}");
+    let task = env.sim.begin_task("pve2", "vzdump", 101);
+    let (s, body) = admin_post(&d, "/api/nodes/home/pve2/sleep").await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(
+        String::from_utf8_lossy(&body).contains("vzdump 101"),
+        "{body:?}"
+    );
+    env.sim.end_task(&task);
+
+    let (s, body) = admin_post(&d, "/api/nodes/home/pve2/sleep").await;
+    assert_eq!(s, StatusCode::OK, "{body:?}");
+    assert_eq!(json_of(&body)["state"], "asleep");
+    assert_eq!(env.sim.node_power("pve2"), Some(NodePower::Off));
+    let (s, body) = admin_post(&d, "/api/nodes/home/pve2/wake").await;
+    assert_eq!(s, StatusCode::OK, "{body:?}");
+    assert_eq!(json_of(&body)["state"], "online");
+    assert_eq!(node.state(), NodeState::Online);
+    assert_eq!(env.sim.node_power("pve2"), Some(NodePower::On));
+}
+
+#[tokio::test]
+async fn no_wake_requests_never_wake_a_sleeping_node() {
+    let (env, d, node) = wiki_on_pve2("200ms", "    no_wake: {paths: [/health]}\n").await;
+    wait_node(&node, NodeState::Asleep).await;
+    let (status, _, _) = get(d.http(), "wiki.lan", "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(node.state(), NodeState::Asleep);
+    assert_eq!(env.sim.calls("POST /nodes/{node}/wakeonlan"), 0);
+    assert_eq!(env.sim.node_counts().boots, 0);
 }

@@ -264,7 +264,7 @@ fn rows_html(rows: &[Row], now: f64) -> String {
     out
 }
 
-fn summary(rows: &[Row], offline: &[String]) -> String {
+fn summary(rows: &[Row], notes: &[String]) -> String {
     let awake = rows
         .iter()
         .filter(|r| r.sleeps && matches!(r.state.as_str(), "running" | "starting" | "stopping"))
@@ -278,24 +278,45 @@ fn summary(rows: &[Row], offline: &[String]) -> String {
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
     );
-    if !offline.is_empty() {
-        let _ = write!(out, " · offline: {}", offline.join(", "));
+    for note in notes {
+        let _ = write!(out, " · {note}");
     }
     out
 }
 
-/// The nodes the last polls showed offline, as `cluster/node`.
-fn offline_nodes(state: &AdminState) -> Vec<String> {
+/// What the summary says of nodes: those the last polls showed offline
+/// (as `cluster/node`), and each node drowsy may power off with its state,
+/// asleep share over 24 h and the energy it saved.
+fn node_notes(state: &AdminState) -> Vec<String> {
     let Some(clusters) = &state.clusters else {
         return Vec::new();
     };
-    clusters
+    let offline: Vec<String> = clusters
         .cache
         .nodes()
         .iter()
-        .filter(|n| !n.online)
+        .filter(|n| !n.online && clusters.node(&n.cluster, &n.node).is_none())
         .map(|n| format!("{}/{}", n.cluster, n.node))
-        .collect()
+        .collect();
+    let mut notes = Vec::new();
+    if !offline.is_empty() {
+        notes.push(format!("offline: {}", offline.join(", ")));
+    }
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for g in clusters.node_gates() {
+        let mut note = format!(
+            "server {} {} ({:.0}% of 24 h asleep",
+            g.node(),
+            g.state().as_str(),
+            g.asleep_share(day) * 100.0
+        );
+        if g.settings.watts > 0.0 {
+            let _ = write!(note, ", {:.2} kWh saved", g.energy_saved_kwh());
+        }
+        note.push(')');
+        notes.push(note);
+    }
+    notes
 }
 
 /// A random value for the page's script nonce.
@@ -341,7 +362,7 @@ pub fn page(state: &AdminState) -> Response<RespBody> {
         .replace("{{GENERATED}}", &escape_html(&generated))
         .replace(
             "{{SUMMARY}}",
-            &escape_html(&summary(&rows, &offline_nodes(state))),
+            &escape_html(&summary(&rows, &node_notes(state))),
         )
         .replace("{{ROWS}}", &rows_html(&rows, now));
     html_response(body, &nonce)
@@ -360,7 +381,7 @@ fn update_event(state: &AdminState) -> String {
     let rows = rows(state);
     let data = serde_json::json!({
         "rows": rows_html(&rows, crate::status::now()),
-        "summary": summary(&rows, &offline_nodes(state)),
+        "summary": summary(&rows, &node_notes(state)),
     });
     format!("event: update\ndata: {data}\n\n")
 }

@@ -83,6 +83,12 @@ const FAMILIES: &[Family] = &[
         |s| s.diskwrite as f64,
     ),
     (
+        "guest_ram_freed_byte_seconds",
+        "The guest's configured memory times the seconds it was stopped while drowsy watched: the RAM sleeping freed",
+        Kind::Counter,
+        GuestStats::ram_freed_byte_seconds,
+    ),
+    (
         "guest_uptime_seconds",
         "Seconds since the guest started (0 while stopped)",
         Kind::Gauge,

@@ -123,6 +123,11 @@ pub struct DeferredLabel {
     pub reason: String,
 }
 
+/// 1 s to about 17 min: node boots take minutes.
+fn node_boot_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~65 s: covers proxied requests and guest boots alike.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -149,6 +154,9 @@ pub struct Metrics {
     pub wakes_deferred_total: Family<DeferredLabel, Counter>,
     pub guest_locked: Family<LockLabel, Gauge>,
     pub node_up: Family<NodeLabel, Gauge>,
+    /// The nodes drowsy may power off (`drowsy_node_*`, read at scrape).
+    pub nodes: Arc<super::node_metrics::NodeBoard>,
+    pub node_wake_duration_seconds: Family<NodeLabel, Histogram, fn() -> Histogram>,
     /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
     pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
 }
@@ -282,6 +290,17 @@ impl Metrics {
             "1 while the Proxmox node is online, 0 while it is offline",
             node_up.clone(),
         );
+        let nodes = Arc::new(super::node_metrics::NodeBoard::default());
+        registry.register_collector(Box::new(super::node_metrics::NodeMetrics(nodes.clone())));
+        let node_wake_duration_seconds =
+            Family::<NodeLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                node_boot_histogram,
+            );
+        registry.register(
+            "node_wake_duration_seconds",
+            "Time from a node's Wake-on-LAN until it was online again",
+            node_wake_duration_seconds.clone(),
+        );
         let guest_stats = Arc::new(crate::proxmox::stats::StatsBoard::default());
         registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
             guest_stats.clone(),
@@ -294,6 +313,8 @@ impl Metrics {
             wakes_deferred_total,
             guest_locked,
             node_up,
+            nodes,
+            node_wake_duration_seconds,
             cluster_up,
             cluster_round_trips,
             cert_not_after_seconds,

@@ -5,5 +5,6 @@ pub mod guard;
 pub mod guest_metrics;
 pub mod logs_api;
 pub mod metrics;
+pub mod node_metrics;
 pub mod server;
 pub mod stats_api;

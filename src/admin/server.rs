@@ -106,7 +106,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let path = req.uri().path();
-    let changes_state = control_target(path).is_some();
+    let changes_state = control_target(path).is_some() || node_target(path).is_some();
     if let Err(refusal) = guard::check(
         &state.policy,
         req.method(),
@@ -163,12 +163,13 @@ async fn handle(
                 .to_string();
             super::logs_api::logs(&state, &name, req.uri().query()).await
         }
-        (method, path) => match control_target(path) {
-            Some(_) if method != Method::POST => {
+        (method, path) => match (control_target(path), node_target(path)) {
+            (Some(_), _) | (_, Some(_)) if method != Method::POST => {
                 pages::plain(StatusCode::METHOD_NOT_ALLOWED, "use POST")
             }
-            Some((name, action)) => control(&state, name, action).await,
-            None => pages::plain(StatusCode::NOT_FOUND, "not found"),
+            (Some((name, action)), _) => control(&state, name, action).await,
+            (_, Some((cluster, node, action))) => node_control(&state, cluster, node, action).await,
+            (None, None) => pages::plain(StatusCode::NOT_FOUND, "not found"),
         },
     };
     Ok(resp)
@@ -223,6 +224,65 @@ fn control_target(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/api/routes/")?;
     let (name, action) = rest.split_once('/')?;
     (matches!(action, "wake" | "sleep") && !name.is_empty()).then_some((name, action))
+}
+
+/// `/api/nodes/{cluster}/{node}/wake` or `/sleep`.
+fn node_target(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/api/nodes/")?;
+    let mut parts = rest.split('/');
+    let (cluster, node, action) = (parts.next()?, parts.next()?, parts.next()?);
+    let fits = parts.next().is_none()
+        && matches!(action, "wake" | "sleep")
+        && !cluster.is_empty()
+        && !node.is_empty();
+    fits.then_some((cluster, node, action))
+}
+
+/// Manual wake or sleep of a node drowsy may power off.
+async fn node_control(
+    state: &AdminState,
+    cluster: &str,
+    node: &str,
+    action: &str,
+) -> Response<RespBody> {
+    let gate = state
+        .clusters
+        .as_ref()
+        .and_then(|c| c.node(cluster, node))
+        .cloned();
+    let Some(gate) = gate else {
+        return pages::plain(
+            StatusCode::NOT_FOUND,
+            format!("node {cluster}/{node} is not one drowsy may power off (proxmox[].nodes)"),
+        );
+    };
+    let started = std::time::Instant::now();
+    let result = match action {
+        "wake" => {
+            let limit = gate.settings.boot_timeout + Duration::from_secs(5);
+            match tokio::time::timeout(limit, gate.ensure_awake()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err((StatusCode::SERVICE_UNAVAILABLE, why.to_string())),
+                Err(_) => Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the wake timed out".to_string(),
+                )),
+            }
+        }
+        _ => gate
+            .sleep_now()
+            .await
+            .map_err(|e| (StatusCode::CONFLICT, e)),
+    };
+    match result {
+        Ok(()) => json(&serde_json::json!({
+            "cluster": cluster,
+            "node": node,
+            "state": gate.state().as_str(),
+            "ms": started.elapsed().as_millis() as u64,
+        })),
+        Err((status, why)) => pages::plain(status, format!("node {cluster}/{node}: {why}")),
+    }
 }
 
 pub(crate) fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
@@ -332,28 +392,56 @@ fn cluster_json(
     }
 }
 
-/// `GET /api/nodes`: every node the polls have shown, online or not.
+/// `GET /api/nodes`: every node the polls have shown, online or not, and
+/// every node drowsy may power off, with its sleep figures.
 fn nodes_json(state: &AdminState) -> serde_json::Value {
     let Some(clusters) = &state.clusters else {
         return serde_json::json!([]);
     };
-    let nodes = clusters.cache.nodes();
-    nodes
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<serde_json::Value> = clusters
+        .cache
+        .nodes()
         .iter()
+        .filter(|n| clusters.node(&n.cluster, &n.node).is_none())
         .map(|n| {
-            let since = n
-                .since
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
             serde_json::json!({
                 "cluster": &*n.cluster,
                 "node": n.node,
                 "state": if n.online { "online" } else { "offline" },
-                "since": since,
+                "since": unix(n.since),
             })
         })
-        .collect()
+        .collect();
+    for g in clusters.node_gates() {
+        let s = g.status();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        out.push(serde_json::json!({
+            "cluster": &*g.cluster,
+            "node": g.node(),
+            "state": s.state.as_str(),
+            "since": unix(s.since),
+            "sleeps": true,
+            "kept_up": s.kept_up.as_deref(),
+            "last_failure": s.last_failure.as_deref(),
+            "wakes": g.wakes.load(std::sync::atomic::Ordering::Relaxed),
+            "last_wake_ms": g.last_wake_ms.load(std::sync::atomic::Ordering::Relaxed),
+            "asleep_seconds": g.asleep_total().as_secs_f64(),
+            "asleep_share_24h": g.asleep_share(day),
+            "asleep_share_7d": g.asleep_share(7 * day),
+            "watts": g.settings.watts,
+            "energy_saved_kwh": g.energy_saved_kwh(),
+        }));
+    }
+    out.sort_by(|a, b| {
+        (a["cluster"].as_str(), a["node"].as_str())
+            .cmp(&(b["cluster"].as_str(), b["node"].as_str()))
+    });
+    serde_json::Value::Array(out)
 }
 
 /// The addresses a guest without a usable one offers in vain, each

@@ -27,6 +27,7 @@ pub fn guest_json(s: &GuestStats, routes: &[Arc<str>]) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
     v["routes"] = json!(routes.iter().map(|r| r.to_string()).collect::<Vec<_>>());
     v["mem_ratio"] = json!(s.mem_ratio());
+    v["ram_freed_byte_seconds"] = json!(s.ram_freed_byte_seconds());
     v
 }
 

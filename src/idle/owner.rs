@@ -211,7 +211,17 @@ impl Owner {
         let Some(node) = self.guest().and_then(|g| self.sleeping_node(&g)) else {
             return Ok(());
         };
-        self.gate.publish(Phase::WakingNode(Arc::from(node.node())));
+        // The loading page says how long the node's last wake took.
+        let last = node.last_wake_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let label = match last {
+            0 => node.node().to_string(),
+            ms => format!(
+                "{} (usually {})",
+                node.node(),
+                humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)))
+            ),
+        };
+        self.gate.publish(Phase::WakingNode(Arc::from(label)));
         node.ensure_awake()
             .await
             .map_err(|why| WakeError::Refused(Blocker::NodeNotWoken(node.node().into(), why)))?;

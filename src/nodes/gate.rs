@@ -9,10 +9,14 @@
 //! again after the shutdown.
 
 use crate::config::NodeSleep;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// A request to sleep now (the admin API), answered when it is done.
+pub type SleepRequest = oneshot::Sender<Result<(), String>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeState {
@@ -57,18 +61,39 @@ pub struct Status {
     pub kept_up: Option<Arc<str>>,
 }
 
+impl std::fmt::Debug for NodeGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeGate")
+            .field("cluster", &self.cluster)
+            .field("node", &self.settings.node)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
 pub struct NodeGate {
     pub cluster: Arc<str>,
     pub settings: NodeSleep,
     status: watch::Sender<Status>,
     wanted: AtomicUsize,
     pub(super) wake: Notify,
+    sleeps: mpsc::Sender<SleepRequest>,
     /// Completed wakes, and milliseconds spent asleep before the current
     /// sleep (the current one is counted from `since`).
     pub wakes: AtomicU64,
+    /// Wakes that failed: Proxmox refused (or the packet could not be
+    /// sent), or the node did not come back within `boot_timeout`.
+    pub wake_errors: AtomicU64,
+    pub wake_timeouts: AtomicU64,
     asleep_ms: AtomicU64,
     pub last_wake_ms: AtomicU64,
+    /// Ended sleeps of the last week, for the asleep shares.
+    sleeps_done: Mutex<VecDeque<(SystemTime, SystemTime)>>,
+    created: SystemTime,
 }
+
+/// The week the asleep shares look back on.
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A guest's wish for the node to be up, counted while it lives.
 pub struct Wanted<'a>(&'a NodeGate);
@@ -80,8 +105,14 @@ impl Drop for Wanted<'_> {
 }
 
 impl NodeGate {
-    pub fn new(cluster: Arc<str>, settings: NodeSleep) -> Arc<NodeGate> {
-        Arc::new(NodeGate {
+    /// The gate, and the receiving end of its sleep requests for the owner.
+    pub fn new(
+        cluster: Arc<str>,
+        settings: NodeSleep,
+    ) -> (Arc<NodeGate>, mpsc::Receiver<SleepRequest>) {
+        let (sleeps, requests) = mpsc::channel(4);
+        let gate = Arc::new(NodeGate {
+            sleeps,
             cluster,
             settings,
             status: watch::Sender::new(Status {
@@ -94,9 +125,14 @@ impl NodeGate {
             wanted: AtomicUsize::new(0),
             wake: Notify::new(),
             wakes: AtomicU64::new(0),
+            wake_errors: AtomicU64::new(0),
+            wake_timeouts: AtomicU64::new(0),
             asleep_ms: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
-        })
+            sleeps_done: Mutex::new(VecDeque::new()),
+            created: SystemTime::now(),
+        });
+        (gate, requests)
     }
 
     pub fn node(&self) -> &str {
@@ -131,6 +167,43 @@ impl NodeGate {
         self.settings.watts * self.asleep_total().as_secs_f64() / 3600.0 / 1000.0
     }
 
+    fn remember_sleep(&self, from: SystemTime, to: SystemTime) {
+        let Ok(mut sleeps) = self.sleeps_done.lock() else {
+            return;
+        };
+        sleeps.push_back((from, to));
+        while sleeps
+            .front()
+            .is_some_and(|(_, end)| to.duration_since(*end).unwrap_or_default() > WEEK)
+        {
+            sleeps.pop_front();
+        }
+    }
+
+    /// The share of the last `window` the node slept, of the part of it
+    /// drowsy watched (0 to 1).
+    pub fn asleep_share(&self, window: Duration) -> f64 {
+        let now = SystemTime::now();
+        let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let start = start.max(self.created);
+        let watched = now.duration_since(start).unwrap_or_default();
+        if watched.is_zero() {
+            return 0.0;
+        }
+        let overlap = |from: SystemTime, to: SystemTime| {
+            to.duration_since(from.max(start)).unwrap_or_default()
+        };
+        let mut slept: Duration = match self.sleeps_done.lock() {
+            Ok(sleeps) => sleeps.iter().map(|(f, t)| overlap(*f, *t)).sum(),
+            Err(_) => Duration::ZERO,
+        };
+        let s = self.status();
+        if matches!(s.state, NodeState::Asleep | NodeState::Waking) {
+            slept += overlap(s.since, now);
+        }
+        (slept.as_secs_f64() / watched.as_secs_f64()).min(1.0)
+    }
+
     pub(super) fn wanted(&self) -> usize {
         self.wanted.load(Ordering::SeqCst)
     }
@@ -147,6 +220,7 @@ impl NodeGate {
                 let slept = now.duration_since(s.since).unwrap_or_default();
                 self.asleep_ms
                     .fetch_add(slept.as_millis() as u64, Ordering::Relaxed);
+                self.remember_sleep(s.since, now);
             }
             // Waking continues the sleep for the asleep figures.
             if !(s.state == NodeState::Asleep && state == NodeState::Waking) {
@@ -172,6 +246,19 @@ impl NodeGate {
             s.kept_up = why;
             true
         });
+    }
+
+    /// Asks the owner to put the node to sleep now, without waiting for
+    /// `sleep_after`; the safety rules still apply. Answers once the node
+    /// is asleep, or why it stays up.
+    pub async fn sleep_now(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.sleeps
+            .send(tx)
+            .await
+            .map_err(|_| "drowsy is shutting down".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("drowsy is shutting down".to_string()))
     }
 
     /// Waits until the node is online, asking its owner to wake it when it

@@ -6,14 +6,16 @@
 //! a guest's wake (or for the node to come back by itself) and wakes it by
 //! Wake-on-LAN, through the API or with its own magic packet.
 
-use super::gate::{NodeGate, NodeState};
+use super::gate::{NodeGate, NodeState, SleepRequest};
 use super::safety::{self, Facts, GuestFact};
 use super::{api, wol};
+use crate::admin::metrics::{Metrics, NodeLabel};
 use crate::config::WolVia;
 use crate::proxmox::{ClusterCache, GuestStatus, PveClient};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How often a node going down or coming up is looked at.
@@ -31,6 +33,12 @@ pub struct NodeOwner {
     client: Arc<PveClient>,
     cache: Arc<ClusterCache>,
     polls: watch::Receiver<u64>,
+    sleeps: mpsc::Receiver<SleepRequest>,
+    metrics: Arc<Metrics>,
+    /// The poller's "the API sleeps" flag, set while a standalone node
+    /// (whose API is its own) sleeps.
+    api_asleep: Arc<AtomicBool>,
+    standalone: bool,
     /// When every guest on the node was first seen stopped.
     quiet_since: Option<Instant>,
     not_before: Option<Instant>,
@@ -42,12 +50,19 @@ impl NodeOwner {
         client: Arc<PveClient>,
         cache: Arc<ClusterCache>,
         polls: watch::Receiver<u64>,
+        sleeps: mpsc::Receiver<SleepRequest>,
+        api_asleep: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         NodeOwner {
             gate,
             client,
             cache,
             polls,
+            sleeps,
+            metrics,
+            api_asleep,
+            standalone: false,
             quiet_since: None,
             not_before: None,
         }
@@ -66,6 +81,9 @@ impl NodeOwner {
                 }
                 _ = self.gate.wake.notified(), if state != NodeState::Online => {
                     self.wake().await;
+                }
+                Some(reply) = self.sleeps.recv() => {
+                    let _ = reply.send(self.sleep_on_request(state).await);
                 }
                 // A standalone node's API sleeps with it: no polls come.
                 _ = tokio::time::sleep(ASLEEP_LOOK), if state == NodeState::Asleep => {
@@ -131,12 +149,35 @@ impl NodeOwner {
         }
     }
 
+    /// The admin's "sleep now": the rules, but not `sleep_after`.
+    async fn sleep_on_request(&mut self, state: NodeState) -> Result<(), String> {
+        if state != NodeState::Online {
+            return match state {
+                NodeState::Asleep => Ok(()),
+                other => Err(format!("the node is {}", other.as_str())),
+            };
+        }
+        if let Some(g) = self.guests().iter().find(|g| g.ha_started || !g.stopped) {
+            return Err(match g.ha_started {
+                true => safety::KeptUp::HaStarted(g.vmid).to_string(),
+                false => safety::KeptUp::GuestRunning(g.vmid).to_string(),
+            });
+        }
+        self.facts_allow().await?;
+        self.sleep().await;
+        match self.gate.state() {
+            NodeState::Asleep => Ok(()),
+            other => Err(format!("the node is {} after its shutdown", other.as_str())),
+        }
+    }
+
     /// The live facts, right before the shutdown.
-    async fn facts_allow(&self) -> Result<(), String> {
+    async fn facts_allow(&mut self) -> Result<(), String> {
         let node = self.gate.node();
         let cluster = api::cluster(&self.client)
             .await
             .map_err(|e| format!("reading /cluster/status failed: {e}"))?;
+        self.standalone = cluster.standalone;
         let tasks = api::active_tasks(&self.client, node)
             .await
             .map_err(|e| format!("reading the node's tasks failed: {e}"))?;
@@ -165,14 +206,17 @@ impl NodeOwner {
             return;
         }
         tracing::info!(node = %node, "shutting the node down: all its guests sleep");
+        self.api_asleep.store(self.standalone, Ordering::Relaxed);
         if let Err(e) = api::shutdown(&self.client, &node).await {
             tracing::warn!(node = %node, error = %e, "node shutdown failed");
+            self.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.not_before = Some(Instant::now() + RETRY);
             return;
         }
         if !self.until(false, SHUTDOWN_LIMIT).await {
             tracing::warn!(node = %node, "the node did not go offline after its shutdown");
+            self.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.not_before = Some(Instant::now() + RETRY);
             return;
@@ -209,6 +253,7 @@ impl NodeOwner {
     async fn follow_outside_wake(&mut self) {
         if self.gate.wanted() == 0 && self.is_up().await {
             tracing::info!(node = %self.gate.node(), "node was woken from outside");
+            self.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.quiet_since = None;
         }
@@ -226,22 +271,31 @@ impl NodeOwner {
         tracing::info!(node = %node, "waking the node");
         let how = match self.send_wake().await {
             Ok(how) => how,
-            Err(why) => return self.wake_failed(why),
+            Err(why) => {
+                self.gate.wake_errors.fetch_add(1, Ordering::Relaxed);
+                return self.wake_failed(why);
+            }
         };
         let limit = self.gate.settings.boot_timeout;
         if !self.until(true, limit).await {
+            self.gate.wake_timeouts.fetch_add(1, Ordering::Relaxed);
             return self.wake_failed(format!(
                 "node {node} did not come back within {} after Wake-on-LAN ({how})",
                 humantime::format_duration(limit)
             ));
         }
-        let ms = started.elapsed().as_millis() as u64;
-        self.gate
-            .last_wake_ms
-            .store(ms.max(1), std::sync::atomic::Ordering::Relaxed);
-        self.gate
-            .wakes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let took = started.elapsed();
+        let ms = took.as_millis() as u64;
+        self.gate.last_wake_ms.store(ms.max(1), Ordering::Relaxed);
+        self.gate.wakes.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .node_wake_duration_seconds
+            .get_or_create(&NodeLabel {
+                cluster: self.gate.cluster.clone(),
+                node: node.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.api_asleep.store(false, Ordering::Relaxed);
         self.gate.set_state(NodeState::Online);
         self.quiet_since = None;
         tracing::info!(node = %node, ms, "node is up");

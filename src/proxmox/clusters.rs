@@ -53,8 +53,14 @@ impl Clusters {
         }
         let stop = tokio_util::sync::CancellationToken::new();
         for (c, settings) in clusters.iter_mut().zip(&config.proxmox) {
-            c.nodes = start_node_owners(c, settings, &cache, &stop);
+            c.nodes = start_node_owners(c, settings, &cache, metrics, &stop);
         }
+        metrics.nodes.set(
+            clusters
+                .iter()
+                .flat_map(|c| c.nodes.iter().cloned())
+                .collect(),
+        );
         tokio::spawn(follow_usage(
             cache.clone(),
             metrics.guest_stats.clone(),
@@ -147,16 +153,13 @@ impl Clusters {
         self.clusters.iter().flat_map(|c| c.nodes.iter())
     }
 
-    /// Whether every failing cluster fails because drowsy put its only
-    /// node to sleep (a standalone node's API sleeps with it): that is no
-    /// outage.
+    /// Whether the cluster's API sleeps because drowsy put its standalone
+    /// node to sleep: its failing polls are no outage.
     pub fn asleep_by_design(&self, cluster: &str) -> bool {
         self.cluster(cluster).is_some_and(|c| {
-            !c.nodes.is_empty()
-                && c.nodes
-                    .iter()
-                    .any(|g| g.state() != crate::nodes::NodeState::Online)
-                && c.poller.nodes().len() <= 1
+            c.poller
+                .api_asleep()
+                .load(std::sync::atomic::Ordering::Relaxed)
         })
     }
 
@@ -173,18 +176,22 @@ fn start_node_owners(
     c: &Cluster,
     settings: &crate::config::ProxmoxSettings,
     cache: &Arc<ClusterCache>,
+    metrics: &Arc<Metrics>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Vec<Arc<NodeGate>> {
     settings
         .nodes
         .iter()
         .map(|n| {
-            let gate = NodeGate::new(settings.name.clone(), n.clone());
+            let (gate, sleeps) = NodeGate::new(settings.name.clone(), n.clone());
             let owner = NodeOwner::new(
                 gate.clone(),
                 c.client.clone(),
                 cache.clone(),
                 c.poller.polls(),
+                sleeps,
+                c.poller.api_asleep(),
+                metrics.clone(),
             );
             tokio::spawn(owner.run(stop.clone()));
             gate

@@ -57,6 +57,7 @@ impl Poller {
             polls: watch::channel(0).0,
             last_error: watch::channel(None).0,
             reported: Mutex::new(HashMap::new()),
+            api_asleep: Arc::default(),
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(shared.clone(), options, cancel.clone()));
@@ -83,6 +84,9 @@ struct Shared {
     /// What was last logged as ignored, per guest: logged again only when
     /// it changes.
     reported: Mutex<HashMap<u32, Vec<Ignored>>>,
+    /// Set while drowsy has put a standalone node, and with it the API, to
+    /// sleep: failed polls are expected then, and not warned about.
+    api_asleep: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Controls one cluster's poller; dropping it stops the task.
@@ -157,6 +161,12 @@ impl PollerHandle {
     /// Node names from `/cluster/status`.
     pub fn nodes(&self) -> Vec<String> {
         read(&self.shared.nodes).clone()
+    }
+
+    /// The flag that says the API sleeps with its node (set by the node's
+    /// owner; see [`Shared::api_asleep`]).
+    pub fn api_asleep(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.shared.api_asleep.clone()
     }
 
     /// Counts successful polls; `changed()` fires after each one.
@@ -379,7 +389,11 @@ fn merge(guests: Vec<Guest>, old: &[Guest], found: &HashMap<u32, Addresses>) -> 
 
 fn outage(shared: &Shared, state: &mut LoopState, e: PveError) {
     let msg = e.to_string();
-    if state.outage_since.is_none() {
+    let asleep = shared.api_asleep.load(std::sync::atomic::Ordering::Relaxed);
+    if state.outage_since.is_none() && asleep {
+        state.outage_since = Some(Instant::now());
+        tracing::info!(cluster = %shared.client.cluster(), "the Proxmox API sleeps with its node; polls resume when drowsy wakes it");
+    } else if state.outage_since.is_none() {
         state.outage_since = Some(Instant::now());
         tracing::warn!(cluster = %shared.client.cluster(), error = %msg, "Proxmox API poll failed; keeping the last known guests until it recovers");
     } else {

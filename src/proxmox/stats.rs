@@ -53,6 +53,13 @@ pub struct GuestStats {
     /// `None` until two samples of a running guest have been seen.
     pub rates: Option<Rates>,
     pub uptime: u64,
+    /// Configured memory times the seconds the guest was stopped, over the
+    /// stops that ended while drowsy watched.
+    #[serde(skip)]
+    pub ram_freed_done: f64,
+    /// When the current stop began (as drowsy first saw it).
+    #[serde(skip)]
+    pub stopped_at: Option<std::time::Instant>,
 }
 
 fn as_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
@@ -60,6 +67,16 @@ fn as_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl GuestStats {
+    /// The memory the guest did not hold while stopped, in byte-seconds
+    /// (its configured memory times the time stopped, while drowsy
+    /// watched): what sleeping it freed.
+    pub fn ram_freed_byte_seconds(&self) -> f64 {
+        let now = self
+            .stopped_at
+            .map_or(0.0, |t| self.maxmem as f64 * t.elapsed().as_secs_f64());
+        self.ram_freed_done + now
+    }
+
     /// Memory in use as a share of the limit (0 without a limit).
     pub fn mem_ratio(&self) -> f64 {
         if self.maxmem == 0 {
@@ -126,12 +143,15 @@ struct Track {
     base: Usage,
     rates: Option<Rates>,
     cpu_seconds: f64,
+    ram_freed_done: f64,
+    stopped_at: Option<std::time::Instant>,
     shown: Option<Arc<GuestStats>>,
 }
 
 impl Track {
     fn observe(&mut self, guest: &Guest) {
         let cur = &guest.usage;
+        self.follow_stops(guest);
         if !guest.status.is_running() {
             self.rates = None;
             self.base = cur.clone();
@@ -149,6 +169,20 @@ impl Track {
             }
         }
         self.base = cur.clone();
+    }
+
+    /// A stop begins when a poll first shows the guest stopped, and ends
+    /// when one shows it running.
+    fn follow_stops(&mut self, guest: &Guest) {
+        let stopped = guest.status == crate::proxmox::GuestStatus::Stopped;
+        match (stopped, self.stopped_at) {
+            (true, None) => self.stopped_at = Some(std::time::Instant::now()),
+            (false, Some(t)) => {
+                self.ram_freed_done += guest.usage.maxmem as f64 * t.elapsed().as_secs_f64();
+                self.stopped_at = None;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -227,6 +261,8 @@ fn still_shows(s: &GuestStats, g: &Guest, track: &Track) -> bool {
                 None
             }
         && s.cpu_seconds == track.cpu_seconds
+        && s.ram_freed_done == track.ram_freed_done
+        && s.stopped_at == track.stopped_at
         && s.status == g.status.as_str()
         && s.name == g.name
         && s.node == g.node
@@ -256,6 +292,8 @@ fn stats_of(g: &Guest, track: &Track) -> GuestStats {
         diskwrite: u.diskwrite,
         rates: if running { track.rates } else { None },
         uptime: u.uptime,
+        ram_freed_done: track.ram_freed_done,
+        stopped_at: track.stopped_at,
     }
 }
 

@@ -167,17 +167,18 @@ pub(crate) fn status_command(
     let command = params
         .get("command")
         .ok_or_else(|| ApiError::param("command", "property is missing and it is not optional"))?;
-    let reboot =
-        match command.as_str() {
-            "shutdown" => false,
-            "reboot" => true,
-            other => return Err(ApiError::param(
+    let reboot = match command.as_str() {
+        "shutdown" => false,
+        "reboot" => true,
+        other => {
+            return Err(ApiError::param(
                 "command",
                 format!(
                     "value '{other}' does not have a value in the enumeration 'reboot, shutdown'"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     require(shared, who, &format!("/nodes/{node}"), &["Sys.PowerMgmt"])?;
     known_node(shared, node)?;
     begin_shutdown(shared, node, reboot);
