@@ -71,10 +71,9 @@ async fn main() -> Result<(), Error> {
     let addr = running.http_addr().ok_or("no http listener")?;
     let clusters = running.clusters.clone().ok_or("no clusters")?;
     let node = clusters.node("home", "pve2").ok_or("no node gate")?.clone();
-    let gate = running
-        .gates()
-        .and_then(|g| g.for_route("wiki"))
-        .ok_or("no gate")?;
+    let gates = running.gates().ok_or("no gates")?;
+    gates.settled(DEADLINE).await;
+    let gate = gates.for_route("wiki").ok_or("no gate for the route")?;
 
     let mut with_node = Vec::new();
     let mut guest_only = Vec::new();

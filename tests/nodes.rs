@@ -424,3 +424,32 @@ async fn no_wake_requests_never_wake_a_sleeping_node() {
     assert_eq!(env.sim.calls("POST /nodes/{node}/wakeonlan"), 0);
     assert_eq!(env.sim.node_counts().boots, 0);
 }
+
+#[tokio::test]
+async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
+    // Polls far apart and a boot longer than their interval: a poll during
+    // the boot says the node is offline, and the next one may come only
+    // after the node is seen back. The start must wait for it.
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2")
+            .mac(MAC)
+            .boot(Duration::from_millis(1500)),
+    ))
+    .await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let yaml = config_with(
+        &env,
+        &node_yaml("pve2", &wol, "10s"),
+        &route("wiki", 101, &env),
+    )
+    .replace("poll_interval: 100ms", "poll_interval: 1s");
+    let d = Drowsy::start(&yaml).await;
+    let node = node_gate(&d, "pve2");
+    for _ in 0..2 {
+        wait_node(&node, NodeState::Asleep).await;
+        let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+        assert_eq!(status, StatusCode::OK, "{body:?}");
+        d.gate("wiki").sleep_now().await.expect("the guest sleeps");
+    }
+}

@@ -225,9 +225,15 @@ impl Owner {
         node.ensure_awake()
             .await
             .map_err(|why| WakeError::Refused(Blocker::NodeNotWoken(node.node().into(), why)))?;
-        // The cache learns of the node's guests again at the next poll.
-        next_poll(&mut self.polls).await;
-        Ok(())
+        // The cache learns that the node is back from a poll that began
+        // after it was (the one in flight may still say offline).
+        let (cluster, name) = (node.cluster.clone(), node.node().to_string());
+        loop {
+            next_poll(&mut self.polls).await;
+            if self.clusters.cache.node_online(&cluster, &name) != Some(false) {
+                return Ok(());
+            }
+        }
     }
 
     /// The wake's time limit: the guest's, plus its node's boot when the

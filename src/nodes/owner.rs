@@ -242,12 +242,18 @@ impl NodeOwner {
         }
     }
 
-    /// Online, and its API answers (a standalone node's API is its own).
+    /// Online in `/cluster/status`, and a call forwarded to the node
+    /// answers (corosync may show a node before its pveproxy serves; a
+    /// standalone node's API is its own).
     async fn is_up(&self) -> bool {
-        match api::cluster(&self.client).await {
+        let online = match api::cluster(&self.client).await {
             Ok(view) => view.online(self.gate.node()) == Some(true),
             Err(_) => false,
-        }
+        };
+        online
+            && api::active_tasks(&self.client, self.gate.node())
+                .await
+                .is_ok()
     }
 
     async fn follow_outside_wake(&mut self) {
