@@ -274,15 +274,9 @@ async fn node_control(
             .await
             .map_err(|e| (StatusCode::CONFLICT, e)),
     };
-    match result {
-        Ok(()) => json(&serde_json::json!({
-            "cluster": cluster,
-            "node": node,
-            "state": gate.state().as_str(),
-            "ms": started.elapsed().as_millis() as u64,
-        })),
-        Err((status, why)) => pages::plain(status, format!("node {cluster}/{node}: {why}")),
-    }
+    let what = serde_json::json!({ "cluster": cluster, "node": node });
+    let label = format!("node {cluster}/{node}");
+    control_reply(what, label, gate.state().as_str(), started, result)
 }
 
 pub(crate) fn find_route(state: &AdminState, name: &str) -> Option<Arc<Route>> {
@@ -343,13 +337,32 @@ async fn control(state: &AdminState, name: &str, action: &str) -> Response<RespB
             .await
             .map_err(|e| (StatusCode::CONFLICT, e)),
     };
+    let what = serde_json::json!({ "route": name });
+    control_reply(
+        what,
+        format!("route {name}"),
+        gate.state().as_str(),
+        started,
+        result,
+    )
+}
+
+/// The answer to a manual wake or sleep: what it was about, its state now
+/// and how long it took; or the error, prefixed with `label`.
+fn control_reply(
+    mut what: serde_json::Value,
+    label: String,
+    state: &str,
+    started: std::time::Instant,
+    result: Result<(), (StatusCode, String)>,
+) -> Response<RespBody> {
     match result {
-        Ok(()) => json(&serde_json::json!({
-            "route": name,
-            "state": gate.state().as_str(),
-            "ms": started.elapsed().as_millis() as u64,
-        })),
-        Err((status, why)) => pages::plain(status, format!("route {name}: {why}")),
+        Ok(()) => {
+            what["state"] = state.into();
+            what["ms"] = (started.elapsed().as_millis() as u64).into();
+            json(&what)
+        }
+        Err((status, why)) => pages::plain(status, format!("{label}: {why}")),
     }
 }
 

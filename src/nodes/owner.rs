@@ -28,16 +28,21 @@ const ASLEEP_LOOK: Duration = Duration::from_secs(2);
 /// After a refused or failed shutdown, the next try waits this long.
 const RETRY: Duration = Duration::from_secs(60);
 
+/// What an owner is wired to: its cluster's client, cache and polls, the
+/// poller's "the API sleeps" flag, and the metrics.
+pub struct Wiring {
+    pub client: Arc<PveClient>,
+    pub cache: Arc<ClusterCache>,
+    pub polls: watch::Receiver<u64>,
+    /// Set while a standalone node (whose API is its own) sleeps.
+    pub api_asleep: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub struct NodeOwner {
     gate: Arc<NodeGate>,
-    client: Arc<PveClient>,
-    cache: Arc<ClusterCache>,
-    polls: watch::Receiver<u64>,
     sleeps: mpsc::Receiver<SleepRequest>,
-    metrics: Arc<Metrics>,
-    /// The poller's "the API sleeps" flag, set while a standalone node
-    /// (whose API is its own) sleeps.
-    api_asleep: Arc<AtomicBool>,
+    w: Wiring,
     standalone: bool,
     /// When every guest on the node was first seen stopped.
     quiet_since: Option<Instant>,
@@ -45,23 +50,11 @@ pub struct NodeOwner {
 }
 
 impl NodeOwner {
-    pub fn new(
-        gate: Arc<NodeGate>,
-        client: Arc<PveClient>,
-        cache: Arc<ClusterCache>,
-        polls: watch::Receiver<u64>,
-        sleeps: mpsc::Receiver<SleepRequest>,
-        api_asleep: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(gate: Arc<NodeGate>, sleeps: mpsc::Receiver<SleepRequest>, w: Wiring) -> Self {
         NodeOwner {
             gate,
-            client,
-            cache,
-            polls,
             sleeps,
-            metrics,
-            api_asleep,
+            w,
             standalone: false,
             quiet_since: None,
             not_before: None,
@@ -73,7 +66,7 @@ impl NodeOwner {
             let state = self.gate.state();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                changed = self.polls.changed() => {
+                changed = self.w.polls.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -103,7 +96,8 @@ impl NodeOwner {
 
     /// The node's guests as the last poll showed them.
     fn guests(&self) -> Vec<GuestFact> {
-        self.cache
+        self.w
+            .cache
             .all()
             .into_iter()
             .filter(|g| g.cluster == self.gate.cluster && g.node == self.gate.node())
@@ -174,16 +168,16 @@ impl NodeOwner {
     /// The live facts, right before the shutdown.
     async fn facts_allow(&mut self) -> Result<(), String> {
         let node = self.gate.node();
-        let cluster = api::cluster(&self.client)
+        let cluster = api::cluster(&self.w.client)
             .await
             .map_err(|e| format!("reading /cluster/status failed: {e}"))?;
         self.standalone = cluster.standalone;
-        let tasks = api::active_tasks(&self.client, node)
+        let tasks = api::active_tasks(&self.w.client, node)
             .await
             .map_err(|e| format!("reading the node's tasks failed: {e}"))?;
         let votes = match cluster.standalone {
             true => Default::default(),
-            false => api::votes(&self.client).await,
+            false => api::votes(&self.w.client).await,
         };
         let guests = self.guests();
         safety::may_sleep(&Facts {
@@ -206,17 +200,17 @@ impl NodeOwner {
             return;
         }
         tracing::info!(node = %node, "shutting the node down: all its guests sleep");
-        self.api_asleep.store(self.standalone, Ordering::Relaxed);
-        if let Err(e) = api::shutdown(&self.client, &node).await {
+        self.w.api_asleep.store(self.standalone, Ordering::Relaxed);
+        if let Err(e) = api::shutdown(&self.w.client, &node).await {
             tracing::warn!(node = %node, error = %e, "node shutdown failed");
-            self.api_asleep.store(false, Ordering::Relaxed);
+            self.w.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.not_before = Some(Instant::now() + RETRY);
             return;
         }
         if !self.until(false, SHUTDOWN_LIMIT).await {
             tracing::warn!(node = %node, "the node did not go offline after its shutdown");
-            self.api_asleep.store(false, Ordering::Relaxed);
+            self.w.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.not_before = Some(Instant::now() + RETRY);
             return;
@@ -246,12 +240,12 @@ impl NodeOwner {
     /// answers (corosync may show a node before its pveproxy serves; a
     /// standalone node's API is its own).
     async fn is_up(&self) -> bool {
-        let online = match api::cluster(&self.client).await {
+        let online = match api::cluster(&self.w.client).await {
             Ok(view) => view.online(self.gate.node()) == Some(true),
             Err(_) => false,
         };
         online
-            && api::active_tasks(&self.client, self.gate.node())
+            && api::active_tasks(&self.w.client, self.gate.node())
                 .await
                 .is_ok()
     }
@@ -259,7 +253,7 @@ impl NodeOwner {
     async fn follow_outside_wake(&mut self) {
         if self.gate.wanted() == 0 && self.is_up().await {
             tracing::info!(node = %self.gate.node(), "node was woken from outside");
-            self.api_asleep.store(false, Ordering::Relaxed);
+            self.w.api_asleep.store(false, Ordering::Relaxed);
             self.gate.set_state(NodeState::Online);
             self.quiet_since = None;
         }
@@ -294,14 +288,15 @@ impl NodeOwner {
         let ms = took.as_millis() as u64;
         self.gate.last_wake_ms.store(ms.max(1), Ordering::Relaxed);
         self.gate.wakes.fetch_add(1, Ordering::Relaxed);
-        self.metrics
+        self.w
+            .metrics
             .node_wake_duration_seconds
             .get_or_create(&NodeLabel {
                 cluster: self.gate.cluster.clone(),
                 node: node.clone(),
             })
             .observe(took.as_secs_f64());
-        self.api_asleep.store(false, Ordering::Relaxed);
+        self.w.api_asleep.store(false, Ordering::Relaxed);
         self.gate.set_state(NodeState::Online);
         self.quiet_since = None;
         tracing::info!(node = %node, ms, "node is up");
@@ -319,9 +314,9 @@ impl NodeOwner {
         let wol = self.gate.settings.wol;
         let node = self.gate.node();
         if wol.via == WolVia::Api {
-            match api::wake_on_lan(&self.client, node).await {
+            match api::wake_on_lan(&self.w.client, node).await {
                 Ok(mac) => return Ok(format!("sent by the cluster to {mac}")),
-                Err(e) if api::answers(&self.client).await => {
+                Err(e) if api::answers(&self.w.client).await => {
                     return Err(format!("Proxmox refused to wake node {node}: {e}"))
                 }
                 Err(_) => {}

@@ -502,24 +502,13 @@ fn status_changes(cluster: &Arc<str>, old: &[Guest], new: &[Guest]) -> Vec<Guest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxmox::types::GuestKind;
 
     fn guest(cluster: &str, node: &str, vmid: u32, name: &str, ip: Option<&str>) -> Guest {
         Guest {
-            cluster: Arc::from(cluster),
             node: node.into(),
-            vmid,
-            kind: GuestKind::Lxc,
-            name: name.into(),
             status: GuestStatus::Running,
-            tags: vec![],
             ips: ip.iter().map(|s| s.parse().unwrap()).collect(),
-            ignored_ips: vec![],
-            template: false,
-            ha: false,
-            ha_started: false,
-            lock: None,
-            usage: Default::default(),
+            ..Guest::sample(cluster, vmid, name)
         }
     }
 

@@ -8,7 +8,7 @@ use super::poller::{Poller, PollerHandle, PollerOptions};
 use super::types::Guest;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, GuestKey, GuestRef, Target};
-use crate::nodes::owner::NodeOwner;
+use crate::nodes::owner::{NodeOwner, Wiring};
 use crate::nodes::NodeGate;
 use std::sync::Arc;
 
@@ -186,12 +186,14 @@ fn start_node_owners(
             let (gate, sleeps) = NodeGate::new(settings.name.clone(), n.clone());
             let owner = NodeOwner::new(
                 gate.clone(),
-                c.client.clone(),
-                cache.clone(),
-                c.poller.polls(),
                 sleeps,
-                c.poller.api_asleep(),
-                metrics.clone(),
+                Wiring {
+                    client: c.client.clone(),
+                    cache: cache.clone(),
+                    polls: c.poller.polls(),
+                    api_asleep: c.poller.api_asleep(),
+                    metrics: metrics.clone(),
+                },
             );
             tokio::spawn(owner.run(stop.clone()));
             gate

@@ -30,7 +30,7 @@ pub async fn discover_ips(
     let allow_loopback = client.loopback_guests();
     let mut ignored = Vec::new();
     if running {
-        match ips_from(client, node, vmid, live_source(kind)).await {
+        match ips_from(client, node, vmid, source(true, kind)).await {
             Ok(ips) => {
                 let live = net::sort_out(ips, allow_loopback);
                 if !live.usable.is_empty() {
@@ -44,7 +44,7 @@ pub async fn discover_ips(
         }
     }
     let config = net::sort_out(
-        ips_from(client, node, vmid, config_source(kind)).await?,
+        ips_from(client, node, vmid, source(false, kind)).await?,
         allow_loopback,
     );
     let mut found = Addresses {
@@ -62,32 +62,23 @@ struct Source {
     read: fn(&serde_json::Value) -> Vec<IpAddr>,
 }
 
-/// What the guest reports now: LXC interfaces, the QEMU guest agent.
-fn live_source(kind: GuestKind) -> Source {
-    match kind {
-        GuestKind::Lxc => Source {
-            template: "/nodes/{node}/lxc/{vmid}/interfaces",
-            read: net::lxc_interface_ips,
-        },
-        GuestKind::Qemu => Source {
-            template: "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
-            read: net::agent_interface_ips,
-        },
-    }
-}
-
-/// What the guest's config says (static addresses, MACs).
-fn config_source(kind: GuestKind) -> Source {
-    match kind {
-        GuestKind::Lxc => Source {
-            template: "/nodes/{node}/lxc/{vmid}/config",
-            read: net::lxc_config_ips,
-        },
-        GuestKind::Qemu => Source {
-            template: "/nodes/{node}/qemu/{vmid}/config",
-            read: net::qemu_config_ips,
-        },
-    }
+/// What the guest reports now (`live`: LXC interfaces, the QEMU guest
+/// agent), or what its config says (static addresses, MACs).
+fn source(live: bool, kind: GuestKind) -> Source {
+    let (template, read): (&'static str, fn(&serde_json::Value) -> Vec<IpAddr>) = match (live, kind)
+    {
+        (true, GuestKind::Lxc) => (
+            "/nodes/{node}/lxc/{vmid}/interfaces",
+            net::lxc_interface_ips,
+        ),
+        (true, GuestKind::Qemu) => (
+            "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
+            net::agent_interface_ips,
+        ),
+        (false, GuestKind::Lxc) => ("/nodes/{node}/lxc/{vmid}/config", net::lxc_config_ips),
+        (false, GuestKind::Qemu) => ("/nodes/{node}/qemu/{vmid}/config", net::qemu_config_ips),
+    };
+    Source { template, read }
 }
 
 async fn ips_from(

@@ -355,20 +355,9 @@ mod tests {
 
     fn guest(usage: Usage, status: GuestStatus) -> Guest {
         Guest {
-            cluster: Arc::from("home"),
-            node: "pve1".into(),
-            vmid: 105,
-            kind: GuestKind::Lxc,
-            name: "wiki".into(),
             status,
-            tags: vec![],
-            ips: vec![],
-            ignored_ips: vec![],
-            template: false,
-            ha: false,
-            ha_started: false,
-            lock: None,
             usage,
+            ..Guest::sample("home", 105, "wiki")
         }
     }
 

@@ -243,6 +243,30 @@ fn parse_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A stopped LXC guest on `pve1` with nothing else set, for tests that
+/// change what they look at (`Guest { status, ..Guest::sample(..) }`).
+#[cfg(test)]
+impl Guest {
+    pub fn sample(cluster: &str, vmid: u32, name: &str) -> Guest {
+        Guest {
+            cluster: Arc::from(cluster),
+            node: "pve1".into(),
+            vmid,
+            kind: GuestKind::Lxc,
+            name: name.into(),
+            status: GuestStatus::Stopped,
+            tags: vec![],
+            ips: vec![],
+            ignored_ips: vec![],
+            template: false,
+            lock: None,
+            ha: false,
+            ha_started: false,
+            usage: Default::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,7 +198,7 @@ pub fn same_routes(a: &[RouteSettings], b: &[RouteSettings]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxmox::{ClusterCache, GuestKind, GuestStatus};
+    use crate::proxmox::ClusterCache;
 
     fn auto() -> AutoRoutes {
         let cfg = crate::config::parse(
@@ -211,20 +211,8 @@ mod tests {
 
     fn guest(cluster: &str, vmid: u32, name: &str, tags: &[&str]) -> Guest {
         Guest {
-            cluster: Arc::from(cluster),
-            node: "pve1".into(),
-            vmid,
-            kind: GuestKind::Lxc,
-            name: name.into(),
-            status: GuestStatus::Stopped,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            ips: vec![],
-            ignored_ips: vec![],
-            template: false,
-            ha: false,
-            ha_started: false,
-            lock: None,
-            usage: Default::default(),
+            ..Guest::sample(cluster, vmid, name)
         }
     }
 
