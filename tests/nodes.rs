@@ -453,3 +453,26 @@ async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
         d.gate("wiki").sleep_now().await.expect("the guest sleeps");
     }
 }
+
+#[tokio::test]
+async fn requests_are_held_through_the_node_boot_beyond_the_guests_wake_timeout() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2")
+            .mac(MAC)
+            .boot(Duration::from_millis(1500)),
+    ))
+    .await;
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let yaml = config_with(
+        &env,
+        &node_yaml("pve2", &wol, "10s"),
+        &route("wiki", 101, &env),
+    )
+    .replace("wake_timeout: 10s", "wake_timeout: 1s");
+    let d = Drowsy::start(&yaml).await;
+    wait_node(&node_gate(&d, "pve2"), NodeState::Asleep).await;
+    // The node alone takes 1.5 s; the guest's own limit is 1 s.
+    let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+}

@@ -241,6 +241,9 @@ pub struct Gate {
     boots: Mutex<super::probe::History>,
     pub(super) wakes: AtomicU64,
     pub(super) last_wake_ms: AtomicU64,
+    /// Added to the hold of every request while the wake under way must
+    /// first wake the guest's node (its `boot_timeout`, in ms).
+    wake_extension_ms: AtomicU64,
     held: AtomicUsize,
     /// Bumped each time the guest is stopped: connections pooled before
     /// are dead (a hard stop sends no FIN) and must not be reused.
@@ -302,6 +305,7 @@ impl Gate {
             boots: Mutex::new(super::probe::History::default()),
             wakes: AtomicU64::new(0),
             last_wake_ms: AtomicU64::new(0),
+            wake_extension_ms: AtomicU64::new(0),
             held: AtomicUsize::new(0),
             pool_epoch: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -679,28 +683,40 @@ impl Gate {
         if let Some(why) = self.backoff_error() {
             return Err(WaitError::Failed(why));
         }
-        let waited = tokio::time::timeout(timeout, async {
-            loop {
-                if let Ready::At(ip) = self.ready() {
-                    return Ok(ip);
-                }
-                if let Some(f) = rx.borrow_and_update().failure_since(mark) {
-                    return Err(match f.timed_out {
-                        true => WaitError::Timeout,
-                        false => WaitError::Failed(f.why.clone()),
-                    });
-                }
-                // First, and then after each change once the checks above
-                // found nothing: a failed wake ends the wait with its error
-                // rather than being asked for again.
-                self.ask_again(start);
-                if rx.changed().await.is_err() {
-                    return Err(WaitError::Failed("drowsy is shutting down".into()));
-                }
+        let began = tokio::time::Instant::now();
+        loop {
+            if let Ready::At(ip) = self.ready() {
+                return Ok(ip);
             }
-        })
-        .await;
-        waited.unwrap_or(Err(WaitError::Timeout))
+            if let Some(f) = rx.borrow_and_update().failure_since(mark) {
+                return Err(match f.timed_out {
+                    true => WaitError::Timeout,
+                    false => WaitError::Failed(f.why.clone()),
+                });
+            }
+            // First, and then after each change once the checks above
+            // found nothing: a failed wake ends the wait with its error
+            // rather than being asked for again.
+            self.ask_again(start);
+            // Read at each turn: a wake that must first wake the node
+            // lengthens every hold by the node's boot time.
+            let deadline = began + timeout + self.wake_extension();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WaitError::Failed("drowsy is shutting down".into())),
+                Err(_) if began + timeout + self.wake_extension() > deadline => {}
+                Err(_) => return Err(WaitError::Timeout),
+            }
+        }
+    }
+
+    pub(super) fn set_wake_extension(&self, extra: Duration) {
+        self.wake_extension_ms
+            .store(extra.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn wake_extension(&self) -> Duration {
+        Duration::from_millis(self.wake_extension_ms.load(Ordering::SeqCst))
     }
 
     /// A waiter asks again at each change. One with a request in flight is

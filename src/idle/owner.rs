@@ -422,6 +422,8 @@ impl Owner {
         let started = Instant::now();
         let was = self.gate.state();
         let limit = self.wake_limit();
+        let own = self.gate.gate_settings().sleep.wake_timeout;
+        self.gate.set_wake_extension(limit.saturating_sub(own));
         self.gate.begin_wake();
         tracing::info!(route = %self.gate.label(), "waking guest");
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
@@ -431,6 +433,7 @@ impl Owner {
                 None => WakeError::Timeout(limit),
             }),
         };
+        self.gate.set_wake_extension(Duration::ZERO);
         if self.held.take().is_some() {
             self.show(None);
         }
