@@ -425,11 +425,9 @@ async fn no_wake_requests_never_wake_a_sleeping_node() {
     assert_eq!(env.sim.node_counts().boots, 0);
 }
 
-#[tokio::test]
-async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
-    // Polls far apart and a boot longer than their interval: a poll during
-    // the boot says the node is offline, and the next one may come only
-    // after the node is seen back. The start must wait for it.
+/// Guest 101 on pve2, which boots in 1.5 s; `from` → `to` edited in the
+/// config (a slower poll, a shorter wake limit).
+async fn slow_boot_pve2(from: &str, to: &str) -> (SimEnv, Drowsy, Arc<NodeGate>) {
     let env = SimEnv::start_with(three_nodes(
         vec![GuestSpec::lxc(101, "wiki").node("pve2")],
         NodeSpec::new("pve2")
@@ -443,9 +441,18 @@ async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
         &node_yaml("pve2", &wol, "10s"),
         &route("wiki", 101, &env),
     )
-    .replace("poll_interval: 100ms", "poll_interval: 1s");
+    .replace(from, to);
     let d = Drowsy::start(&yaml).await;
     let node = node_gate(&d, "pve2");
+    (env, d, node)
+}
+
+#[tokio::test]
+async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
+    // Polls far apart and a boot longer than their interval: a poll during
+    // the boot says the node is offline, and the next one may come only
+    // after the node is seen back. The start must wait for it.
+    let (_env, d, node) = slow_boot_pve2("poll_interval: 100ms", "poll_interval: 1s").await;
     for _ in 0..2 {
         wait_node(&node, NodeState::Asleep).await;
         let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
@@ -456,22 +463,8 @@ async fn a_guest_starts_only_once_the_polls_show_its_node_back() {
 
 #[tokio::test]
 async fn requests_are_held_through_the_node_boot_beyond_the_guests_wake_timeout() {
-    let env = SimEnv::start_with(three_nodes(
-        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
-        NodeSpec::new("pve2")
-            .mac(MAC)
-            .boot(Duration::from_millis(1500)),
-    ))
-    .await;
-    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
-    let yaml = config_with(
-        &env,
-        &node_yaml("pve2", &wol, "10s"),
-        &route("wiki", 101, &env),
-    )
-    .replace("wake_timeout: 10s", "wake_timeout: 1s");
-    let d = Drowsy::start(&yaml).await;
-    wait_node(&node_gate(&d, "pve2"), NodeState::Asleep).await;
+    let (_env, d, node) = slow_boot_pve2("wake_timeout: 10s", "wake_timeout: 1s").await;
+    wait_node(&node, NodeState::Asleep).await;
     // The node alone takes 1.5 s; the guest's own limit is 1 s.
     let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
