@@ -86,10 +86,10 @@ fn pair(a: f64, b: f64) -> String {
 }
 
 /// Memory freed by sleeping, as GiB-hours ("2.5GiB·h"), `-` for none.
-fn ram_hours(byte_seconds: f64) -> String {
+pub(crate) fn ram_hours(byte_seconds: f64) -> String {
     let gib_hours = byte_seconds / (1024.0 * 1024.0 * 1024.0) / 3600.0;
     match gib_hours {
-        h if h <= 0.0 => "-".to_string(),
+        h if h * 1024.0 < 1.0 => "-".to_string(),
         h if h < 0.1 => format!("{:.0}MiB·h", h * 1024.0),
         h => format!("{h:.1}GiB·h"),
     }

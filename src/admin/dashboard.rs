@@ -53,6 +53,8 @@ struct Row {
     note: Option<String>,
     cpu: Option<(f64, f64)>,
     mem: Option<(u64, u64)>,
+    /// The guest's memory times the time it was stopped (byte-seconds).
+    ram_freed: f64,
 }
 
 fn rows(state: &AdminState) -> Vec<Row> {
@@ -98,6 +100,7 @@ fn row(state: &AdminState, route: &Arc<Route>) -> Row {
         }
     }
     if let Some(st) = state.metrics.guest_stats.get(&id.cluster, id.vmid) {
+        row.ram_freed = st.ram_freed_byte_seconds();
         if st.status == "running" {
             row.cpu = Some((st.cpu, st.cpus));
             row.mem = Some((st.mem, st.maxmem));
@@ -240,6 +243,13 @@ fn rows_html(rows: &[Row], now: f64) -> String {
                     e(&bytes(max))
                 );
             }
+            None if crate::stats::ram_hours(r.ram_freed) != "-" => {
+                let _ = write!(
+                    out,
+                    "<td class=\"num\"><span class=\"dim\">freed {}</span></td>",
+                    e(&crate::stats::ram_hours(r.ram_freed))
+                );
+            }
             None => out.push_str("<td class=\"num\">-</td>"),
         }
         out.push_str("<td>");
@@ -304,11 +314,15 @@ fn node_notes(state: &AdminState) -> Vec<String> {
     }
     let day = std::time::Duration::from_secs(24 * 3600);
     for g in clusters.node_gates() {
+        let status = g.status();
+        let since = status.since.elapsed().unwrap_or_default().as_secs_f64();
         let mut note = format!(
-            "server {} {} ({:.0}% of 24 h asleep",
+            "server {} {} for {} ({:.0}% of 24 h and {:.0}% of 7 d asleep",
             g.node(),
-            g.state().as_str(),
-            g.asleep_share(day) * 100.0
+            status.state.as_str(),
+            crate::status::short_duration(since),
+            g.asleep_share(day) * 100.0,
+            g.asleep_share(7 * day) * 100.0
         );
         if g.settings.watts > 0.0 {
             let _ = write!(note, ", {:.2} kWh saved", g.energy_saved_kwh());
