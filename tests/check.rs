@@ -171,6 +171,21 @@ fn the_example_config_is_valid() {
         out.contains("cluster: instance proxy-a, redis://10.0.0.9:6379/0"),
         "{out}"
     );
+    // And its commented `nodes:` block.
+    let mut in_block = false;
+    let with_nodes: String = example
+        .lines()
+        .map(|l| {
+            in_block = l.starts_with("    # nodes:") || (in_block && l.starts_with("    #   "));
+            match in_block {
+                true => format!("    {}\n", &l[6..]),
+                false => format!("{l}\n"),
+            }
+        })
+        .collect();
+    assert!(with_nodes.contains("\n    nodes:\n      pve2:\n        sleep_after: 30m\n"));
+    let (code, _, err) = check(&with_nodes, &[("PVE_TOKEN_SECRET", "x")]);
+    assert_eq!(code, 0, "{err}");
 }
 
 const PVE: &str = "proxmox:\n  - name: home\n    url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\n";
