@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.." || exit 1
 secs="${FUZZ_SECS:-180}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(config authority headers upid guest_net loading_page fast_request fast_response chunked differential)
+    targets=(config authority headers upid guest_net loading_page fast_request fast_response chunked differential minecraft)
 fi
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: cargo install cargo-fuzz" >&2; exit 1; }
 rustup toolchain list | grep -q '^nightly' || { echo "a nightly toolchain is missing: rustup toolchain install nightly" >&2; exit 1; }

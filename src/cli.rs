@@ -1,7 +1,7 @@
 //! The command line (README.md, "Commands").
 
 use crate::app::Running;
-use crate::config::{self, Config, PveAuth, Target};
+use crate::config::{self, Config, PveAuth, StreamProtocol, Target, WakeOn};
 use crate::logging::{self, LogFormat};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -254,7 +254,17 @@ pub fn summary(cfg: &Config) -> String {
             },
             (None, _) => String::new(),
         };
-        out.push_str(&format!("route {}: {entry} -> {target}{sleep}\n", r.name));
+        let wakes = match (&r.stream.protocol, r.stream.wake_on) {
+            (Some(StreamProtocol::Minecraft { .. }), _) => {
+                ", answers Minecraft server-list pings while asleep, wakes on a login"
+            }
+            (None, WakeOn::Data) => ", wakes when the client sends data",
+            (None, WakeOn::Connect) => "",
+        };
+        out.push_str(&format!(
+            "route {}: {entry} -> {target}{sleep}{wakes}\n",
+            r.name
+        ));
     }
     if let Some(c) = &cfg.cluster {
         out.push_str(&format!(

@@ -537,6 +537,67 @@ fn tcp_routes_refuse_http_only_policies() {
 }
 
 #[test]
+fn tcp_wake_settings_are_located() {
+    let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\nroutes:\n";
+    let tcp = "  mc:\n    listen: 0.0.0.0:25565\n    guest: mc\n    port: 25565\n";
+    let http = "  wiki:\n    host: wiki.lan\n    guest: wiki\n    port: 80\n";
+    let cases = [
+        (
+            format!("{http}    wake_on: data\n"),
+            "drowsy.yml:12:5: routes.wiki.wake_on: `wake_on` is for TCP routes (`listen:`)",
+        ),
+        (
+            format!("{http}    protocol: minecraft\n"),
+            "routes.wiki.protocol: `protocol` is for TCP routes",
+        ),
+        (
+            format!("{tcp}    wake_on: bytes\n"),
+            "drowsy.yml:12:14: routes.mc.wake_on: unknown value `bytes`",
+        ),
+        (
+            format!("{tcp}    protocol: bedrock\n"),
+            "routes.mc.protocol: unknown value `bedrock`",
+        ),
+        (
+            format!("{tcp}    protocol: minecraft\n    wake_on: connect\n"),
+            "drowsy.yml:13:5: routes.mc.wake_on: `protocol: minecraft` wakes the guest on a login only",
+        ),
+        (
+            format!("{tcp}    motd: hello\n"),
+            "drowsy.yml:12:5: routes.mc.motd: `motd` is shown by `protocol: minecraft` only",
+        ),
+        (
+            format!("{tcp}    protocol: minecraft\n    motd: \"{}\"\n", "z".repeat(300)),
+            "drowsy.yml:13:11: routes.mc.motd: `motd` is longer than 256 characters",
+        ),
+        (
+            format!("{tcp}    protocol: minecraft\n    motd: \"a\\tb\"\n"),
+            "routes.mc.motd: `motd` holds a control character",
+        ),
+    ];
+    for (route, want) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{pve}{route}"), &[]);
+        assert_eq!(code, 1, "{route}");
+        assert!(err.contains(want), "{route}\nwanted: {want}\ngot: {err}");
+    }
+    let ok = format!(
+        "{tcp}    protocol: minecraft\n    motd: \"zzz\\njoin to wake it\"\n  ssh:\n    listen: 0.0.0.0:2222\n    guest: git\n    port: 22\n    wake_on: data\n"
+    );
+    let (code, out, err) = check(&format!("{HEAD}{pve}{ok}"), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("route mc: tcp 0.0.0.0:25565 -> guest name \"mc\" port 25565, answers Minecraft server-list pings while asleep, wakes on a login"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "route ssh: tcp 0.0.0.0:2222 -> guest name \"git\" port 22, wakes when the client sends data"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn auto_routes_are_checked_and_summarized() {
     let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: s\n";
     let (code, out, err) = check(

@@ -342,6 +342,8 @@ pub struct RouteSettings {
     pub target: Target,
     /// `Some` for a TCP stream route: the address to accept on.
     pub tcp_listen: Option<SocketAddr>,
+    /// What wakes a TCP route's guest (default for every other route).
+    pub stream: StreamSettings,
     /// The guest's address fixed in the config: drowsy does not ask
     /// Proxmox (or the guest) for it.
     pub address: Option<IpAddr>,
@@ -379,6 +381,30 @@ impl RouteSettings {
             Target::DependencyOnly { guest, .. } => format!("guest {} (dependency)", guest.key),
         }
     }
+}
+
+/// How a TCP route treats a connection before its guest is up (README.md,
+/// "Wakes that port scanners cannot trigger").
+#[derive(Clone, Debug, Default)]
+pub struct StreamSettings {
+    pub wake_on: WakeOn,
+    pub protocol: Option<StreamProtocol>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WakeOn {
+    /// Any connection wakes the guest (server-first protocols need this).
+    #[default]
+    Connect,
+    /// Only a connection whose client sends bytes does.
+    Data,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamProtocol {
+    /// Minecraft Java Edition: drowsy answers server-list pings while the
+    /// guest sleeps; only a login wakes it.
+    Minecraft { motd: Arc<str> },
 }
 
 #[derive(Clone, Debug)]

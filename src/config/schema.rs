@@ -223,6 +223,23 @@ pub enum RawStopMethod {
     Hibernate,
 }
 
+/// `wake_on:` of a TCP route (README.md, "Wakes that port scanners cannot
+/// trigger").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawWakeOn {
+    Connect,
+    Data,
+}
+
+/// `protocol:` of a TCP route: what drowsy speaks itself while the guest
+/// sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    Minecraft,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawLoadingPage {
@@ -287,6 +304,9 @@ with_route_options! {
         scheme: Option<RawScheme>,
         backend: Option<EnvString>,
         listen: Option<EnvString>,
+        wake_on: Option<RawWakeOn>,
+        protocol: Option<RawProtocol>,
+        motd: Option<EnvString>,
         address: Option<EnvString>,
         depends_on: Option<Vec<String>>,
         no_wake: Option<RawNoWake>,

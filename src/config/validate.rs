@@ -2,7 +2,7 @@
 //! file holds what every section shares (the context that collects errors,
 //! durations, addresses, secrets) and the order of the sections; each
 //! section is checked in its own file (`listen.rs`, `tls.rs`, `proxmox.rs`, `nodes.rs`,
-//! `routes.rs`, `access.rs`, `acme.rs`, `auto.rs`, `cluster.rs`). Every
+//! `routes.rs`, `stream.rs`, `access.rs`, `acme.rs`, `auto.rs`, `cluster.rs`). Every
 //! problem is collected (not just the first) and reported at the line and
 //! column where it was written.
 
@@ -34,6 +34,7 @@ mod listen;
 mod nodes;
 mod proxmox;
 mod routes;
+mod stream;
 mod tls;
 
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};

@@ -10,7 +10,7 @@
 //!   policies, guests to wake), served by hyper;
 //! - `forward/`: hyper's backend client, the header rules it applies, and
 //!   the backend connection pools both paths use;
-//! - `tcp.rs`: TCP stream routes;
+//! - `stream/`: TCP stream routes (`wake_on`, `protocol: minecraft`);
 //! - `state.rs`: what every connection of the proxy shares.
 //!
 //! Both HTTP paths ask the idle gate the same way (`crate::idle::admission`)
@@ -22,7 +22,7 @@ pub mod forward;
 pub mod hyper_path;
 pub mod router;
 pub mod state;
-pub mod tcp;
+pub mod stream;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -228,7 +228,7 @@ impl Proxy {
 
     fn serve_tcp(&self, addr: SocketAddr, listener: TcpListener) {
         let stop = self.stop.child_token();
-        tokio::spawn(tcp::accept_loop(
+        tokio::spawn(stream::accept_loop(
             listener,
             addr,
             self.shared.clone(),

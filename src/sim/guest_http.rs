@@ -1,5 +1,7 @@
 //! The service a simulated guest runs: a small HTTP/1.1 server that echoes
-//! requests as JSON, with a WebSocket echo and streaming endpoints.
+//! requests as JSON, with a WebSocket echo and streaming endpoints; a
+//! client that does not speak HTTP gets its bytes echoed back (a game
+//! server's stream, for TCP routes).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -162,6 +164,9 @@ async fn connection(
     hard: Arc<AtomicBool>,
 ) {
     let _ = stream.set_nodelay(true);
+    if !speaks_http(&stream, &token).await {
+        return echo_stream(stream, token).await;
+    }
     // A second handle on the socket keeps it open when the connection is
     // dropped by a power cut.
     let twin = stream
@@ -188,6 +193,30 @@ async fn connection(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(twin);
+    }
+}
+
+/// Whether the client's first byte can begin an HTTP/1 request (a method
+/// is upper-case letters). Anything else is a game or other protocol,
+/// echoed back byte for byte.
+async fn speaks_http(stream: &TcpStream, token: &CancellationToken) -> bool {
+    let mut first = [0u8; 1];
+    tokio::select! {
+        _ = token.cancelled() => true,
+        peeked = stream.peek(&mut first) => match peeked {
+            Ok(1) => first[0].is_ascii_uppercase(),
+            _ => true,
+        },
+    }
+}
+
+/// A guest's raw stream service: every byte comes back, until the client
+/// closes or the guest powers off.
+async fn echo_stream(mut stream: TcpStream, token: CancellationToken) {
+    let (mut r, mut w) = stream.split();
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = tokio::io::copy(&mut r, &mut w) => {}
     }
 }
 

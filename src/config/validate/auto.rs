@@ -109,6 +109,7 @@ pub(super) fn auto_routes(
         no_wake: no_wake(ctx, &at, r),
         target,
         tcp_listen: None,
+        stream: StreamSettings::default(),
         depends_on: Vec::new(),
         address: None,
         // Routes from tags follow `defaults`' access policies and wake rules.

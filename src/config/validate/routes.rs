@@ -42,6 +42,7 @@ pub(super) fn routes(
             hosts,
             target,
             tcp_listen,
+            stream: stream::settings(ctx, &at, r),
             address,
             backend: backend_settings(ctx, &at, r, &raw.defaults, base),
             sleep,

@@ -2,9 +2,17 @@
 //! connection limits, wake the guest if needed, then dial it and pipe
 //! bytes both ways until either side closes or nothing moves for
 //! `tunnel_idle_timeout`. The connection counts as use until it closes.
+//!
+//! What wakes the guest: any connection (`wake_on: connect`), one whose
+//! client sends bytes (`wake_on: data`, [`client`]), or a Minecraft login
+//! ([`minecraft`], which answers server-list pings itself meanwhile).
+
+mod client;
+pub mod minecraft;
 
 use crate::access::WakeCheck;
-use crate::idle::admission::NotHeld;
+use crate::config::{StreamProtocol, WakeOn};
+use crate::idle::admission::{NotHeld, Warm};
 use crate::idle::{self, Gate, HoldPolicy, NotNow, Unavailable, UseGuard};
 use crate::proxy::conn::io::tunnel;
 use crate::proxy::conn::limits::ConnSlot;
@@ -12,6 +20,7 @@ use crate::proxy::router::table::{Route, RouteKind};
 use crate::proxy::state::Shared;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +77,7 @@ pub async fn accept_loop(
 }
 
 async fn connection(
-    client: TcpStream,
+    mut client: TcpStream,
     _slot: ConnSlot,
     route: &Route,
     shared: &Shared,
@@ -88,30 +97,94 @@ async fn connection(
         (Some(rules), Some(ip)) => rules.wake.for_client(ip),
         _ => None,
     };
+    let to = Dial {
+        route,
+        port: target.port,
+    };
+    if let Some(StreamProtocol::Minecraft { motd }) = &route.settings.stream.protocol {
+        return minecraft::serve(client, &to, shared, wake_rules, motd).await;
+    }
+    // `wake_on: data`: a connection that sends nothing is no use and
+    // wakes nothing (README.md, "Wakes that port scanners cannot trigger").
+    let first = match route.settings.stream.wake_on {
+        WakeOn::Connect => Vec::new(),
+        WakeOn::Data => match client::first_bytes(&mut client).await {
+            Ok(first) => first,
+            Err(why) => {
+                tracing::debug!(route = %route.name, "tcp connection woke nothing: it {why}");
+                return Ok(());
+            }
+        },
+    };
+    let (ip, _guard) = admit(route, shared, false, wake_rules).await?;
+    let backend = to.dial(ip).await?;
+    pipe(client, backend, &first, route, shared).await
+}
+
+/// A connection admitted now, or held through its guest's wake.
+async fn admit(
+    route: &Route,
+    shared: &Shared,
+    quiet: bool,
+    wake_rules: Option<WakeCheck<'_>>,
+) -> Result<(Option<IpAddr>, UseGuard), String> {
+    match admit_now(route, shared, quiet).await {
+        Ok(warm) => Ok((warm.ip, warm.guard)),
+        Err(NotNow::Wait(gate, guard)) => match idle::admission::claimed(&gate).await {
+            Some(ip) => Ok((ip, guard)),
+            None => wake(&gate, guard, route, wake_rules).await,
+        },
+        Err(NotNow::Refused(why)) => Err(why.detail),
+        Err(NotNow::Pending) => Err(Unavailable::unread().detail),
+    }
+}
+
+/// The warm path, waiting for the first read of the cluster when it has
+/// not told yet which guest the route names. `quiet` connections do not
+/// count as use.
+async fn admit_now(route: &Route, shared: &Shared, quiet: bool) -> Result<Warm, NotNow> {
     let entry = route.entry(shared.clusters.as_deref());
-    let admitted = match idle::admit_warm(&entry, || false, || route.enter()) {
+    match idle::admit_warm(&entry, || quiet, || route.enter()) {
         Err(NotNow::Pending) => {
-            idle::admit_after_first_read(&entry, || false, || route.enter()).await
+            idle::admit_after_first_read(&entry, || quiet, || route.enter()).await
         }
         other => other,
-    };
-    let (ip, _guard) = match admitted {
-        Ok(warm) => (warm.ip, warm.guard),
-        Err(NotNow::Wait(gate, guard)) => match idle::admission::claimed(&gate).await {
-            Some(ip) => (ip, guard),
-            None => wake(&gate, guard, route, wake_rules).await?,
-        },
-        Err(NotNow::Refused(why)) => return Err(why.detail),
-        Err(NotNow::Pending) => return Err(Unavailable::unread().detail),
-    };
-    let ip = ip.ok_or("the guest's IP address is not known yet")?;
-    let addr = SocketAddr::new(ip, target.port);
-    let connect = TcpStream::connect(addr);
-    let backend = tokio::time::timeout(route.settings.backend.connect_timeout, connect)
+    }
+}
+
+/// Where a route's connections go.
+struct Dial<'a> {
+    route: &'a Route,
+    port: u16,
+}
+
+impl Dial<'_> {
+    async fn dial(&self, ip: Option<IpAddr>) -> Result<TcpStream, String> {
+        let ip = ip.ok_or("the guest's IP address is not known yet")?;
+        let addr = SocketAddr::new(ip, self.port);
+        let connect = TcpStream::connect(addr);
+        let backend = tokio::time::timeout(self.route.settings.backend.connect_timeout, connect)
+            .await
+            .map_err(|_| format!("timed out connecting to {addr}"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = backend.set_nodelay(true);
+        Ok(backend)
+    }
+}
+
+/// Sends the bytes the client sent before the guest was up, then pipes
+/// both ways until either side closes.
+async fn pipe(
+    client: TcpStream,
+    mut backend: TcpStream,
+    first: &[u8],
+    route: &Route,
+    shared: &Shared,
+) -> Result<(), String> {
+    backend
+        .write_all(first)
         .await
-        .map_err(|_| format!("timed out connecting to {addr}"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = backend.set_nodelay(true);
+        .map_err(|e| format!("cannot send the client's first bytes to the guest: {e}"))?;
     let _ = client.set_nodelay(true);
     let end = tunnel(client, backend, shared.tunnel_idle_timeout, &shared.kill).await;
     tracing::debug!(route = %route.name, end = ?end, "tcp stream closed");
