@@ -239,8 +239,8 @@ pub fn summary(cfg: &Config) -> String {
     for r in &cfg.routes {
         let hosts: Vec<String> = r.hosts.iter().map(|h| h.to_string()).collect();
         let target = r.describe_target();
-        let entry = match (&r.tcp_listen, hosts.is_empty()) {
-            (Some(l), _) => format!("tcp {l}"),
+        let entry = match (r.listen_on(), hosts.is_empty()) {
+            (Some((proto, addr)), _) => format!("{proto} {addr}"),
             (None, true) => "-".to_string(),
             (None, false) => hosts.join(", "),
         };

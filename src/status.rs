@@ -368,7 +368,7 @@ pub fn table(routes: &serde_json::Value, now: f64) -> String {
             let host = match (hosts.first(), r["listen"].as_str()) {
                 (Some(h), _) if hosts.len() > 1 => format!("{h} (+{})", hosts.len() - 1),
                 (Some(h), _) => h.to_string(),
-                (None, Some(l)) => format!("tcp {l}"),
+                (None, Some(l)) => format!("{} {l}", r["protocol"].as_str().unwrap_or("tcp")),
                 (None, None) => "-".into(),
             };
             let guest = r["guest"].as_str().map_or_else(

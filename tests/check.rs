@@ -598,6 +598,77 @@ fn tcp_wake_settings_are_located() {
 }
 
 #[test]
+fn udp_route_settings_are_located() {
+    let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\nroutes:\n";
+    let udp = "  bedrock:\n    listen: 0.0.0.0:19132/udp\n    guest: mc\n    port: 19132\n";
+    let tcp = "  mc:\n    listen: 0.0.0.0:25565\n    guest: mc\n    port: 25565\n";
+    let cases = [
+        (
+            "  bedrock:\n    listen: udp://0.0.0.0:19132\n    guest: mc\n    port: 19132\n".to_string(),
+            "drowsy.yml:9:13: routes.bedrock.listen: `udp://0.0.0.0:19132`: write the protocol after the address",
+        ),
+        (
+            "  bedrock:\n    listen: 0.0.0.0:19132/sctp\n    guest: mc\n    port: 19132\n".to_string(),
+            "routes.bedrock.listen: `sctp` is not a protocol",
+        ),
+        (
+            format!("{udp}    ready: tcp\n"),
+            "drowsy.yml:12:12: routes.bedrock.ready: `tcp` is not a readiness check",
+        ),
+        (
+            format!("{udp}    ready: tcp 70000\n"),
+            "routes.bedrock.ready: `70000` is not a TCP port",
+        ),
+        (
+            format!("{udp}    udp_queue: 0\n"),
+            "drowsy.yml:12:16: routes.bedrock.udp_queue: must be at least 1",
+        ),
+        (
+            format!("{udp}    udp_queue: 100000\n"),
+            "routes.bedrock.udp_queue: must be at most 4096",
+        ),
+        (
+            format!("{udp}    udp_session_timeout: 0s\n"),
+            "routes.bedrock.udp_session_timeout: must be longer than 0s",
+        ),
+        (
+            format!("{udp}    udp_max_sessions_per_net: 0\n"),
+            "routes.bedrock.udp_max_sessions_per_net: must be at least 1",
+        ),
+        (
+            format!("{udp}    wake_on: data\n"),
+            "drowsy.yml:12:5: routes.bedrock.wake_on: `wake_on` is for TCP routes",
+        ),
+        (
+            format!("{tcp}    udp_queue: 8\n"),
+            "drowsy.yml:12:5: routes.mc.udp_queue: `udp_queue` is for UDP routes (`listen: IP:PORT/udp`)",
+        ),
+        (
+            format!("{tcp}    ready: udp\n"),
+            "routes.mc.ready: `ready` is for UDP routes",
+        ),
+        (
+            "  bedrock:\n    listen: 0.0.0.0:19132/udp\n    host: mc.lan\n    guest: mc\n    port: 19132\n".to_string(),
+            "cannot also have hosts",
+        ),
+    ];
+    for (route, want) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{pve}{route}"), &[]);
+        assert_eq!(code, 1, "{route}");
+        assert!(err.contains(want), "{route}\nwanted: {want}\ngot: {err}");
+    }
+    let ok = format!(
+        "{udp}    ready: tcp 25565\n    ready_delay: 2s\n    udp_session_timeout: 5m\n    udp_queue: 128\n    udp_max_sessions: 64\n    udp_max_sessions_per_net: 8\n    wake_from: [192.168.0.0/16]\n    wake_rate_limit: 6/h\n{tcp}"
+    );
+    let (code, out, err) = check(&format!("{HEAD}{pve}{ok}"), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("route bedrock: udp 0.0.0.0:19132 -> guest name \"mc\" port 19132/udp"),
+        "{out}"
+    );
+}
+
+#[test]
 fn auto_routes_are_checked_and_summarized() {
     let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: s\n";
     let (code, out, err) = check(

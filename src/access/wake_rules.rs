@@ -37,7 +37,13 @@ pub struct WakeRefusal {
 pub struct WakeCheck<'a> {
     rules: &'a WakeRules,
     client: IpAddr,
+    /// Whose `wake_rate_limit` budget a start spends: the client's, or
+    /// (UDP, whose source addresses can be forged) the route's one.
+    rate_key: IpAddr,
 }
+
+/// The key of a route's one shared wake budget.
+const EVERY_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 impl WakeRules {
     pub fn new(route: &Arc<str>, s: &RouteAccess, metrics: &Arc<Metrics>) -> Self {
@@ -57,6 +63,17 @@ impl WakeRules {
         (!self.is_empty()).then_some(WakeCheck {
             rules: self,
             client,
+            rate_key: client,
+        })
+    }
+
+    /// [`WakeRules::for_client`] with one `wake_rate_limit` budget for
+    /// every client together: UDP routes, where a flood of forged source
+    /// addresses would each get a budget of its own.
+    pub fn for_forgeable_client(&self, client: IpAddr) -> Option<WakeCheck<'_>> {
+        self.for_client(client).map(|w| WakeCheck {
+            rate_key: EVERY_CLIENT,
+            ..w
         })
     }
 
@@ -93,7 +110,7 @@ impl WakeCheck<'_> {
             }
         }
         if let Some(limiter) = &r.rate {
-            if let Err(wait) = limiter.check(self.client, Instant::now()) {
+            if let Err(wait) = limiter.check(self.rate_key, Instant::now()) {
                 let secs = retry_after_secs(wait).min(u64::from(u32::MAX)) as u32;
                 return Err(r.refused("wake_rate_limit", secs));
             }
@@ -133,5 +150,28 @@ mod tests {
             "{text}"
         );
         assert!(WakeRules::default().for_client(lan.client).is_none());
+    }
+
+    #[test]
+    fn forgeable_clients_share_one_wake_budget() {
+        let s = RouteAccess {
+            wake_rate_limit: Some(RateSpec {
+                every: Duration::from_secs(60),
+                burst: 2,
+            }),
+            ..Default::default()
+        };
+        let rules = WakeRules::new(&Arc::from("bedrock"), &s, &Arc::new(Metrics::new()));
+        let from = |i: u8| {
+            rules
+                .for_forgeable_client(IpAddr::from([198, 51, 100, i]))
+                .unwrap()
+                .may_start()
+        };
+        assert!(from(1).is_ok() && from(2).is_ok());
+        assert_eq!(from(3).unwrap_err().reason, "wake_rate_limit");
+        // A client of its own budget is not charged for them.
+        let own = rules.for_client(IpAddr::from([198, 51, 100, 3])).unwrap();
+        assert!(own.may_start().is_ok());
     }
 }

@@ -72,8 +72,8 @@ fn row(state: &AdminState, route: &Arc<Route>) -> Row {
         state: "none".into(),
         ..Row::default()
     };
-    if let Some(l) = s.tcp_listen {
-        row.hosts.push(format!("tcp {l}"));
+    if let Some((proto, addr)) = s.listen_on() {
+        row.hosts.push(format!("{proto} {addr}"));
     }
     let Some(id) = route.binding.as_ref().and_then(|b| b.guest()) else {
         return row;

@@ -123,6 +123,19 @@ pub struct DeferredLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteDirectionLabel {
+    pub route: Arc<str>,
+    /// `to_guest` or `to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabel {
+    pub route: Arc<str>,
+    pub reason: &'static str,
+}
+
 /// 1 s to about 17 min: node boots take minutes.
 fn node_boot_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 11))
@@ -159,6 +172,10 @@ pub struct Metrics {
     pub node_wake_duration_seconds: Family<NodeLabel, Histogram, fn() -> Histogram>,
     /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
     pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
+    pub udp_sessions: Family<RouteLabel, Gauge>,
+    pub udp_datagrams_total: Family<RouteDirectionLabel, Counter>,
+    pub udp_bytes_total: Family<RouteDirectionLabel, Counter>,
+    pub udp_dropped_total: Family<RouteReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -305,7 +322,35 @@ impl Metrics {
         registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
             guest_stats.clone(),
         )));
+        let udp_sessions = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "udp_sessions",
+            "Client sessions open on each UDP route",
+            udp_sessions.clone(),
+        );
+        let udp_datagrams_total = Family::<RouteDirectionLabel, Counter>::default();
+        registry.register(
+            "udp_datagrams",
+            "Datagrams relayed by UDP routes, by direction (to_guest, to_client)",
+            udp_datagrams_total.clone(),
+        );
+        let udp_bytes_total = Family::<RouteDirectionLabel, Counter>::default();
+        registry.register(
+            "udp_bytes",
+            "Payload bytes relayed by UDP routes, by direction (to_guest, to_client)",
+            udp_bytes_total.clone(),
+        );
+        let udp_dropped_total = Family::<RouteReasonLabel, Counter>::default();
+        registry.register(
+            "udp_dropped",
+            "Datagrams a UDP route dropped, by reason (queue_full, session_cap, denied, wake_refused, unavailable)",
+            udp_dropped_total.clone(),
+        );
         Metrics {
+            udp_sessions,
+            udp_datagrams_total,
+            udp_bytes_total,
+            udp_dropped_total,
             guest_stats,
             registry,
             access_denied_total,

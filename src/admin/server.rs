@@ -499,7 +499,8 @@ fn routes_json(
             "target": s.describe_target(),
             "guest": s.target.guest().map(|g| g.key.to_string()),
             "auto": s.auto,
-            "listen": s.tcp_listen.map(|a| a.to_string()),
+            "listen": s.listen_on().map(|(_, a)| a.to_string()),
+            "protocol": s.listen_on().map(|(p, _)| p),
             "sleeps": false,
             "state": serde_json::Value::Null,
             "inflight": 0,
@@ -519,6 +520,9 @@ fn routes_json(
             "ignored": [],
             "warning": serde_json::Value::Null,
         });
+        if s.udp.is_some() {
+            v["udp"] = crate::proxy::udp::Counters::of(&s.name, &state.metrics).json();
+        }
         // Why a guest route that does not sleep gets 503, which the public
         // page leaves out.
         if let RouteKind::Guest(_) = &route.kind {

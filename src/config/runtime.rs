@@ -344,6 +344,8 @@ pub struct RouteSettings {
     pub tcp_listen: Option<SocketAddr>,
     /// What wakes a TCP route's guest (default for every other route).
     pub stream: StreamSettings,
+    /// `Some` for a UDP route (`listen: IP:PORT/udp`).
+    pub udp: Option<UdpSettings>,
     /// The guest's address fixed in the config: drowsy does not ask
     /// Proxmox (or the guest) for it.
     pub address: Option<IpAddr>,
@@ -360,6 +362,20 @@ pub struct RouteSettings {
 }
 
 impl RouteSettings {
+    /// A TCP or UDP route: no hosts, no HTTP.
+    pub fn is_stream(&self) -> bool {
+        self.tcp_listen.is_some() || self.udp.is_some()
+    }
+
+    /// What a TCP or UDP route listens on: `tcp` or `udp`, and where.
+    pub fn listen_on(&self) -> Option<(&'static str, SocketAddr)> {
+        match (self.tcp_listen, &self.udp) {
+            (Some(a), _) => Some(("tcp", a)),
+            (None, Some(u)) => Some(("udp", u.listen)),
+            (None, None) => None,
+        }
+    }
+
     /// Where the route sends its traffic, for humans (`check`, status).
     pub fn describe_target(&self) -> String {
         match &self.target {
@@ -370,6 +386,9 @@ impl RouteSettings {
                 url.port,
                 url.path_prefix
             ),
+            Target::Guest { guest, port, .. } if self.udp.is_some() => {
+                format!("guest {} port {port}/udp", guest.key)
+            }
             Target::Guest { guest, port, .. } if self.tcp_listen.is_some() => {
                 format!("guest {} port {port}", guest.key)
             }
@@ -389,6 +408,33 @@ impl RouteSettings {
 pub struct StreamSettings {
     pub wake_on: WakeOn,
     pub protocol: Option<StreamProtocol>,
+}
+
+/// A UDP route (README.md, "UDP routes (game servers)").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpSettings {
+    pub listen: SocketAddr,
+    pub ready: UdpReady,
+    /// Waited after `ready` says yes, before a woken guest gets the
+    /// datagrams held for it.
+    pub ready_delay: Duration,
+    /// A client's session ends after this long without a datagram either
+    /// way.
+    pub session_timeout: Duration,
+    /// Datagrams held per client while the guest wakes.
+    pub queue: usize,
+    pub max_sessions: usize,
+    /// Sessions from one /24 (IPv4) or /64 (IPv6).
+    pub max_sessions_per_net: usize,
+}
+
+/// What tells a UDP route's guest is ready: UDP has no handshake to probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpReady {
+    /// The guest runs (and `ready_delay` has passed).
+    Running,
+    /// A TCP port of the guest answers (a game server's query port).
+    Tcp(u16),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -134,7 +134,7 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
     });
     if listen.http.is_none()
         && listen.https.is_none()
-        && !routes.iter().any(|r| r.tcp_listen.is_some())
+        && !routes.iter().any(|r| r.is_stream())
         && auto_routes.is_none()
     {
         ctx.err(

@@ -13,7 +13,7 @@ use super::binding::{Binding, Bound, Want};
 use super::gate::{Gate, GateSettings, GuestId};
 use super::owner::Owner;
 use crate::admin::metrics::Metrics;
-use crate::config::{Config, GuestKey, RouteSettings, SleepSettings, Target};
+use crate::config::{Config, GuestKey, RouteSettings, SleepSettings, Target, UdpReady};
 use crate::instances::{presence, Cluster, Presence};
 use crate::proxmox::cache::parse_guest_key;
 use crate::proxmox::{Clusters, LookupError};
@@ -38,6 +38,15 @@ struct Need {
 impl Need {
     fn of(route: &RouteSettings) -> Option<Need> {
         let (want, port) = match &route.target {
+            // UDP has no handshake to probe: a UDP route's guest is
+            // ready when it runs, or when the TCP port it names answers.
+            Target::Guest { guest, .. } if route.udp.is_some() => (
+                Want::Guest(guest.clone()),
+                route.udp.as_ref().and_then(|u| match u.ready {
+                    UdpReady::Tcp(p) => Some(p),
+                    UdpReady::Running => None,
+                }),
+            ),
             Target::Guest { guest, port, .. } => (Want::Guest(guest.clone()), Some(*port)),
             Target::DependencyOnly { guest, port } => (Want::Guest(guest.clone()), *port),
             Target::Backend { url } => match parse_guest_key(&url.host) {

@@ -11,6 +11,7 @@
 //! - `forward/`: hyper's backend client, the header rules it applies, and
 //!   the backend connection pools both paths use;
 //! - `stream/`: TCP stream routes (`wake_on`, `protocol: minecraft`);
+//! - `udp/`: UDP routes, one session per client;
 //! - `state.rs`: what every connection of the proxy shares.
 //!
 //! Both HTTP paths ask the idle gate the same way (`crate::idle::admission`)
@@ -23,6 +24,7 @@ pub mod hyper_path;
 pub mod router;
 pub mod state;
 pub mod stream;
+pub mod udp;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -76,9 +78,9 @@ pub struct Proxy {
     stop: CancellationToken,
     kill: CancellationToken,
     loops: tokio::sync::Mutex<JoinSet<()>>,
-    /// TCP route listeners by address: the route's name and the token that
-    /// stops its accept loop.
-    tcp: std::sync::Mutex<HashMap<SocketAddr, CancellationToken>>,
+    /// TCP and UDP route sockets by address: the token that stops the loop
+    /// serving it.
+    streams: std::sync::Mutex<HashMap<StreamAddr, CancellationToken>>,
     shutdown_timeout: Duration,
 }
 
@@ -86,6 +88,35 @@ pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, S
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// Where a TCP or UDP route listens.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum StreamAddr {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+/// A TCP or UDP route's socket, bound and not yet served.
+enum Opened {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl StreamAddr {
+    async fn open(self) -> Result<Opened, StartError> {
+        match self {
+            StreamAddr::Tcp(addr) => Ok(Opened::Tcp(bind(addr, "a TCP route's listen").await?)),
+            StreamAddr::Udp(addr) => tokio::net::UdpSocket::bind(addr)
+                .await
+                .map(Opened::Udp)
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    what: "a UDP route's listen",
+                    source,
+                }),
+        }
+    }
 }
 
 impl Proxy {
@@ -159,12 +190,12 @@ impl Proxy {
             stop,
             kill,
             loops: tokio::sync::Mutex::new(loops),
-            tcp: std::sync::Mutex::new(HashMap::new()),
+            streams: std::sync::Mutex::new(HashMap::new()),
             shutdown_timeout: l.shutdown_timeout,
         };
-        for addr in tcp_routes(config) {
-            let listener = bind(addr, "a TCP route's listen").await?;
-            proxy.serve_tcp(addr, listener);
+        for addr in stream_routes(config) {
+            let opened = addr.open().await?;
+            proxy.serve_stream(addr, opened);
         }
         Ok(proxy)
     }
@@ -184,16 +215,16 @@ impl Proxy {
         let table = RouteTable::build(config, &self.shared.metrics, plan, &self.shared.pools)
             .map_err(StartError::Routes)?;
         table.access.inherit(&self.shared.table.load().access);
-        let wanted = tcp_routes(config);
+        let wanted = stream_routes(config);
         let mut opened = Vec::new();
         for addr in &wanted {
             let open = self
-                .tcp
+                .streams
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(addr);
             if !open {
-                opened.push((*addr, bind(*addr, "a TCP route's listen").await?));
+                opened.push((*addr, addr.open().await?));
             }
         }
         Ok(Prepared {
@@ -206,12 +237,13 @@ impl Proxy {
     }
 
     /// Swaps a prepared config in: one store of the route table,
-    /// certificates, TCP route listeners. Open connections keep going.
+    /// certificates, TCP and UDP route sockets. Open connections keep
+    /// going; a UDP route that is gone ends its sessions.
     pub fn apply(&self, prepared: Prepared) {
         self.shared.table.store(Arc::new(prepared.table));
         self.sni
             .set(&prepared.tls, prepared.default_certificate.as_deref());
-        self.tcp
+        self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|addr, stop| {
@@ -221,20 +253,24 @@ impl Proxy {
                 }
                 keep
             });
-        for (addr, listener) in prepared.opened {
-            self.serve_tcp(addr, listener);
+        for (addr, opened) in prepared.opened {
+            self.serve_stream(addr, opened);
         }
     }
 
-    fn serve_tcp(&self, addr: SocketAddr, listener: TcpListener) {
+    fn serve_stream(&self, addr: StreamAddr, opened: Opened) {
         let stop = self.stop.child_token();
-        tokio::spawn(stream::accept_loop(
-            listener,
-            addr,
-            self.shared.clone(),
-            stop.clone(),
-        ));
-        self.tcp
+        let shared = self.shared.clone();
+        match (addr, opened) {
+            (StreamAddr::Tcp(a), Opened::Tcp(l)) => {
+                tokio::spawn(stream::accept_loop(l, a, shared, stop.clone()));
+            }
+            (StreamAddr::Udp(a), Opened::Udp(s)) => {
+                tokio::spawn(udp::serve(s, a, shared, stop.clone()));
+            }
+            _ => return,
+        }
+        self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(addr, stop);
@@ -278,9 +314,16 @@ fn spawn_accept_loop(
     Ok(())
 }
 
-/// The listen addresses of a config's TCP routes.
-fn tcp_routes(config: &Config) -> HashSet<SocketAddr> {
-    config.routes.iter().filter_map(|r| r.tcp_listen).collect()
+/// The listen addresses of a config's TCP and UDP routes.
+fn stream_routes(config: &Config) -> HashSet<StreamAddr> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| match r.listen_on()? {
+            ("udp", a) => Some(StreamAddr::Udp(a)),
+            (_, a) => Some(StreamAddr::Tcp(a)),
+        })
+        .collect()
 }
 
 /// A new config, built and ready to swap in.
@@ -288,7 +331,7 @@ pub struct Prepared {
     table: RouteTable,
     tls: Vec<crate::config::TlsCertificate>,
     default_certificate: Option<String>,
-    wanted: HashSet<SocketAddr>,
-    /// Listeners for the new TCP routes' addresses.
-    opened: Vec<(SocketAddr, TcpListener)>,
+    wanted: HashSet<StreamAddr>,
+    /// Sockets for the new TCP and UDP routes' addresses.
+    opened: Vec<(StreamAddr, Opened)>,
 }

@@ -1,7 +1,8 @@
 //! The service a simulated guest runs: a small HTTP/1.1 server that echoes
 //! requests as JSON, with a WebSocket echo and streaming endpoints; a
 //! client that does not speak HTTP gets its bytes echoed back (a game
-//! server's stream, for TCP routes).
+//! server's stream, for TCP routes), and every datagram to its UDP port
+//! (the same number) comes back too.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -123,7 +124,20 @@ pub(crate) fn serve(
 ) -> Server {
     let token = parent.child_token();
     let hard = Arc::new(AtomicBool::new(false));
-    let accept = tokio::spawn(accept_loop(listener, identity, token.clone(), hard.clone()));
+    let udp = listener.local_addr().and_then(udp_echo_socket);
+    if let Err(e) = &udp {
+        tracing::warn!(vmid = identity.vmid, error = %e, "simulated guest has no UDP echo");
+    }
+    let tcp = accept_loop(listener, identity, token.clone(), hard.clone());
+    let udp_token = token.clone();
+    let accept = tokio::spawn(async move {
+        let udp = async {
+            if let Ok(socket) = udp {
+                udp_echo(socket, udp_token).await;
+            }
+        };
+        tokio::join!(tcp, udp);
+    });
     Server {
         token,
         hard,
@@ -193,6 +207,29 @@ async fn connection(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(twin);
+    }
+}
+
+/// The guest's UDP service binds the same address and port as its TCP one.
+fn udp_echo_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
+}
+
+/// Echoes every datagram to its sender (a game server's UDP port), until
+/// the guest powers off.
+async fn udp_echo(socket: tokio::net::UdpSocket, token: CancellationToken) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let _ = socket.send_to(&buf[..n], from).await;
+                }
+            }
+        }
     }
 }
 

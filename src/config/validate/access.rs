@@ -481,7 +481,7 @@ pub(super) fn check_tcp_routes(
     routes: &[RouteSettings],
     raw: &RawConfig,
 ) {
-    for r in routes.iter().filter(|r| r.tcp_listen.is_some()) {
+    for r in routes.iter().filter(|r| r.is_stream()) {
         let own = raw
             .routes
             .0

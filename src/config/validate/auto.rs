@@ -110,6 +110,7 @@ pub(super) fn auto_routes(
         target,
         tcp_listen: None,
         stream: StreamSettings::default(),
+        udp: None,
         depends_on: Vec::new(),
         address: None,
         // Routes from tags follow `defaults`' access policies and wake rules.

@@ -27,10 +27,7 @@ pub(super) fn routes(
             continue;
         }
         let hosts = route_hosts(ctx, &at, r, name, &mut claimed);
-        let tcp_listen = r
-            .listen
-            .as_ref()
-            .and_then(|l| socket_addr(ctx, &[at.clone(), path!["listen"]].concat(), &l.0));
+        let listen = stream::listen(ctx, &at, r);
         let Some(target) = route_target(ctx, &at, r, &hosts, clusters) else {
             continue;
         };
@@ -41,8 +38,9 @@ pub(super) fn routes(
             name: Arc::from(name.as_str()),
             hosts,
             target,
-            tcp_listen,
-            stream: stream::settings(ctx, &at, r),
+            tcp_listen: listen.tcp(),
+            stream: stream::settings(ctx, &at, r, listen),
+            udp: stream::udp(ctx, &at, r, listen),
             address,
             backend: backend_settings(ctx, &at, r, &raw.defaults, base),
             sleep,

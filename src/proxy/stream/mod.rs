@@ -116,33 +116,66 @@ async fn connection(
             }
         },
     };
-    let (ip, _guard) = admit(route, shared, false, wake_rules).await?;
-    let backend = to.dial(ip).await?;
+    let admitted = admit(route, shared, false, wake_rules)
+        .await
+        .map_err(|e| e.why)?;
+    let _guard = admitted.guard;
+    let backend = to.dial(admitted.ip).await?;
     pipe(client, backend, &first, route, shared).await
 }
 
+/// A connection (or UDP session) that may go to its guest.
+pub(crate) struct Admitted {
+    pub ip: Option<IpAddr>,
+    pub guard: UseGuard,
+    /// It waited for a wake.
+    pub held: bool,
+}
+
+/// Why not.
+pub(crate) struct NotAdmitted {
+    /// The guest sleeps and this client may not wake it (`wake_from`,
+    /// `wake_rate_limit`); otherwise the guest is not available.
+    pub wake_refused: bool,
+    pub why: String,
+}
+
+impl NotAdmitted {
+    fn unavailable(why: String) -> Self {
+        NotAdmitted {
+            wake_refused: false,
+            why,
+        }
+    }
+}
+
 /// A connection admitted now, or held through its guest's wake.
-async fn admit(
+pub(crate) async fn admit(
     route: &Route,
     shared: &Shared,
     quiet: bool,
     wake_rules: Option<WakeCheck<'_>>,
-) -> Result<(Option<IpAddr>, UseGuard), String> {
+) -> Result<Admitted, NotAdmitted> {
+    let now = |ip, guard| Admitted {
+        ip,
+        guard,
+        held: false,
+    };
     match admit_now(route, shared, quiet).await {
-        Ok(warm) => Ok((warm.ip, warm.guard)),
+        Ok(warm) => Ok(now(warm.ip, warm.guard)),
         Err(NotNow::Wait(gate, guard)) => match idle::admission::claimed(&gate).await {
-            Some(ip) => Ok((ip, guard)),
+            Some(ip) => Ok(now(ip, guard)),
             None => wake(&gate, guard, route, wake_rules).await,
         },
-        Err(NotNow::Refused(why)) => Err(why.detail),
-        Err(NotNow::Pending) => Err(Unavailable::unread().detail),
+        Err(NotNow::Refused(why)) => Err(NotAdmitted::unavailable(why.detail)),
+        Err(NotNow::Pending) => Err(NotAdmitted::unavailable(Unavailable::unread().detail)),
     }
 }
 
 /// The warm path, waiting for the first read of the cluster when it has
 /// not told yet which guest the route names. `quiet` connections do not
 /// count as use.
-async fn admit_now(route: &Route, shared: &Shared, quiet: bool) -> Result<Warm, NotNow> {
+pub(crate) async fn admit_now(route: &Route, shared: &Shared, quiet: bool) -> Result<Warm, NotNow> {
     let entry = route.entry(shared.clusters.as_deref());
     match idle::admit_warm(&entry, || quiet, || route.enter()) {
         Err(NotNow::Pending) => {
@@ -198,27 +231,36 @@ async fn wake(
     guard: UseGuard,
     route: &Route,
     wake_rules: Option<WakeCheck<'_>>,
-) -> Result<(Option<IpAddr>, UseGuard), String> {
+) -> Result<Admitted, NotAdmitted> {
     // Joining a wake under way starts nothing; starting one is for
     // clients the wake rules allow.
     let start = match idle::admit::starts(gate, wake_rules) {
         Ok(start) => start,
         Err(r) => {
             guard.not_use();
-            return Err(format!(
-                "the guest sleeps and this client may not wake it ({})",
-                r.reason
-            ));
+            return Err(NotAdmitted {
+                wake_refused: true,
+                why: format!(
+                    "the guest sleeps and this client may not wake it ({})",
+                    r.reason
+                ),
+            });
         }
     };
     let policy = HoldPolicy::resolve(route.hold.as_ref(), gate);
-    let ip = idle::admission::hold(gate, &policy, start).await;
-    ip.map(|ip| (ip, guard)).map_err(|e| match e {
-        NotHeld::TooMany => "too many connections are waiting for the wake".to_string(),
-        NotHeld::Failed => "the guest did not wake".to_string(),
-        NotHeld::Timeout => format!(
-            "the guest did not wake within {}",
-            humantime::format_duration(policy.wake_timeout)
-        ),
-    })
+    match idle::admission::hold(gate, &policy, start).await {
+        Ok(ip) => Ok(Admitted {
+            ip,
+            guard,
+            held: true,
+        }),
+        Err(e) => Err(NotAdmitted::unavailable(match e {
+            NotHeld::TooMany => "too many connections are waiting for the wake".to_string(),
+            NotHeld::Failed => "the guest did not wake".to_string(),
+            NotHeld::Timeout => format!(
+                "the guest did not wake within {}",
+                humantime::format_duration(policy.wake_timeout)
+            ),
+        })),
+    }
 }
