@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod support;
+
+use support::Error;
 
 /// Requests in flight at once per route.
 const CONCURRENCY: usize = 8;
@@ -57,13 +59,8 @@ fn authorised() -> Response<Full<Bytes>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let rounds = args.first().copied().unwrap_or(5);
-    let requests = args.get(1).copied().unwrap_or(20_000) as usize;
+    let [rounds, requests] = support::bench_args([5, 20_000])?;
+    let requests = requests as usize;
 
     let backend = serve(ok).await?;
     let auth = serve(authorised).await?;

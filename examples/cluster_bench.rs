@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod support;
+
+use support::{pct, Error};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -73,22 +75,10 @@ async fn redis_commands(conn: &mut redis::aio::MultiplexedConnection) -> Result<
     Ok(n)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let warm_n = args.first().copied().unwrap_or(5000) as usize;
-    let edges = args.get(1).copied().unwrap_or(100) as usize;
+    let [warm_n, edges] = support::bench_args([5000, 100])?;
+    let (warm_n, edges) = (warm_n as usize, edges as usize);
 
     let dir = tempfile::tempdir()?;
     let redis_port = free_port()?;

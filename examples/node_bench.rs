@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod support;
+
+use support::Error;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x02];
 /// Bounds every wait.
@@ -29,14 +31,10 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
-    let rounds = args.first().copied().unwrap_or(5) as usize;
-    let node_boot = Duration::from_millis(args.get(1).copied().unwrap_or(2000));
-    let guest_boot = Duration::from_millis(args.get(2).copied().unwrap_or(500));
+    let [rounds, node_boot, guest_boot] = support::bench_args([5, 2000, 500])?;
+    let rounds = rounds as usize;
+    let node_boot = Duration::from_millis(node_boot);
+    let guest_boot = Duration::from_millis(guest_boot);
 
     let sim = Sim::start(SimOptions {
         nodes: vec!["pve1".into(), "pve2".into(), "pve3".into()],

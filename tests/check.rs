@@ -131,6 +131,14 @@ fn route_target_rules() {
             "  a:\n    host: a.lan\n    backend: http://x\n    depends_on: [nope]\n",
             "unknown route `nope`",
         ),
+        (
+            "  a:\n    host: a.lan\n    backend: http://x\n    wake_with: [b]\n  bb:\n    host: b.lan\n    backend: http://y\n",
+            "drowsy.yml:7:17: routes.a.wake_with[0]: unknown route `b`",
+        ),
+        (
+            "  a:\n    host: a.lan\n    backend: http://x\n    wake_with: [a]\n",
+            "routes.a.wake_with[0]: a route cannot name itself in `wake_with`",
+        ),
     ];
     for (routes, expected) in cases {
         let (code, _, err) = check(&format!("{HEAD}routes:\n{routes}"), &[]);

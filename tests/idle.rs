@@ -516,3 +516,28 @@ async fn an_upload_is_held_through_a_wake_and_arrives_whole() {
         (Some("POST"), Some(3 * 1024 * 1024))
     );
 }
+
+#[tokio::test]
+async fn wake_with_wakes_the_linked_guests_without_holding_the_request() {
+    let env = SimEnv::start(vec![
+        GuestSpec::lxc(105, "tv"),
+        GuestSpec::lxc(106, "transcoder").boot_delay(Duration::from_secs(2)),
+        GuestSpec::lxc(107, "unrelated"),
+    ])
+    .await;
+    let routes = format!(
+        "{}    wake_with: [transcoder]\n{}{}",
+        route("tv", 105, &env),
+        route("transcoder", 106, &env),
+        route("unrelated", 107, &env)
+    );
+    let d = Drowsy::start(&config(&env, "  idle_timeout: 1m\n", &routes)).await;
+    assert_eq!(get(d.http(), "tv.lan", "/").await.0, StatusCode::OK);
+    // Answered while the transcoder still boots: it was not waited for.
+    let transcoder = d.gate("transcoder");
+    assert_eq!(transcoder.state(), GuestState::Starting);
+    wait_state(&transcoder, GuestState::Running).await;
+    assert_eq!(env.sim.calls(LXC_START), 2);
+    // A guest no route links stays asleep.
+    assert_eq!(d.gate("unrelated").state(), GuestState::Stopped);
+}

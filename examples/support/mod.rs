@@ -1,6 +1,7 @@
 //! What the soaks share (`examples/soak.rs`, `examples/soak_maintenance.rs`):
 //! an HTTP client, a tally of served and lost requests, drowsy as a child
-//! process, and reading its metrics.
+//! process, and reading its metrics; and what the benches share: their
+//! numeric arguments and percentiles.
 
 #![allow(dead_code)]
 
@@ -20,6 +21,25 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A bench's numeric arguments in order, each `defaults[i]` when not
+/// given; installs the TLS provider the simulator's API needs.
+pub fn bench_args<const N: usize>(defaults: [u64; N]) -> Result<[u64; N], Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut out = defaults;
+    for (slot, arg) in out.iter_mut().zip(std::env::args().skip(1)) {
+        *slot = arg.parse().map_err(|e| format!("`{arg}`: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// The `p` quantile (0..=1) of sorted samples.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
 
 pub fn free_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

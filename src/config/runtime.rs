@@ -353,6 +353,9 @@ pub struct RouteSettings {
     /// `Some` when the route's guest may be put to sleep.
     pub sleep: Option<SleepSettings>,
     pub depends_on: Vec<Arc<str>>,
+    /// Routes whose guests are woken beside this one's when a request
+    /// wakes it (README.md, "Linked wakes").
+    pub wake_with: Vec<Arc<str>>,
     pub no_wake: NoWake,
     /// Access policies, wake rules and header rules (README.md, "Who can reach and wake a guest").
     pub access: super::RouteAccess,

@@ -315,6 +315,7 @@ with_route_options! {
         udp_max_sessions_per_net: Option<usize>,
         address: Option<EnvString>,
         depends_on: Option<Vec<String>>,
+        wake_with: Option<Vec<String>>,
         no_wake: Option<RawNoWake>,
         public_paths: Option<Vec<String>>,
     }

@@ -252,6 +252,8 @@ pub struct Gate {
     pub(super) turns: AtomicU64,
     pub(super) deps: ArcSwap<Vec<Arc<Gate>>>,
     pub(super) dependents: ArcSwap<Vec<Weak<Gate>>>,
+    /// `wake_with`: woken beside this guest, not waited for.
+    pub(super) linked: ArcSwap<Vec<Weak<Gate>>>,
     /// Past wake times and sleep spans (dashboard, loading page).
     history: Mutex<History>,
     /// What Proxmox is doing to the guest that keeps drowsy from powering
@@ -311,6 +313,7 @@ impl Gate {
             turns: AtomicU64::new(0),
             deps: ArcSwap::from_pointee(Vec::new()),
             dependents: ArcSwap::from_pointee(Vec::new()),
+            linked: ArcSwap::from_pointee(Vec::new()),
             history: Mutex::new(History::default()),
             cause: ArcSwapOption::empty(),
             busy: ArcSwapOption::empty(),
@@ -646,6 +649,16 @@ impl Gate {
         }
         if self.claim() == Claim::Needed {
             self.want_claim();
+        }
+    }
+
+    /// Asks the `wake_with` guests to wake, without waiting for them.
+    pub(super) fn wake_linked(&self) {
+        for gate in self.linked.load().iter().filter_map(Weak::upgrade) {
+            if gate.needs_wake() {
+                tracing::info!(route = %self.label(), with = %gate.label(), "waking a linked guest");
+            }
+            gate.request_wake();
         }
     }
 

@@ -426,6 +426,7 @@ impl Owner {
         self.gate.set_wake_extension(limit.saturating_sub(own));
         self.gate.begin_wake();
         tracing::info!(route = %self.gate.label(), "waking guest");
+        self.gate.wake_linked();
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
             Ok(r) => r,
             Err(_) => Err(match self.held.take() {

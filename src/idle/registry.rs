@@ -33,6 +33,7 @@ struct Need {
     /// The port that tells the guest's service is up.
     port: Option<u16>,
     depends_on: Vec<Arc<str>>,
+    wake_with: Vec<Arc<str>>,
 }
 
 impl Need {
@@ -63,6 +64,7 @@ impl Need {
             sleep: route.sleep.clone(),
             port,
             depends_on: route.depends_on.clone(),
+            wake_with: route.wake_with.clone(),
         })
     }
 }
@@ -482,10 +484,41 @@ fn link(inner: &Inner, found: &HashMap<Arc<str>, GuestId>) {
             .dependents
             .store(Arc::new(dependents.remove(id).unwrap_or_default()));
     }
+    link_wakes(inner, &gate_of);
     for o in inner.gates.values() {
         follow_dependents(&o.gate);
         // Links changed: a dependency may now be free to sleep.
         o.gate.recheck();
+    }
+}
+
+/// `wake_with`: the gates a gate's wake also wakes. Weak, since two
+/// guests may name each other.
+fn link_wakes<'a>(inner: &'a Inner, gate_of: &impl Fn(&Arc<str>) -> Option<&'a Arc<Gate>>) {
+    let mut linked: HashMap<GuestId, Vec<Weak<Gate>>> = HashMap::new();
+    for need in &inner.needs {
+        let Some(gate) = gate_of(&need.name) else {
+            continue;
+        };
+        for other in need.wake_with.iter() {
+            let Some(o) = gate_of(other) else {
+                tracing::info!(route = %need.name, other = %other, "wake_with names a route whose guest does not sleep: nothing to wake");
+                continue;
+            };
+            let list = linked.entry(gate.id.clone()).or_default();
+            if o.id != gate.id
+                && !list
+                    .iter()
+                    .any(|w| w.upgrade().is_some_and(|g| g.id == o.id))
+            {
+                list.push(Arc::downgrade(o));
+            }
+        }
+    }
+    for (id, o) in &inner.gates {
+        o.gate
+            .linked
+            .store(Arc::new(linked.remove(id).unwrap_or_default()));
     }
 }
 

@@ -112,6 +112,7 @@ pub(super) fn auto_routes(
         stream: StreamSettings::default(),
         udp: None,
         depends_on: Vec::new(),
+        wake_with: Vec::new(),
         address: None,
         // Routes from tags follow `defaults`' access policies and wake rules.
         access: super::access::route_access(

@@ -31,7 +31,8 @@ pub(super) fn routes(
         let Some(target) = route_target(ctx, &at, r, &hosts, clusters) else {
             continue;
         };
-        let depends_on = dependencies(ctx, &at, r, name, &names);
+        let depends_on = other_routes(ctx, &at, "depends_on", r.depends_on.as_ref(), name, &names);
+        let wake_with = other_routes(ctx, &at, "wake_with", r.wake_with.as_ref(), name, &names);
         let sleep = sleep_settings(ctx, &at, r, &raw.defaults, &target);
         let address = route_address(ctx, &at, r, &target);
         out.push(RouteSettings {
@@ -45,6 +46,7 @@ pub(super) fn routes(
             backend: backend_settings(ctx, &at, r, &raw.defaults, base),
             sleep,
             depends_on,
+            wake_with,
             no_wake: no_wake(ctx, &at, r),
             access: access::route_access(ctx, &at, r, &raw.defaults, &known),
             auto: false,
@@ -499,18 +501,20 @@ pub(super) fn vmid(ctx: &mut Ctx, at: &[Seg], n: u64) -> Option<GuestKey> {
     }
 }
 
-pub(super) fn dependencies(
+/// `depends_on` or `wake_with`: names of other routes.
+pub(super) fn other_routes(
     ctx: &mut Ctx,
     at: &[Seg],
-    r: &RawRoute,
+    key: &str,
+    list: Option<&Vec<String>>,
     name: &str,
     names: &[&str],
 ) -> Vec<Arc<str>> {
     let mut out = Vec::new();
-    for (i, dep) in r.depends_on.iter().flatten().enumerate() {
-        let p = [at.to_vec(), path!["depends_on", i]].concat();
+    for (i, dep) in list.into_iter().flatten().enumerate() {
+        let p = [at.to_vec(), path![key, i]].concat();
         if dep == name {
-            ctx.err(&p, "a route cannot depend on itself", None);
+            ctx.err(&p, format!("a route cannot name itself in `{key}`"), None);
         } else if !names.contains(&dep.as_str()) {
             let hint = closest(dep, names).map(|n| format!("did you mean `{n}`?"));
             ctx.err(&p, format!("unknown route `{dep}`"), hint);
