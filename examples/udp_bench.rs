@@ -7,7 +7,10 @@
 //!
 //! Latency: one datagram at a time, each waiting for its echo (p50/p99 of
 //! the round trip). Throughput: WINDOW datagrams in flight, one sent for
-//! each echo received, for SECONDS.
+//! each echo received, for SECONDS. With nginx (`NGINX_BIN`, default
+//! /usr/sbin/nginx, with its stream module), its UDP proxy to the same
+//! echo is measured in the same rounds. Child processes inherit the
+//! bench's CPU affinity: `taskset -c 0` pins all of it to one core.
 
 use drowsy::app::Running;
 use drowsy::sim::{GuestSpec, Sim, SimOptions};
@@ -56,14 +59,22 @@ async fn main() -> Result<(), Error> {
     if let Some(gates) = running.gates() {
         gates.settled(Duration::from_secs(30)).await;
     }
+    let nginx = Nginx::start(guest, dir.path())?;
     let payload = vec![0x5a; size];
-    // One warm-up exchange each, so the session exists before measuring.
-    round_trips(guest, &payload, 10).await?;
-    round_trips(listen, &payload, 10).await?;
-
-    let (mut direct, mut proxied) = (Figures::default(), Figures::default());
+    let mut paths = vec![
+        ("direct", guest, Figures::default()),
+        ("drowsy", listen, Figures::default()),
+    ];
+    if let Some(n) = &nginx {
+        paths.push(("nginx", n.listen, Figures::default()));
+    }
+    // One warm-up exchange each, so the proxies are up.
+    for (_, to, _) in &paths {
+        round_trips(*to, &payload, 10).await?;
+    }
     for _ in 0..rounds {
-        for (to, figures) in [(guest, &mut direct), (listen, &mut proxied)] {
+        for (_, to, figures) in paths.iter_mut() {
+            let to = *to;
             let mut rtt = round_trips(to, &payload, PINGS).await?;
             rtt.sort_by(f64::total_cmp);
             figures.p50.push(pct(&rtt, 0.50));
@@ -81,7 +92,7 @@ async fn main() -> Result<(), Error> {
         "{:<10} {:>14} {:>12} {:>12}",
         "path", "datagrams/s", "rtt p50 µs", "rtt p99 µs"
     );
-    for (name, f) in [("direct", &direct), ("drowsy", &proxied)] {
+    for (name, _, f) in &paths {
         println!(
             "{:<10} {:>14.0} {:>12.1} {:>12.1}",
             name,
@@ -90,14 +101,65 @@ async fn main() -> Result<(), Error> {
             median(&f.p99)
         );
     }
-    println!(
-        "drowsy/direct: {:.2}x the rate; added per round trip: p50 {:.1} µs, p99 {:.1} µs",
-        median(&proxied.rate) / median(&direct.rate),
-        median(&proxied.p50) - median(&direct.p50),
-        median(&proxied.p99) - median(&direct.p99),
-    );
+    let direct = &paths[0].2;
+    for (name, _, f) in &paths[1..] {
+        println!(
+            "{name}/direct: {:.2}x the rate; added per round trip: p50 {:.1} µs, p99 {:.1} µs",
+            median(&f.rate) / median(&direct.rate),
+            median(&f.p50) - median(&direct.p50),
+            median(&f.p99) - median(&direct.p99),
+        );
+    }
+    if let [_, (_, _, d), (_, _, n)] = &paths[..] {
+        println!(
+            "drowsy/nginx: {:.2}x the rate",
+            median(&d.rate) / median(&n.rate)
+        );
+    }
     drop(running);
+    drop(nginx);
     Ok(())
+}
+
+/// nginx's UDP proxy (stream module) to the same echo: one process
+/// (no master), so killing it leaves nothing behind.
+struct Nginx {
+    child: std::process::Child,
+    listen: SocketAddr,
+}
+
+impl Nginx {
+    fn start(to: SocketAddr, dir: &std::path::Path) -> Result<Option<Nginx>, Error> {
+        let bin = std::env::var("NGINX_BIN").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
+        if !std::path::Path::new(&bin).exists() || !std::path::Path::new(module).exists() {
+            println!("(no nginx with its stream module: only drowsy and direct)");
+            return Ok(None);
+        }
+        let listen = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module {module};\nmaster_process off;\ndaemon off;\nerror_log stderr error;\npid {pid};\nevents {{ worker_connections 4096; }}\nstream {{ server {{ listen {listen} udp; proxy_pass {to}; proxy_timeout 2m; }} }}\n",
+                pid = dir.join("nginx.pid").display()
+            ),
+        )?;
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .spawn()?;
+        Ok(Some(Nginx { child, listen }))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[derive(Default)]
@@ -113,7 +175,11 @@ async fn round_trips(to: SocketAddr, payload: &[u8], n: usize) -> Result<Vec<f64
     s.connect(to).await?;
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(n);
+    let give_up = Instant::now() + Duration::from_secs(60);
     while out.len() < n {
+        if Instant::now() > give_up {
+            return Err(format!("no echo from {to}").into());
+        }
         let t = Instant::now();
         s.send(payload).await?;
         if tokio::time::timeout(LOST, s.recv(&mut buf)).await.is_ok() {
