@@ -12,7 +12,6 @@ use std::time::Duration;
 
 const INTERFACES: &str = "GET /nodes/{node}/lxc/{vmid}/interfaces";
 const CONFIG: &str = "GET /nodes/{node}/lxc/{vmid}/config";
-const RESOURCES: &str = "GET /cluster/resources";
 
 /// Routes for `vmids` (named `g<vmid>`), those in `sleeping` with an idle
 /// timeout.
@@ -39,20 +38,6 @@ fn strict_config(env: &SimEnv, vmids: &[u32], sleeping: &[u32]) -> String {
         env.proxmox_yaml_strict(),
         routes(env, vmids, sleeping)
     )
-}
-
-/// Waits until the simulator has answered `n` more `/cluster/resources`
-/// polls than it had when called.
-async fn polls_pass(env: &SimEnv, n: u64) {
-    let target = env.sim.calls(RESOURCES) + n;
-    let wait = async {
-        while env.sim.calls(RESOURCES) < target {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{n} polls did not happen in time"));
 }
 
 fn lookups(env: &SimEnv) -> u64 {

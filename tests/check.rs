@@ -677,6 +677,41 @@ fn udp_route_settings_are_located() {
 }
 
 #[test]
+fn windows_and_time_zones_are_located() {
+    let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: x\nroutes:\n  tv:\n    host: tv.lan\n    guest: tv\n    port: 8096\n";
+    let cases = [
+        (
+            "    idle_timeout: 20m\n    awake: [\"Mon-Fri 18:00-23:00\", \"Sat,Sunday 10:00-23:30\"]\n".to_string(),
+            "drowsy.yml:13:36: routes.tv.awake[1]: `Sat,Sunday 10:00-23:30`: `Sunday` is not a weekday",
+        ),
+        (
+            "    idle_timeout: 20m\n    asleep: [\"02:00-26:00\"]\n".to_string(),
+            "routes.tv.asleep[0]: `02:00-26:00`: `26:00` is not a time HH:MM",
+        ),
+        (
+            "    asleep: [\"02:00-06:00\"]\n".to_string(),
+            "drowsy.yml:12:5: routes.tv.asleep: `asleep` needs a guest that sleeps",
+        ),
+        (
+            "    idle_timeout: 20m\n    awake: [\"08:00-09:00\"]\ntimezone: Europe/Berlinn\n".to_string(),
+            "drowsy.yml:14:11: timezone: `Europe/Berlinn` is not a time zone",
+        ),
+        (
+            "    idle_timeout: 20m\n    asleep: [\"02:00-06:00\"]\n    wake_at_start: true\n".to_string(),
+            "drowsy.yml:14:5: routes.tv.wake_at_start: `wake_at_start` needs `awake` windows",
+        ),
+    ];
+    for (route, want) in cases {
+        let (code, _, err) = check(&format!("{HEAD}{pve}{route}"), &[]);
+        assert_eq!(code, 1, "{route}");
+        assert!(err.contains(want), "{route}\nwanted: {want}\ngot: {err}");
+    }
+    let ok = "    idle_timeout: 20m\n    awake: [\"Mon-Fri 18:00-23:00\", \"Sat,Sun 10:00-23:30\"]\n    asleep: [\"02:00-06:00\"]\ntimezone: America/New_York\n";
+    let (code, _, err) = check(&format!("{HEAD}{pve}{ok}"), &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn auto_routes_are_checked_and_summarized() {
     let pve = "proxmox:\n  - url: https://pve.lan:8006\n    token_id: drowsy@pve!proxy\n    token_secret: s\n";
     let (code, out, err) = check(

@@ -525,6 +525,8 @@ pub struct SleepSettings {
     pub wake_retry_after: Duration,
     /// Off (`None`) by default.
     pub busy_when: Option<BusyWhen>,
+    /// `awake`/`asleep` windows (README.md, "Awake windows").
+    pub schedule: Option<Arc<crate::idle::windows::Schedule>>,
 }
 
 impl Default for SleepSettings {
@@ -541,6 +543,7 @@ impl Default for SleepSettings {
             max_held_requests: 10_000,
             wake_retry_after: Duration::from_secs(5),
             busy_when: None,
+            schedule: None,
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub access: Named<RawPolicy>,
     pub auto_routes: Option<super::auto::RawAutoRoutes>,
+    /// The zone of `awake`/`asleep` windows (default: the system's).
+    pub timezone: Option<EnvString>,
 }
 
 /// `cluster:` (README.md, "Running two instances"): several drowsy instances sharing use and
@@ -316,6 +318,9 @@ with_route_options! {
         address: Option<EnvString>,
         depends_on: Option<Vec<String>>,
         wake_with: Option<Vec<String>>,
+        awake: Option<Vec<EnvString>>,
+        asleep: Option<Vec<EnvString>>,
+        wake_at_start: Option<bool>,
         no_wake: Option<RawNoWake>,
         public_paths: Option<Vec<String>>,
     }

@@ -36,6 +36,7 @@ mod proxmox;
 mod routes;
 mod stream;
 mod tls;
+mod windows;
 
 pub use acme::{decode_hmac_key, LETSENCRYPT, LETSENCRYPT_STAGING};
 pub use auto::{is_pve_tag, DEFAULT_TAG};

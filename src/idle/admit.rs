@@ -157,10 +157,12 @@ pub async fn admit<B>(
         Err(refusal) => {
             guard.not_use();
             let page = wants_loading_page(policy.loading_page, req);
+            let until = gate.asleep_until().map(|(at, _)| at);
             return Admit::Respond(Box::new(super::asleep::answer(
                 route,
                 refusal.retry_after,
                 page,
+                until.as_deref(),
             )));
         }
     };
@@ -231,6 +233,14 @@ pub fn timeout_message(gate: &Gate, route: &str, limit: std::time::Duration) -> 
 /// start one (the wake rules, which spend a `wake_rate_limit` token only
 /// here, on a real start).
 pub fn starts(gate: &Gate, wake: Option<WakeCheck<'_>>) -> Result<bool, WakeRefusal> {
+    // Inside an `asleep` window nobody wakes it, not even to join a wake
+    // started before the window began.
+    if let Some((_, secs)) = gate.asleep_until() {
+        return Err(WakeRefusal {
+            reason: "asleep",
+            retry_after: secs,
+        });
+    }
     match wake {
         Some(w) if !gate.wake_under_way() && gate.backoff_error().is_none() => {
             w.may_start().map(|()| true)

@@ -9,12 +9,21 @@ use crate::http::pages;
 use http::Response;
 
 /// `page`: a browser navigation that gets HTML.
-pub fn answer(route: &str, retry_after: u32, page: bool) -> Response<RespBody> {
+/// `until`: inside an `asleep` window, when it ends ("Tue 06:00").
+pub fn answer(
+    route: &str,
+    retry_after: u32,
+    page: bool,
+    until: Option<&str>,
+) -> Response<RespBody> {
     if !page {
-        return pages::unavailable(
-            format!("route {route}: the service is asleep, and this request may not wake it"),
-            retry_after,
-        );
+        let why = match until {
+            Some(at) => format!("route {route}: the service sleeps until {at}"),
+            None => {
+                format!("route {route}: the service is asleep, and this request may not wake it")
+            }
+        };
+        return pages::unavailable(why, retry_after);
     }
     // Look again no sooner than Retry-After says, and at least every five
     // minutes, in case someone allowed to wake it has done so.
@@ -23,6 +32,7 @@ pub fn answer(route: &str, retry_after: u32, page: bool) -> Response<RespBody> {
         route,
         asleep_only: true,
         refresh_secs: refresh,
+        until,
         ..Loading::default()
     });
     super::admit::page_503(html, retry_after)
@@ -44,7 +54,7 @@ mod tests {
         assert!(html.contains("Asleep:</span> <span id=\"route\">&lt;wiki&gt;"));
         assert!(!html.to_lowercase().contains("waking"));
         assert!(html.contains("content=\"30\""));
-        let r = answer("wiki", 600, false);
+        let r = answer("wiki", 600, false, None);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "600");
     }

@@ -261,6 +261,8 @@ pub struct Gate {
     cause: ArcSwapOption<Cause>,
     /// "busy: network 3.2 MiB/s" while `busy_when` counts the guest used.
     busy: ArcSwapOption<String>,
+    /// Inside an `awake` window: which, and until when.
+    window_note: ArcSwapOption<String>,
 }
 
 impl Gate {
@@ -317,6 +319,7 @@ impl Gate {
             history: Mutex::new(History::default()),
             cause: ArcSwapOption::empty(),
             busy: ArcSwapOption::empty(),
+            window_note: ArcSwapOption::empty(),
         });
         (gate, rx)
     }
@@ -349,6 +352,59 @@ impl Gate {
 
     pub(super) fn gate_settings(&self) -> arc_swap::Guard<Arc<GateSettings>> {
         self.settings.load()
+    }
+
+    /// Inside an `asleep` window: when it ends ("Tue 06:00") and how many
+    /// seconds away that is (README.md, "Awake windows").
+    pub fn asleep_until(&self) -> Option<(String, u32)> {
+        let schedule = self.gate_settings().sleep.schedule.clone()?;
+        let now = jiff::Timestamp::now();
+        schedule.asleep_at(now)?;
+        // Windows that cover the whole week never end.
+        let Some(end) = schedule.ends(true, now) else {
+            return Some(("further notice".into(), 24 * 3600));
+        };
+        let secs = (end.timestamp().as_second() - now.as_second()).clamp(1, i64::from(u32::MAX));
+        Some((super::windows::when(&end), secs as u32))
+    }
+
+    /// Inside an `awake` window: how long until the windows stop covering
+    /// now. Notes the window for the admin API meanwhile.
+    pub(super) fn awake_for(&self) -> Option<Duration> {
+        let found = self.awake_window();
+        let note = found.as_ref().map(|(why, _)| Arc::new(why.clone()));
+        if self.window_note.load().as_deref() != note.as_deref() {
+            self.window_note.store(note);
+        }
+        found.map(|(_, left)| left)
+    }
+
+    /// With `wake_at_start`, inside an `awake` window: when the window
+    /// ends (Unix seconds), which tells one window's day from the next.
+    pub(super) fn wake_at_start_due(&self) -> Option<i64> {
+        let schedule = self.gate_settings().sleep.schedule.clone()?;
+        if !schedule.wake_at_start {
+            return None;
+        }
+        let now = jiff::Timestamp::now();
+        schedule.awake_at(now)?;
+        Some(
+            schedule
+                .ends(false, now)
+                .map_or(i64::MAX, |e| e.timestamp().as_second()),
+        )
+    }
+
+    fn awake_window(&self) -> Option<(String, Duration)> {
+        let schedule = self.gate_settings().sleep.schedule.clone()?;
+        let now = jiff::Timestamp::now();
+        let window = schedule.awake_at(now)?.to_string();
+        let end = schedule.ends(false, now)?;
+        let left = end.timestamp().duration_since(now).unsigned_abs();
+        Some((
+            format!("awake window {window} until {}", super::windows::when(&end)),
+            left,
+        ))
     }
 
     /// A reload's new settings, taking effect at once (the owner re-reads
@@ -852,7 +908,10 @@ impl Gate {
             address: self.address(),
             last_error: error,
             cause: self.cause().map(|c| c.detail.to_string()),
-            busy: self.busy().map(|b| b.to_string()),
+            busy: self
+                .busy()
+                .or_else(|| self.window_note.load_full())
+                .map(|b| b.to_string()),
         }
     }
 }

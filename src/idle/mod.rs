@@ -21,6 +21,7 @@ mod probe;
 pub mod registry;
 pub mod state;
 mod sync;
+pub mod windows;
 
 pub use activity::{Activity, UseGuard};
 pub use admission::{admit_after_first_read, admit_warm, Entry, NotNow, Unavailable, Warm};

@@ -47,6 +47,9 @@ pub struct Owner {
     presence: Arc<Presence>,
     /// No idle stop before this (another instance uses the guest).
     not_before: Option<Instant>,
+    /// The end of the `awake` window this owner last woke the guest for
+    /// (`wake_at_start`), so one window wakes it once.
+    woke_for_window: Option<i64>,
     /// The stop counter read when this wake published its use.
     claimed: Option<u64>,
     /// What holds the wake under way (a lock, a pause), once announced.
@@ -81,6 +84,7 @@ impl Owner {
             last_verify: None,
             presence,
             not_before: None,
+            woke_for_window: None,
             claimed: None,
             held: None,
             held_idle: false,
@@ -345,6 +349,7 @@ impl Owner {
         }
         let Some(cached) = self.guest() else { return };
         self.follow_busy(&cached);
+        self.wake_at_window_start();
         if let Some(Blocker::NodeOffline(_)) = self.follow_blockers(&cached) {
             // Nothing can be asked of an offline node's guests.
             return;
@@ -360,6 +365,22 @@ impl Owner {
         }
         self.last_verify = Some(Instant::now());
         self.outside_change(running).await;
+    }
+
+    /// `wake_at_start`: once per `awake` window, on the first poll inside
+    /// it, a sleeping guest is woken.
+    fn wake_at_window_start(&mut self) {
+        let Some(window) = self.gate.wake_at_start_due() else {
+            return;
+        };
+        if self.woke_for_window == Some(window) {
+            return;
+        }
+        self.woke_for_window = Some(window);
+        if self.gate.needs_wake() {
+            tracing::info!(route = %self.gate.label(), "waking guest: its awake window begins");
+            self.gate.request_wake();
+        }
     }
 
     /// When the guest may next be idle enough to sleep: never while it is
@@ -394,6 +415,11 @@ impl Owner {
         match self.gate.activity.idle_at(idle) {
             Some(at) if at <= Instant::now() => {}
             _ => return,
+        }
+        // Inside an `awake` window: look again when it ends.
+        if let Some(left) = self.gate.awake_for() {
+            self.not_before = Some(Instant::now() + left);
+            return;
         }
         if let Err(e) = self.sleep("idle").await {
             tracing::debug!(route = %self.gate.label(), reason = %e, "not going to sleep");

@@ -34,6 +34,8 @@ pub struct Loading<'a> {
     /// With `asleep_only`: how often the page looks again (seconds; 30
     /// when 0).
     pub refresh_secs: u32,
+    /// With `asleep_only`, inside an `asleep` window: when it ends.
+    pub until: Option<&'a str>,
 }
 
 /// The page for `route`. `error` is set when the last wake failed.
@@ -50,7 +52,10 @@ pub fn render(l: &Loading) -> String {
     let (heading, status, hidden) = match (l.error, l.asleep_only) {
         (_, true) => (
             "Asleep:",
-            "This service is asleep and will be back once it is woken.".to_string(),
+            match l.until {
+                Some(at) => format!("This service sleeps until {}.", escape_html(at)),
+                None => "This service is asleep and will be back once it is woken.".to_string(),
+            },
             " hidden",
         ),
         (Some(e), false) => (

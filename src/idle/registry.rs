@@ -406,6 +406,7 @@ fn merge(routes: &[&Need]) -> (GateSettings, Option<String>) {
         .filter_map(|n| Some((&n.name, n.sleep.as_ref()?)))
         .collect();
     let mut sleep = with.first().map(|(_, s)| (*s).clone()).unwrap_or_default();
+    sleep.schedule = with.iter().find_map(|(_, s)| s.schedule.clone());
     let explicit: Vec<(&Arc<str>, Option<Duration>)> = with
         .iter()
         .filter(|(_, s)| !s.idle_from_dependents)

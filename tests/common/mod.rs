@@ -579,3 +579,18 @@ pub async fn ws_echo(
         .expect("message");
     assert_eq!(echo.into_text().expect("text").as_str(), text);
 }
+
+/// Waits until the simulator has answered `n` more polls of the cluster
+/// (`GET /cluster/resources`).
+pub async fn polls_pass(env: &SimEnv, n: u64) {
+    const RESOURCES: &str = "GET /cluster/resources";
+    let target = env.sim.calls(RESOURCES) + n;
+    let wait = async {
+        while env.sim.calls(RESOURCES) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{n} polls did not happen in time"));
+}
