@@ -778,6 +778,10 @@ fn node_sleep_settings_are_located() {
             "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:fe\"}\n",
             "node `pve2` is defined twice",
         ),
+        (
+            "      pve2:\n        wol: {mac: \"aa:bb:cc:dd:ee:ff\"}\n        awake: [\"Mon-Fri 7-19\"]\n",
+            "drowsy.yml:10:17: proxmox[0].nodes.pve2.awake[0]: `Mon-Fri 7-19`: `7` is not a time HH:MM",
+        ),
     ];
     for (nodes, want) in cases {
         let (code, _, err) = check(&format!("{HEAD}{pve}{nodes}"), &[]);

@@ -469,3 +469,34 @@ async fn requests_are_held_through_the_node_boot_beyond_the_guests_wake_timeout(
     let (status, _, body) = get(d.http(), "wiki.lan", "/").await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
 }
+
+#[tokio::test]
+async fn a_node_stays_up_inside_its_awake_window() {
+    let env = SimEnv::start_with(three_nodes(
+        vec![GuestSpec::lxc(101, "wiki").node("pve2")],
+        NodeSpec::new("pve2").mac(MAC),
+    ))
+    .await;
+    // From an hour ago to two hours from now, whatever the hour.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let hhmm = |h: i64| {
+        now.checked_add(jiff::Span::new().hours(h))
+            .unwrap()
+            .strftime("%H:%M")
+            .to_string()
+    };
+    let wol = format!("{{mac: \"{MAC_TEXT}\"}}");
+    let nodes = format!(
+        "{}        awake: [\"{}-{}\"]\n",
+        node_yaml("pve2", &wol, "10s"),
+        hhmm(-1),
+        hhmm(2)
+    );
+    let yaml = config_with(&env, &nodes, &route("wiki", 101, &env)) + "timezone: UTC\n";
+    let d = Drowsy::start(&yaml).await;
+    let gate = node_gate(&d, "pve2");
+    let why = kept_up_reason(&gate).await;
+    assert!(why.starts_with("awake window "), "{why}");
+    assert_eq!(gate.state(), NodeState::Online);
+    assert_eq!(env.sim.node_counts().shutdowns, 0);
+}

@@ -219,6 +219,8 @@ pub struct NodeSleep {
     pub boot_timeout: Duration,
     /// The node's idle draw, for the energy estimate (0: not given).
     pub watts: f64,
+    /// `awake` windows: never put to sleep inside them.
+    pub schedule: Option<Arc<crate::idle::windows::Schedule>>,
 }
 
 /// How a sleeping node is woken.

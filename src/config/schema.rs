@@ -119,6 +119,7 @@ pub struct RawNode {
     pub wol: Option<RawWol>,
     pub boot_timeout: Option<DurationSetting>,
     pub watts: Option<f64>,
+    pub awake: Option<Vec<EnvString>>,
 }
 
 impl Entry for RawNode {

@@ -53,6 +53,8 @@ struct Ctx<'a> {
     file: &'a Path,
     loc: &'a Locator,
     errors: Vec<ConfigError>,
+    /// `timezone:`, which every window is read in.
+    tz: jiff::tz::TimeZone,
 }
 
 impl Ctx<'_> {
@@ -100,7 +102,9 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
         file,
         loc,
         errors: Vec::new(),
+        tz: jiff::tz::TimeZone::UTC,
     };
+    ctx.tz = windows::timezone(&mut ctx, raw.timezone.as_ref());
     let base = file.parent().unwrap_or(Path::new("."));
     let listen = listen(&mut ctx, &raw.listen, base);
     let tls = certificates(&mut ctx, &raw.tls, base);

@@ -109,6 +109,17 @@ impl NodeOwner {
             .collect()
     }
 
+    /// Inside one of the node's `awake` windows: which, and until when.
+    fn awake_window(&self) -> Option<String> {
+        let schedule = self.gate.settings.schedule.as_ref()?;
+        let now = jiff::Timestamp::now();
+        let window = schedule.awake_at(now)?;
+        let until = schedule
+            .ends(false, now)
+            .map_or("further notice".into(), |e| crate::idle::windows::when(&e));
+        Some(format!("awake window {window} until {until}"))
+    }
+
     async fn maybe_sleep(&mut self) {
         let guests = self.guests();
         let busy = match guests.iter().find(|g| g.ha_started || !g.stopped) {
@@ -119,6 +130,10 @@ impl NodeOwner {
         };
         if let Some(why) = busy {
             self.quiet_since = None;
+            self.gate.keep_up(Some(Arc::from(why)));
+            return;
+        }
+        if let Some(why) = self.awake_window() {
             self.gate.keep_up(Some(Arc::from(why)));
             return;
         }

@@ -70,12 +70,14 @@ pub(super) fn nodes(
                 Some("the node's idle draw, e.g. 35".into()),
             );
         }
+        let schedule = super::windows::node_schedule(ctx, &here, n.awake.as_ref());
         out.push(NodeSleep {
             node: name.clone(),
             sleep_after,
             wol,
             boot_timeout,
             watts,
+            schedule,
         });
     }
     out

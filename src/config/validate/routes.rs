@@ -16,7 +16,6 @@ pub(super) fn routes(
     // also make each route that lists it an error.
     let known: Vec<&str> = raw.access.0.iter().map(|(n, _)| n.as_str()).collect();
     access::defaults_access(ctx, &raw.defaults, &known);
-    let tz = windows::timezone(ctx, raw.timezone.as_ref());
     for (name, r) in &raw.routes.0 {
         let at = path!["routes", name.as_str()];
         if !valid_name(name) {
@@ -35,7 +34,7 @@ pub(super) fn routes(
         let depends_on = other_routes(ctx, &at, "depends_on", r.depends_on.as_ref(), name, &names);
         let wake_with = other_routes(ctx, &at, "wake_with", r.wake_with.as_ref(), name, &names);
         let sleep = sleep_settings(ctx, &at, r, &raw.defaults, &target);
-        let sleep = windows::with_schedule(ctx, &at, r, &tz, sleep);
+        let sleep = windows::with_schedule(ctx, &at, r, sleep);
         let address = route_address(ctx, &at, r, &target);
         out.push(RouteSettings {
             name: Arc::from(name.as_str()),

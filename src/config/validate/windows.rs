@@ -31,7 +31,6 @@ pub(super) fn with_schedule(
     ctx: &mut Ctx,
     at: &[Seg],
     r: &RawRoute,
-    tz: &TimeZone,
     sleep: Option<SleepSettings>,
 ) -> Option<SleepSettings> {
     if r.awake.is_none() && r.asleep.is_none() {
@@ -65,10 +64,25 @@ pub(super) fn with_schedule(
     sleep.schedule = Some(Arc::new(Schedule {
         awake,
         asleep,
-        tz: tz.clone(),
+        tz: ctx.tz.clone(),
         wake_at_start: r.wake_at_start.unwrap_or(false),
     }));
     Some(sleep)
+}
+
+/// A node's `awake` windows: it is not put to sleep inside them.
+pub(super) fn node_schedule(
+    ctx: &mut Ctx,
+    at: &[Seg],
+    raw: Option<&Vec<EnvString>>,
+) -> Option<Arc<Schedule>> {
+    raw?;
+    Some(Arc::new(Schedule {
+        awake: windows(ctx, at, "awake", raw),
+        asleep: Vec::new(),
+        tz: ctx.tz.clone(),
+        wake_at_start: false,
+    }))
 }
 
 fn windows(ctx: &mut Ctx, at: &[Seg], key: &str, raw: Option<&Vec<EnvString>>) -> Vec<Window> {
