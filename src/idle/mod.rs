@@ -17,6 +17,7 @@ pub mod history;
 pub mod hold;
 mod owner;
 pub mod page;
+pub mod prewake;
 mod probe;
 pub mod registry;
 pub mod state;
