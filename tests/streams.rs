@@ -73,6 +73,19 @@ async fn with_wake_on_data_a_connect_scan_and_a_silent_client_wake_nothing() {
 }
 
 #[tokio::test]
+async fn with_wake_on_data_a_silent_connection_does_not_keep_the_guest_awake() {
+    let env = SimEnv::start(vec![GuestSpec::lxc(130, "mc").running(true)]).await;
+    let (d, listen) = tcp_route(&env, "    wake_on: data\n").await;
+    let gate = d.gate("mc");
+    wait_state(&gate, GuestState::Running).await;
+    // Open and silent: the guest goes to sleep by its idle timeout while
+    // the connection is still waiting for its first bytes.
+    let mut silent = TcpStream::connect(listen).await.expect("connect");
+    wait_state(&gate, GuestState::Stopped).await;
+    assert!(read_all(&mut silent).await.is_empty());
+}
+
+#[tokio::test]
 async fn with_wake_on_data_the_first_bytes_wake_the_guest_and_reach_it() {
     let env = SimEnv::start(vec![GuestSpec::lxc(130, "mc")]).await;
     let (d, listen) = tcp_route(&env, "    wake_on: data\n").await;
