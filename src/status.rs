@@ -421,6 +421,9 @@ fn note(r: &serde_json::Value) -> Option<String> {
     if let Some(busy) = r["busy"].as_str() {
         parts.push(format!("busy: {busy}"));
     }
+    if let Some(p) = r["prewake"]["summary"].as_str() {
+        parts.push(p.to_string());
+    }
     let ignored: Vec<&str> = r["ignored"]
         .as_array()
         .into_iter()

@@ -697,6 +697,14 @@ fn windows_and_time_zones_are_located() {
             "drowsy.yml:14:11: timezone: `Europe/Berlinn` is not a time zone",
         ),
         (
+            "    prewake: learned\n".to_string(),
+            "drowsy.yml:12:5: routes.tv.prewake: `prewake` needs a guest that sleeps",
+        ),
+        (
+            "    idle_timeout: 20m\n    prewake: always\n".to_string(),
+            "drowsy.yml:13:14: routes.tv.prewake: unknown value `always`",
+        ),
+        (
             "    idle_timeout: 20m\n    asleep: [\"02:00-06:00\"]\n    wake_at_start: true\n".to_string(),
             "drowsy.yml:14:5: routes.tv.wake_at_start: `wake_at_start` needs `awake` windows",
         ),

@@ -42,29 +42,6 @@ async fn next(s: &UdpSocket) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// The value of one sample line of drowsy's metrics (0 when absent).
-fn metric(d: &Drowsy, sample: &str) -> f64 {
-    d.running
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Waits until a metric sample reaches `want`.
-async fn wait_metric(d: &Drowsy, sample: &str, want: f64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while metric(d, sample) != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sample} is {}, not {want}",
-            metric(d, sample)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_first_datagram_wakes_the_guest_and_all_arrive_in_order() {
     let env = SimEnv::start(vec![GuestSpec::lxc(140, "game")]).await;
@@ -86,14 +63,14 @@ async fn the_first_datagram_wakes_the_guest_and_all_arrive_in_order() {
     assert_eq!(env.sim.calls(LXC_START), 1);
     assert_eq!(d.gate("game").state(), GuestState::Running);
     assert_eq!(
-        metric(
+        metric_value(
             &d,
             "drowsy_udp_datagrams_total{route=\"game\",direction=\"to_guest\"}"
         ),
         5.0
     );
     assert_eq!(
-        metric(
+        metric_value(
             &d,
             "drowsy_udp_datagrams_total{route=\"game\",direction=\"to_client\"}"
         ),
@@ -126,7 +103,7 @@ async fn the_wake_queue_keeps_the_newest_datagrams_within_its_bound() {
     c.send_to(b"after", listen).await.expect("send");
     assert_eq!(next(&c).await, "after", "an older datagram came late");
     assert_eq!(
-        metric(
+        metric_value(
             &d,
             "drowsy_udp_dropped_total{route=\"game\",reason=\"queue_full\"}"
         ),
@@ -149,7 +126,7 @@ async fn two_clients_get_their_own_replies() {
         assert_eq!(next(&a).await, format!("a{round}"));
         assert_eq!(next(&b).await, format!("b{round}"));
     }
-    assert_eq!(metric(&d, "drowsy_udp_sessions{route=\"game\"}"), 2.0);
+    assert_eq!(metric_value(&d, "drowsy_udp_sessions{route=\"game\"}"), 2.0);
     let (_, _, body) = get(
         d.running.admin_addr.expect("admin"),
         "localhost",
@@ -185,7 +162,7 @@ async fn an_open_session_keeps_the_guest_awake_and_its_end_lets_it_sleep() {
         assert_eq!(gate.state(), GuestState::Running, "asleep mid-game");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&d, "drowsy_udp_sessions{route=\"game\"}"), 1.0);
+    assert_eq!(metric_value(&d, "drowsy_udp_sessions{route=\"game\"}"), 1.0);
     // Silence: the session ends, then the guest sleeps.
     wait_metric(&d, "drowsy_udp_sessions{route=\"game\"}", 0.0).await;
     wait_state(&gate, GuestState::Stopped).await;
@@ -220,7 +197,7 @@ async fn a_flood_of_sources_is_capped_and_wakes_at_most_per_the_rate_limit() {
         24.0,
     )
     .await;
-    assert_eq!(metric(&d, "drowsy_udp_sessions{route=\"game\"}"), 6.0);
+    assert_eq!(metric_value(&d, "drowsy_udp_sessions{route=\"game\"}"), 6.0);
     let gate = d.gate("game");
     wait_state(&gate, GuestState::Running).await;
     assert_eq!(env.sim.calls(LXC_START), 1, "one wake for the whole flood");
@@ -234,14 +211,14 @@ async fn a_flood_of_sources_is_capped_and_wakes_at_most_per_the_rate_limit() {
     let refused = "drowsy_udp_dropped_total{route=\"game\",reason=\"wake_refused\"}";
     let capped = "drowsy_udp_dropped_total{route=\"game\",reason=\"session_cap\"}";
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while metric(&d, refused) + metric(&d, capped) < 54.0 {
+    while metric_value(&d, refused) + metric_value(&d, capped) < 54.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "datagrams unaccounted"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(metric(&d, refused) >= 6.0);
+    assert!(metric_value(&d, refused) >= 6.0);
     assert_eq!(env.sim.calls(LXC_START), 1, "the flood woke it again");
     assert_eq!(gate.state(), GuestState::Stopped);
 }
@@ -270,7 +247,7 @@ async fn denied_sources_get_no_session() {
         1.0,
     )
     .await;
-    assert_eq!(metric(&d, "drowsy_udp_sessions{route=\"game\"}"), 1.0);
+    assert_eq!(metric_value(&d, "drowsy_udp_sessions{route=\"game\"}"), 1.0);
 }
 
 #[tokio::test]

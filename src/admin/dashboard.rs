@@ -124,6 +124,13 @@ fn row(state: &AdminState, route: &Arc<Route>) -> Row {
             (None, Some(busy)) => Some(format!("busy: {busy}")),
             (None, None) => None,
         };
+        if gate.settings().prewake {
+            let p = gate.prewake_view().summary();
+            row.note = Some(match row.note.take() {
+                Some(n) => format!("{n}; {p}"),
+                None => p,
+            });
+        }
     } else {
         row.inflight = Some(route_inflight(state, route));
     }

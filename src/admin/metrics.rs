@@ -172,6 +172,7 @@ pub struct Metrics {
     pub node_wake_duration_seconds: Family<NodeLabel, Histogram, fn() -> Histogram>,
     /// Every guest's CPU, memory and I/O (`drowsy_guest_*`).
     pub guest_stats: Arc<crate::proxmox::stats::StatsBoard>,
+    pub prewakes_total: Family<RouteResultLabel, Counter>,
     pub udp_sessions: Family<RouteLabel, Gauge>,
     pub udp_datagrams_total: Family<RouteDirectionLabel, Counter>,
     pub udp_bytes_total: Family<RouteDirectionLabel, Counter>,
@@ -322,6 +323,12 @@ impl Metrics {
         registry.register_collector(Box::new(super::guest_metrics::GuestMetrics(
             guest_stats.clone(),
         )));
+        let prewakes_total = Family::<RouteResultLabel, Counter>::default();
+        registry.register(
+            "prewakes",
+            "Learned pre-wakes, by route and result (used: a request came before it slept again; unused)",
+            prewakes_total.clone(),
+        );
         let udp_sessions = Family::<RouteLabel, Gauge>::default();
         registry.register(
             "udp_sessions",
@@ -347,6 +354,7 @@ impl Metrics {
             udp_dropped_total.clone(),
         );
         Metrics {
+            prewakes_total,
             udp_sessions,
             udp_datagrams_total,
             udp_bytes_total,

@@ -561,6 +561,17 @@ fn routes_json(
             v["wake_p50_ms"] = h.wake_p50_ms.into();
             v["wake_p95_ms"] = h.wake_p95_ms.into();
             v["asleep_share_24h"] = h.asleep_share.into();
+            if gate.settings().prewake {
+                let p = gate.prewake_view();
+                v["prewake"] = serde_json::json!({
+                    "used": p.used,
+                    "unused": p.unused,
+                    "woken_by_request": p.by_request,
+                    "found_awake_share": p.found_awake_share,
+                    "extra_awake_hours": p.extra_awake_hours,
+                    "summary": p.summary(),
+                });
+            }
         }
         out.insert(route.name.to_string(), v);
     }

@@ -58,6 +58,8 @@ pub struct Config {
     pub access: Vec<super::PolicySettings>,
     /// Routes from Proxmox tags (`auto_routes:`), when configured.
     pub auto_routes: Option<AutoRoutes>,
+    /// `state_dir:` (default `/var/lib/drowsy`).
+    pub state_dir: PathBuf,
 }
 
 /// `cluster:` (README.md, "Running two instances"), validated.
@@ -529,6 +531,8 @@ pub struct SleepSettings {
     pub busy_when: Option<BusyWhen>,
     /// `awake`/`asleep` windows (README.md, "Awake windows").
     pub schedule: Option<Arc<crate::idle::windows::Schedule>>,
+    /// `prewake: learned`.
+    pub prewake: bool,
 }
 
 impl Default for SleepSettings {
@@ -546,6 +550,7 @@ impl Default for SleepSettings {
             wake_retry_after: Duration::from_secs(5),
             busy_when: None,
             schedule: None,
+            prewake: false,
         }
     }
 }

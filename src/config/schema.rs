@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub auto_routes: Option<super::auto::RawAutoRoutes>,
     /// The zone of `awake`/`asleep` windows (default: the system's).
     pub timezone: Option<EnvString>,
+    /// Where drowsy keeps what outlives a restart (the pre-wake history).
+    pub state_dir: Option<EnvString>,
 }
 
 /// `cluster:` (README.md, "Running two instances"): several drowsy instances sharing use and
@@ -235,6 +237,14 @@ pub enum RawWakeOn {
     Data,
 }
 
+/// `prewake:` of a route (README.md, "Awake windows").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPrewake {
+    Off,
+    Learned,
+}
+
 /// `protocol:` of a TCP route: what drowsy speaks itself while the guest
 /// sleeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -322,6 +332,7 @@ with_route_options! {
         awake: Option<Vec<EnvString>>,
         asleep: Option<Vec<EnvString>>,
         wake_at_start: Option<bool>,
+        prewake: Option<RawPrewake>,
         no_wake: Option<RawNoWake>,
         public_paths: Option<Vec<String>>,
     }

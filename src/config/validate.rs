@@ -47,6 +47,7 @@ use routes::*;
 use tls::*;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/drowsy";
 pub const DEFAULT_CLUSTER_NAME: &str = "pve";
 
 struct Ctx<'a> {
@@ -161,6 +162,10 @@ pub fn validate(raw: RawConfig, file: &Path, loc: &Locator) -> Result<Config, Co
             cluster,
             access: policies,
             auto_routes,
+            state_dir: raw
+                .state_dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |d| base.join(&d.0)),
         })
     } else {
         Err(ConfigErrors(ctx.errors))

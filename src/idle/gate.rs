@@ -125,6 +125,8 @@ pub(super) struct GateMetrics {
     pub sleeps: Counter,
     pub held: Gauge,
     pub inflight: Gauge,
+    pub prewakes_used: Counter,
+    pub prewakes_unused: Counter,
     states: Vec<Gauge>,
     route: Arc<str>,
     deferred:
@@ -148,6 +150,14 @@ impl GateMetrics {
             wakes_timeout: wakes(WakeResult::Timeout),
             wake_duration: m.wake_duration_seconds.get_or_create_owned(&rl),
             sleeps: m.sleeps_total.get_or_create_owned(&rl),
+            prewakes_used: m.prewakes_total.get_or_create_owned(&RouteResultLabel {
+                route: route.clone(),
+                result: "used",
+            }),
+            prewakes_unused: m.prewakes_total.get_or_create_owned(&RouteResultLabel {
+                route: route.clone(),
+                result: "unused",
+            }),
             held: m.held_requests.get_or_create_owned(&rl),
             inflight: m.inflight.get_or_create_owned(&rl),
             states: GuestState::ALL
@@ -263,6 +273,7 @@ pub struct Gate {
     busy: ArcSwapOption<String>,
     /// Inside an `awake` window: which, and until when.
     window_note: ArcSwapOption<String>,
+    prewakes: PrewakeFigures,
 }
 
 impl Gate {
@@ -320,6 +331,7 @@ impl Gate {
             cause: ArcSwapOption::empty(),
             busy: ArcSwapOption::empty(),
             window_note: ArcSwapOption::empty(),
+            prewakes: PrewakeFigures::default(),
         });
         (gate, rx)
     }
@@ -377,6 +389,41 @@ impl Gate {
             self.window_note.store(note);
         }
         found.map(|(_, left)| left)
+    }
+
+    /// A pre-wake ended: used by a request, or slept again unused, after
+    /// `awake` of extra time awake before its use (or its sleep).
+    pub(super) fn prewake_ended(&self, used: bool, awake: Duration) {
+        let m = &self.label.load().metrics;
+        let (figure, counter) = match used {
+            true => (&self.prewakes.used, &m.prewakes_used),
+            false => (&self.prewakes.unused, &m.prewakes_unused),
+        };
+        figure.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
+        self.prewakes
+            .extra_ms
+            .fetch_add(awake.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A request woke the guest (with `prewake: learned`): a first use a
+    /// pre-wake did not catch.
+    pub(super) fn woken_by_request(&self) {
+        self.prewakes.by_request.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `prewake: learned` so far (since drowsy started).
+    pub fn prewake_view(&self) -> PrewakeView {
+        let used = self.prewakes.used.load(Ordering::Relaxed);
+        let by_request = self.prewakes.by_request.load(Ordering::Relaxed);
+        PrewakeView {
+            used,
+            unused: self.prewakes.unused.load(Ordering::Relaxed),
+            by_request,
+            found_awake_share: (used + by_request > 0)
+                .then(|| used as f64 / (used + by_request) as f64),
+            extra_awake_hours: self.prewakes.extra_ms.load(Ordering::Relaxed) as f64 / 3.6e6,
+        }
     }
 
     /// With `wake_at_start`, inside an `awake` window: when the window
@@ -913,6 +960,44 @@ impl Gate {
                 .or_else(|| self.window_note.load_full())
                 .map(|b| b.to_string()),
         }
+    }
+}
+
+#[derive(Default)]
+struct PrewakeFigures {
+    used: AtomicU64,
+    unused: AtomicU64,
+    by_request: AtomicU64,
+    extra_ms: AtomicU64,
+}
+
+/// What `prewake: learned` did for a guest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrewakeView {
+    /// Pre-wakes a request then used.
+    pub used: u64,
+    /// Pre-wakes that slept again unused.
+    pub unused: u64,
+    /// First uses that found the guest asleep and woke it.
+    pub by_request: u64,
+    /// Of the first uses, the share that found it awake thanks to a
+    /// pre-wake.
+    pub found_awake_share: Option<f64>,
+    /// Time awake before a use (or unused) that pre-waking cost.
+    pub extra_awake_hours: f64,
+}
+
+impl PrewakeView {
+    /// In a few words, for `drowsy status` and the dashboard.
+    pub fn summary(&self) -> String {
+        let first_uses = self.used + self.by_request;
+        let share = self
+            .found_awake_share
+            .map_or(String::new(), |s| format!(" ({:.0}%)", s * 100.0));
+        format!(
+            "prewake: {} of {first_uses} first uses found it awake{share}, {:.1} h awake extra, {} unused",
+            self.used, self.extra_awake_hours, self.unused
+        )
     }
 }
 

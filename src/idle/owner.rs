@@ -50,6 +50,7 @@ pub struct Owner {
     /// The end of the `awake` window this owner last woke the guest for
     /// (`wake_at_start`), so one window wakes it once.
     woke_for_window: Option<i64>,
+    prewake: Prewake,
     /// The stop counter read when this wake published its use.
     claimed: Option<u64>,
     /// What holds the wake under way (a lock, a pause), once announced.
@@ -85,6 +86,7 @@ impl Owner {
             presence,
             not_before: None,
             woke_for_window: None,
+            prewake: Prewake::default(),
             claimed: None,
             held: None,
             held_idle: false,
@@ -96,6 +98,11 @@ impl Owner {
 
     fn id(&self) -> &GuestId {
         &self.gate.id
+    }
+
+    pub fn with_prewake(mut self, store: Arc<super::prewake::Store>) -> Self {
+        self.prewake.store = Some(store);
+        self
     }
 
     pub async fn run(mut self, mut sleeps: mpsc::Receiver<SleepReply>, stop: CancellationToken) {
@@ -350,6 +357,7 @@ impl Owner {
         let Some(cached) = self.guest() else { return };
         self.follow_busy(&cached);
         self.wake_at_window_start();
+        self.follow_prewake();
         if let Some(Blocker::NodeOffline(_)) = self.follow_blockers(&cached) {
             // Nothing can be asked of an offline node's guests.
             return;
@@ -365,6 +373,59 @@ impl Owner {
         }
         self.last_verify = Some(Instant::now());
         self.outside_change(running).await;
+    }
+
+    /// `prewake: learned` (README.md, "Learned pre-wake"): after each poll, a
+    /// pre-wake under way is found used (a counted use since it was ready)
+    /// or unused (the guest slept again); a sleeping guest is woken when a
+    /// learned slot begins within its usual wake time and a minute, once
+    /// per slot.
+    fn follow_prewake(&mut self) {
+        let settings = self.gate.gate_settings();
+        let Some(store) = self
+            .prewake
+            .store
+            .clone()
+            .filter(|_| settings.sleep.prewake)
+        else {
+            return;
+        };
+        let key = self.id().to_string();
+        if let Some(ready_at) = self.prewake.unused_since {
+            let used = self.gate.activity.last_active() > ready_at;
+            if used || self.gate.state() != GuestState::Running {
+                self.prewake.unused_since = None;
+                let until = match used {
+                    true => self.gate.activity.last_active(),
+                    false => Instant::now(),
+                };
+                self.gate
+                    .prewake_ended(used, until.saturating_duration_since(ready_at));
+                if used {
+                    store.record(&key, jiff::Timestamp::now());
+                }
+            }
+        }
+        if !self.gate.needs_wake() || self.gate.wake_under_way() {
+            return;
+        }
+        let tz = settings.sleep.schedule.as_ref().map_or_else(
+            || jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+            |s| s.tz.clone(),
+        );
+        let usual = self.gate.history_view().wake_p50_ms.unwrap_or(0);
+        let lead = Duration::from_millis(usual) + PREWAKE_MARGIN;
+        let Some(slot) = store.due(&key, jiff::Timestamp::now(), lead, &tz) else {
+            return;
+        };
+        let slot = slot.timestamp().as_second();
+        if self.prewake.woke_for_slot == Some(slot) {
+            return;
+        }
+        self.prewake.woke_for_slot = Some(slot);
+        self.prewake.waking = true;
+        tracing::info!(route = %self.gate.label(), "pre-waking guest: it is usually used about now");
+        self.gate.request_wake();
     }
 
     /// `wake_at_start`: once per `awake` window, on the first poll inside
@@ -453,6 +514,13 @@ impl Owner {
         self.gate.begin_wake();
         tracing::info!(route = %self.gate.label(), "waking guest");
         self.gate.wake_linked();
+        let by_prewake = std::mem::take(&mut self.prewake.waking);
+        if !by_prewake && self.gate.gate_settings().sleep.prewake {
+            if let Some(store) = &self.prewake.store {
+                store.record(&self.id().to_string(), jiff::Timestamp::now());
+                self.gate.woken_by_request();
+            }
+        }
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
             Ok(r) => r,
             Err(_) => Err(match self.held.take() {
@@ -479,6 +547,9 @@ impl Owner {
                 label.metrics.wake_duration.observe(elapsed.as_secs_f64());
                 self.gate.ready_now(ms);
                 tracing::info!(route = %label.name, ms, "guest is ready");
+                if by_prewake {
+                    self.prewake.unused_since = Some(self.gate.activity.last_active());
+                }
             }
             Err(e) => {
                 let timed_out = matches!(e, WakeError::Timeout(_) | WakeError::HeldTooLong(..));
@@ -1040,6 +1111,23 @@ enum PowerOnError {
     /// Refused by a lock taken after the live look.
     Locked,
     Other(String),
+}
+
+/// How far ahead of a learned slot a pre-wake begins, on top of the
+/// guest's usual wake time.
+const PREWAKE_MARGIN: Duration = Duration::from_secs(60);
+
+/// An owner's part in `prewake: learned`.
+#[derive(Default)]
+struct Prewake {
+    store: Option<Arc<super::prewake::Store>>,
+    /// The wake about to begin is a pre-wake.
+    waking: bool,
+    /// A pre-wake made the guest ready then (its last use mark), and no
+    /// request has used it since.
+    unused_since: Option<Instant>,
+    /// The slot last pre-woken for (Unix seconds of its start).
+    woke_for_slot: Option<i64>,
 }
 
 /// "busy: cpu 35%" / "busy: network 3.2 MiB/s" when a rate is above its

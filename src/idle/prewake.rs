@@ -1,7 +1,7 @@
-//! The history a learned pre-wake draws on (docs/ARCHITECTURE.md,
-//! "Learned pre-wake"; not wired to the gates yet): the first uses of a
-//! guest after it slept, kept for a few weeks in a small file of the state
-//! directory so restarts keep them. A 15-minute slot of
+//! `prewake: learned` (README.md, "Learned pre-wake"; docs/ARCHITECTURE.md,
+//! "Learned pre-wake"): the first uses of a guest after it slept, kept for
+//! a few weeks in a small file of the state directory so restarts keep
+//! them. A 15-minute slot of
 //! a weekday is learned when the guest was first used in it in at least 3
 //! of the last 4 weeks; slots are wall-clock times of the configured zone,
 //! like windows.
@@ -102,6 +102,71 @@ fn slot_of(z: &Zoned) -> Slot {
         z.weekday().to_monday_zero_offset() as u8,
         (minute / SLOT_MINUTES) as u8,
     )
+}
+
+/// Every guest's first uses, shared by the owners and saved on each
+/// change. Read when a guest with `prewake: learned` first needs it, so a
+/// drowsy without one never touches the state directory. A file that
+/// could not be read is never written over.
+pub struct Store {
+    dir: PathBuf,
+    loaded: std::sync::OnceLock<(std::sync::Mutex<UseLog>, bool)>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+            loaded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The log, and whether it may be saved.
+    fn log(&self) -> (std::sync::MutexGuard<'_, UseLog>, bool) {
+        let (log, writable) = self.loaded.get_or_init(|| match UseLog::load(&self.dir) {
+            Ok(log) => (std::sync::Mutex::new(log), true),
+            Err(e) => {
+                tracing::warn!("prewake: {e}; learning anew, without saving");
+                (std::sync::Mutex::new(UseLog::default()), false)
+            }
+        });
+        (log.lock().unwrap_or_else(|p| p.into_inner()), *writable)
+    }
+
+    /// A first use of `key`'s guest at `at`, saved at once.
+    pub fn record(&self, key: &str, at: Timestamp) {
+        let (mut log, writable) = self.log();
+        log.routes.entry(key.to_string()).or_default().record(at);
+        if !writable {
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))
+            .and_then(|()| log.save(&self.dir))
+        {
+            tracing::warn!("prewake: {e}");
+        }
+    }
+
+    /// The learned slot `at` falls into or that begins within `lead`:
+    /// its start, when there is one.
+    pub fn due(
+        &self,
+        key: &str,
+        at: Timestamp,
+        lead: std::time::Duration,
+        tz: &TimeZone,
+    ) -> Option<Zoned> {
+        let (log, _) = self.log();
+        let uses = log.routes.get(key)?;
+        let slot = std::time::Duration::from_secs(u64::from(SLOT_MINUTES) * 60);
+        let from = at
+            .checked_sub(jiff::SignedDuration::try_from(slot).ok()?)
+            .ok()?;
+        let next = uses.next_slot(from, tz)?;
+        let lead = jiff::SignedDuration::try_from(lead).ok()?;
+        (next.timestamp().checked_sub(lead).ok()? <= at).then_some(next)
+    }
 }
 
 /// Every route's first uses, as the state directory keeps them.

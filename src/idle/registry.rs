@@ -104,6 +104,8 @@ struct Inner {
 
 pub struct Gates {
     clusters: Arc<Clusters>,
+    /// First uses for `prewake: learned`, under `state_dir`.
+    prewake: Arc<super::prewake::Store>,
     metrics: Arc<Metrics>,
     /// The other instances' store (`cluster:`), swapped by reloads.
     cluster: watch::Sender<Option<Arc<Cluster>>>,
@@ -121,6 +123,7 @@ impl Gates {
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Gates> {
         let gates = Arc::new(Gates {
+            prewake: Arc::new(super::prewake::Store::open(&config.state_dir)),
             clusters: clusters.clone(),
             metrics: metrics.clone(),
             cluster: watch::channel(cluster).0,
@@ -350,7 +353,8 @@ impl Gates {
             gate.set_claim(crate::idle::Claim::Needed);
         }
         let stop = self.stop.child_token();
-        let owner = Owner::new(gate.clone(), self.clusters.clone(), presence.clone());
+        let owner = Owner::new(gate.clone(), self.clusters.clone(), presence.clone())
+            .with_prewake(self.prewake.clone());
         self.tasks.spawn(owner.run(sleeps, stop.clone()));
         self.tasks
             .spawn(presence::run(gate.clone(), presence, stop.clone()));
@@ -407,6 +411,7 @@ fn merge(routes: &[&Need]) -> (GateSettings, Option<String>) {
         .collect();
     let mut sleep = with.first().map(|(_, s)| (*s).clone()).unwrap_or_default();
     sleep.schedule = with.iter().find_map(|(_, s)| s.schedule.clone());
+    sleep.prewake = with.iter().any(|(_, s)| s.prewake);
     let explicit: Vec<(&Arc<str>, Option<Duration>)> = with
         .iter()
         .filter(|(_, s)| !s.idle_from_dependents)

@@ -594,3 +594,27 @@ pub async fn polls_pass(env: &SimEnv, n: u64) {
         .await
         .unwrap_or_else(|_| panic!("{n} polls did not happen in time"));
 }
+
+/// The value of one sample line of drowsy's metrics, e.g.
+/// `drowsy_udp_sessions{route="game"}` (0 when absent).
+pub fn metric_value(d: &Drowsy, sample: &str) -> f64 {
+    d.running
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until a metric sample reaches `want`.
+pub async fn wait_metric(d: &Drowsy, sample: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metric_value(d, sample) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} is {}, not {want}",
+            metric_value(d, sample)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -612,6 +612,7 @@ pub(super) fn sleep_settings(
             network: b.network.map(|n| n.0),
         }),
         schedule: None,
+        prewake: false,
     })
 }
 

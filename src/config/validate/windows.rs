@@ -33,6 +33,15 @@ pub(super) fn with_schedule(
     r: &RawRoute,
     sleep: Option<SleepSettings>,
 ) -> Option<SleepSettings> {
+    let prewake = r.prewake == Some(RawPrewake::Learned);
+    if prewake && sleep.is_none() {
+        ctx.err_key(
+            &[at.to_vec(), path!["prewake"]].concat(),
+            "`prewake` needs a guest that sleeps",
+            Some("set `idle_timeout` on the route or in `defaults`".into()),
+        );
+    }
+    let sleep = sleep.map(|s| SleepSettings { prewake, ..s });
     if r.awake.is_none() && r.asleep.is_none() {
         if r.wake_at_start.is_some() {
             ctx.err_key(
