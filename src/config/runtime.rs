@@ -529,7 +529,7 @@ pub struct SleepSettings {
     pub wake_retry_after: Duration,
     /// Off (`None`) by default.
     pub busy_when: Option<BusyWhen>,
-    /// `awake`/`asleep` windows (README.md, "Awake windows").
+    /// `awake`/`asleep` windows (README.md, "Awake windows and pre-wake").
     pub schedule: Option<Arc<crate::idle::windows::Schedule>>,
     /// `prewake: learned`.
     pub prewake: bool,

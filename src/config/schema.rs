@@ -237,7 +237,7 @@ pub enum RawWakeOn {
     Data,
 }
 
-/// `prewake:` of a route (README.md, "Awake windows").
+/// `prewake:` of a route (README.md, "Awake windows and pre-wake").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawPrewake {

@@ -367,7 +367,7 @@ impl Gate {
     }
 
     /// Inside an `asleep` window: when it ends ("Tue 06:00") and how many
-    /// seconds away that is (README.md, "Awake windows").
+    /// seconds away that is (README.md, "Awake windows and pre-wake").
     pub fn asleep_until(&self) -> Option<(String, u32)> {
         let schedule = self.gate_settings().sleep.schedule.clone()?;
         let now = jiff::Timestamp::now();

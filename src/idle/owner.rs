@@ -414,7 +414,15 @@ impl Owner {
             |s| s.tz.clone(),
         );
         let usual = self.gate.history_view().wake_p50_ms.unwrap_or(0);
-        let lead = Duration::from_millis(usual) + PREWAKE_MARGIN;
+        // A guest on a sleeping node needs the node's boot too: its last
+        // one, or its boot_timeout before any.
+        let node = self.guest().and_then(|g| self.sleeping_node(&g)).map(|n| {
+            match n.last_wake_ms.load(Ordering::Relaxed) {
+                0 => n.settings.boot_timeout,
+                ms => Duration::from_millis(ms),
+            }
+        });
+        let lead = Duration::from_millis(usual) + node.unwrap_or_default() + PREWAKE_MARGIN;
         let Some(slot) = store.due(&key, jiff::Timestamp::now(), lead, &tz) else {
             return;
         };

@@ -1,5 +1,5 @@
 //! Awake and asleep windows of guests and nodes (README.md, "Awake
-//! windows"): wall-clock
+//! windows and pre-wake"): wall-clock
 //! times in the configured time zone, so a window keeps its local hours
 //! across DST changes (a 02:30 that a spring change skips simply does not
 //! happen that night).

@@ -1,5 +1,5 @@
 //! `timezone:` and a route's `awake`/`asleep` windows (README.md, "Awake
-//! windows"), each located at its own list item.
+//! windows and pre-wake"), each located at its own list item.
 
 use super::*;
 use crate::config::values::EnvString;
