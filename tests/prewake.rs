@@ -78,7 +78,7 @@ async fn a_learned_slot_wakes_the_guest_before_anyone_comes_and_its_use_is_count
         summary
             .as_str()
             .unwrap_or("")
-            .starts_with("prewake: 1 of 1 first uses found it awake (100%)"),
+            .starts_with("prewake: 1 of 1 first requests of the day found it awake (100%)"),
         "{summary}"
     );
 }

@@ -567,6 +567,8 @@ fn routes_json(
                     "used": p.used,
                     "unused": p.unused,
                     "woken_by_request": p.by_request,
+                    "first_of_day": p.first_of_day,
+                    "first_of_day_prewoken": p.first_of_day_prewoken,
                     "found_awake_share": p.found_awake_share,
                     "extra_awake_hours": p.extra_awake_hours,
                     "summary": p.summary(),

@@ -412,16 +412,32 @@ impl Gate {
         self.prewakes.by_request.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A first use (of a woken guest, or of a pre-wake) on `day`: counted
+    /// for the day's share when it is that day's first.
+    pub(super) fn first_use(&self, prewoken: bool, day: i64) {
+        let p = &self.prewakes;
+        if p.last_day.swap(day, Ordering::Relaxed) == day {
+            return;
+        }
+        p.day_firsts.fetch_add(1, Ordering::Relaxed);
+        if prewoken {
+            p.day_firsts_prewoken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// `prewake: learned` so far (since drowsy started).
     pub fn prewake_view(&self) -> PrewakeView {
-        let used = self.prewakes.used.load(Ordering::Relaxed);
-        let by_request = self.prewakes.by_request.load(Ordering::Relaxed);
+        let p = &self.prewakes;
+        let first_of_day = p.day_firsts.load(Ordering::Relaxed);
+        let first_of_day_prewoken = p.day_firsts_prewoken.load(Ordering::Relaxed);
         PrewakeView {
-            used,
-            unused: self.prewakes.unused.load(Ordering::Relaxed),
-            by_request,
-            found_awake_share: (used + by_request > 0)
-                .then(|| used as f64 / (used + by_request) as f64),
+            used: p.used.load(Ordering::Relaxed),
+            unused: p.unused.load(Ordering::Relaxed),
+            by_request: p.by_request.load(Ordering::Relaxed),
+            first_of_day,
+            first_of_day_prewoken,
+            found_awake_share: (first_of_day > 0)
+                .then(|| first_of_day_prewoken as f64 / first_of_day as f64),
             extra_awake_hours: self.prewakes.extra_ms.load(Ordering::Relaxed) as f64 / 3.6e6,
         }
     }
@@ -969,6 +985,10 @@ struct PrewakeFigures {
     unused: AtomicU64,
     by_request: AtomicU64,
     extra_ms: AtomicU64,
+    /// The day (see the owner's `today`) of the last first use counted.
+    last_day: std::sync::atomic::AtomicI64,
+    day_firsts: AtomicU64,
+    day_firsts_prewoken: AtomicU64,
 }
 
 /// What `prewake: learned` did for a guest.
@@ -980,8 +1000,11 @@ pub struct PrewakeView {
     pub unused: u64,
     /// First uses that found the guest asleep and woke it.
     pub by_request: u64,
-    /// Of the first uses, the share that found it awake thanks to a
-    /// pre-wake.
+    /// The first of a day's first uses, and those that found the guest
+    /// awake thanks to a pre-wake.
+    pub first_of_day: u64,
+    pub first_of_day_prewoken: u64,
+    /// `first_of_day_prewoken / first_of_day`.
     pub found_awake_share: Option<f64>,
     /// Time awake before a use (or unused) that pre-waking cost.
     pub extra_awake_hours: f64,
@@ -990,13 +1013,16 @@ pub struct PrewakeView {
 impl PrewakeView {
     /// In a few words, for `drowsy status` and the dashboard.
     pub fn summary(&self) -> String {
-        let first_uses = self.used + self.by_request;
         let share = self
             .found_awake_share
             .map_or(String::new(), |s| format!(" ({:.0}%)", s * 100.0));
         format!(
-            "prewake: {} of {first_uses} first uses found it awake{share}, {:.1} h awake extra, {} unused",
-            self.used, self.extra_awake_hours, self.unused
+            "prewake: {} of {} first requests of the day found it awake{share}, {:.1} h awake extra, {} used, {} unused",
+            self.first_of_day_prewoken,
+            self.first_of_day,
+            self.extra_awake_hours,
+            self.used,
+            self.unused
         )
     }
 }

@@ -403,16 +403,14 @@ impl Owner {
                     .prewake_ended(used, until.saturating_duration_since(ready_at));
                 if used {
                     store.record(&key, jiff::Timestamp::now());
+                    self.gate.first_use(true, self.today());
                 }
             }
         }
         if !self.gate.needs_wake() || self.gate.wake_under_way() {
             return;
         }
-        let tz = settings.sleep.schedule.as_ref().map_or_else(
-            || jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
-            |s| s.tz.clone(),
-        );
+        let tz = self.zone();
         let usual = self.gate.history_view().wake_p50_ms.unwrap_or(0);
         // A guest on a sleeping node needs the node's boot too: its last
         // one, or its boot_timeout before any.
@@ -434,6 +432,21 @@ impl Owner {
         self.prewake.waking = true;
         tracing::info!(route = %self.gate.label(), "pre-waking guest: it is usually used about now");
         self.gate.request_wake();
+    }
+
+    /// The zone of the guest's windows and slots: `timezone:` (which every
+    /// schedule carries), else the system's.
+    fn zone(&self) -> jiff::tz::TimeZone {
+        match &self.gate.gate_settings().sleep.schedule {
+            Some(s) => s.tz.clone(),
+            None => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+        }
+    }
+
+    /// Today in that zone, as a number that changes at local midnight.
+    fn today(&self) -> i64 {
+        let date = jiff::Timestamp::now().to_zoned(self.zone()).date();
+        i64::from(date.year()) * 400 + i64::from(date.day_of_year())
     }
 
     /// `wake_at_start`: once per `awake` window, on the first poll inside
@@ -527,6 +540,7 @@ impl Owner {
             if let Some(store) = &self.prewake.store {
                 store.record(&self.id().to_string(), jiff::Timestamp::now());
                 self.gate.woken_by_request();
+                self.gate.first_use(false, self.today());
             }
         }
         let result = match tokio::time::timeout(limit, self.wake_steps(was)).await {
