@@ -84,6 +84,14 @@ async fn inside_an_awake_window_an_idle_guest_is_not_put_to_sleep() {
     }
     assert_eq!(gate.state(), GuestState::Running);
     assert_eq!(env.sim.calls(LXC_SHUTDOWN), 0);
+    // A reload without the window lets it sleep at once.
+    std::fs::write(
+        d.path("drowsy.yml"),
+        with_windows(&env, "  idle_timeout: 100ms\n", ""),
+    )
+    .expect("write");
+    d.running.reload_from_file().await.expect("reload");
+    wait_state(&gate, GuestState::Stopped).await;
 }
 
 #[tokio::test]

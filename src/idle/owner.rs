@@ -47,6 +47,10 @@ pub struct Owner {
     presence: Arc<Presence>,
     /// No idle stop before this (another instance uses the guest).
     not_before: Option<Instant>,
+    /// The end of the `awake` window the guest was last found in: the
+    /// idle timer waits for it. Looked at again on every idle check, so a
+    /// reload that drops the window takes effect at once.
+    awake_until: Option<Instant>,
     /// The end of the `awake` window this owner last woke the guest for
     /// (`wake_at_start`), so one window wakes it once.
     woke_for_window: Option<i64>,
@@ -85,6 +89,7 @@ impl Owner {
             last_verify: None,
             presence,
             not_before: None,
+            awake_until: None,
             woke_for_window: None,
             prewake: Prewake::default(),
             claimed: None,
@@ -480,6 +485,7 @@ impl Owner {
             Some(at) => at.max(Instant::now()),
             None => Instant::now() + RECHECK.min(idle),
         };
+        let at = self.awake_until.map_or(at, |t| at.max(t));
         Some(self.not_before.map_or(at, |t| at.max(t)))
     }
 
@@ -499,8 +505,8 @@ impl Owner {
             _ => return,
         }
         // Inside an `awake` window: look again when it ends.
-        if let Some(left) = self.gate.awake_for() {
-            self.not_before = Some(Instant::now() + left);
+        self.awake_until = self.gate.awake_for().map(|left| Instant::now() + left);
+        if self.awake_until.is_some() {
             return;
         }
         if let Err(e) = self.sleep("idle").await {
