@@ -118,3 +118,34 @@ async fn wake_at_start_wakes_a_sleeping_guest_once_for_its_window() {
     polls_pass(&env, 3).await;
     assert_eq!(env.sim.calls(LXC_START), 1);
 }
+
+#[tokio::test]
+async fn an_awake_window_covering_the_whole_week_never_lets_the_guest_sleep() {
+    let env = SimEnv::start(vec![GuestSpec::lxc(105, "wiki").running(true)]).await;
+    let yaml = with_windows(
+        &env,
+        "  idle_timeout: 100ms\n",
+        "    awake: [\"00:00-24:00\"]\n",
+    );
+    let d = Drowsy::start(&yaml).await;
+    let gate = d.gate("wiki");
+    wait_state(&gate, GuestState::Running).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let busy = gate.snapshot().busy;
+        if busy.as_deref() == Some("awake window 00:00-24:00 until further notice") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window noted: {busy:?}"
+        );
+        assert_eq!(
+            gate.state(),
+            GuestState::Running,
+            "put to sleep inside the window"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(env.sim.calls(LXC_SHUTDOWN), 0);
+}

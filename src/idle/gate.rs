@@ -371,13 +371,13 @@ impl Gate {
     pub fn asleep_until(&self) -> Option<(String, u32)> {
         let schedule = self.gate_settings().sleep.schedule.clone()?;
         let now = jiff::Timestamp::now();
-        schedule.asleep_at(now)?;
-        // Windows that cover the whole week never end.
-        let Some(end) = schedule.ends(true, now) else {
-            return Some(("further notice".into(), 24 * 3600));
+        let inside = schedule.inside(true, now)?;
+        // A window that never ends is looked at again daily.
+        let secs = match inside.until {
+            Some(_) => inside.left(now).as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+            None => 24 * 3600,
         };
-        let secs = (end.timestamp().as_second() - now.as_second()).clamp(1, i64::from(u32::MAX));
-        Some((super::windows::when(&end), secs as u32))
+        Some((inside.until_text(), secs))
     }
 
     /// Inside an `awake` window: how long until the windows stop covering
@@ -449,24 +449,21 @@ impl Gate {
         if !schedule.wake_at_start {
             return None;
         }
-        let now = jiff::Timestamp::now();
-        schedule.awake_at(now)?;
-        Some(
-            schedule
-                .ends(false, now)
-                .map_or(i64::MAX, |e| e.timestamp().as_second()),
-        )
+        let inside = schedule.inside(false, jiff::Timestamp::now())?;
+        Some(inside.until.map_or(i64::MAX, |e| e.timestamp().as_second()))
     }
 
     fn awake_window(&self) -> Option<(String, Duration)> {
         let schedule = self.gate_settings().sleep.schedule.clone()?;
         let now = jiff::Timestamp::now();
-        let window = schedule.awake_at(now)?.to_string();
-        let end = schedule.ends(false, now)?;
-        let left = end.timestamp().duration_since(now).unsigned_abs();
+        let inside = schedule.inside(false, now)?;
         Some((
-            format!("awake window {window} until {}", super::windows::when(&end)),
-            left,
+            format!(
+                "awake window {} until {}",
+                inside.window,
+                inside.until_text()
+            ),
+            inside.left(now),
         ))
     }
 

@@ -124,15 +124,15 @@ pub struct Schedule {
 impl Schedule {
     /// The awake window `at` is in.
     pub fn awake_at(&self, at: Timestamp) -> Option<&Window> {
-        self.inside(&self.awake, at)
+        self.covering(&self.awake, at)
     }
 
     /// The asleep window `at` is in.
     pub fn asleep_at(&self, at: Timestamp) -> Option<&Window> {
-        self.inside(&self.asleep, at)
+        self.covering(&self.asleep, at)
     }
 
-    fn inside<'a>(&self, list: &'a [Window], at: Timestamp) -> Option<&'a Window> {
+    fn covering<'a>(&self, list: &'a [Window], at: Timestamp) -> Option<&'a Window> {
         let (day, min) = local(&at.to_zoned(self.tz.clone()));
         list.iter().find(|w| w.covers(day, min))
     }
@@ -161,6 +161,44 @@ impl Schedule {
             }
         }
         None
+    }
+}
+
+/// A moment inside a window: which, and when the covering windows end
+/// (`None`: windows that cover the whole week never do).
+pub struct Inside<'a> {
+    pub window: &'a Window,
+    pub until: Option<Zoned>,
+}
+
+/// How far ahead a never-ending window is looked at again.
+const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl Inside<'_> {
+    /// "Tue 06:00", or "further notice".
+    pub fn until_text(&self) -> String {
+        self.until.as_ref().map_or("further notice".into(), when)
+    }
+
+    /// How long from `now` until it ends (a week when it never does).
+    pub fn left(&self, now: Timestamp) -> std::time::Duration {
+        self.until.as_ref().map_or(WEEK, |end| {
+            end.timestamp().duration_since(now).unsigned_abs()
+        })
+    }
+}
+
+impl Schedule {
+    /// The `asleep` (or `awake`) window `at` is in, and its end.
+    pub fn inside(&self, asleep: bool, at: Timestamp) -> Option<Inside<'_>> {
+        let window = match asleep {
+            true => self.asleep_at(at)?,
+            false => self.awake_at(at)?,
+        };
+        Some(Inside {
+            window,
+            until: self.ends(asleep, at),
+        })
     }
 }
 

@@ -112,12 +112,12 @@ impl NodeOwner {
     /// Inside one of the node's `awake` windows: which, and until when.
     fn awake_window(&self) -> Option<String> {
         let schedule = self.gate.settings.schedule.as_ref()?;
-        let now = jiff::Timestamp::now();
-        let window = schedule.awake_at(now)?;
-        let until = schedule
-            .ends(false, now)
-            .map_or("further notice".into(), |e| crate::idle::windows::when(&e));
-        Some(format!("awake window {window} until {until}"))
+        let inside = schedule.inside(false, jiff::Timestamp::now())?;
+        Some(format!(
+            "awake window {} until {}",
+            inside.window,
+            inside.until_text()
+        ))
     }
 
     async fn maybe_sleep(&mut self) {
